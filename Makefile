@@ -1,0 +1,34 @@
+# Everything a newcomer runs installs what it needs into .venv from a bare checkout.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint schemas bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install  ## MenuGen walkthrough: a real MCP client drives `scalemule serve` over stdio
+	$(BIN)/python examples/menugen.py
+
+test: install  ## the whole suite on SQLite and PostgreSQL
+	$(BIN)/pytest
+
+lint: install  ## ruff and strict mypy over src
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/mypy
+
+schemas: install  ## regenerate tool_schemas/ and docs/tools.md from the registry
+	$(BIN)/scalemule schemas
+
+bench: install  ## benchmarks, printing ratios against a baseline measured in the same run
+	$(BIN)/python benchmarks/tool_call_latency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

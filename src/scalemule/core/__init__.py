@@ -1,0 +1,1 @@
+"""Domain services. Plain async Python over a database connection; no surface imports."""

@@ -1,0 +1,129 @@
+"""The audit log: one append-only event per call, chained by SHA-256 per tenant.
+
+Appending is batch-first; the chain head row serialises appenders of one chain, so sequence numbers
+have no gaps and every event names the hash of the one before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from scalemule.core.ids import new_id
+from scalemule.db.tables import audit_events, audit_heads
+
+Outcome = Literal["ok", "error", "denied", "cancelled"]
+GLOBAL_CHAIN = "-"
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One recorded call. ``seq``, ``prev_hash`` and ``hash`` are set when it is appended."""
+
+    at: datetime
+    operation: str
+    outcome: Outcome
+    transport: str
+    duration_ms: float
+    args: dict[str, Any]
+    tenant_id: str | None = None
+    actor_id: str | None = None
+    actor_kind: str | None = None
+    actor_name: str | None = None
+    key_id: str | None = None
+    on_behalf_of: str | None = None
+    client_name: str | None = None
+    client_version: str | None = None
+    session_id: str | None = None
+    request_id: str | None = None
+    permission: str | None = None
+    target: str | None = None
+    error_code: str | None = None
+    id: str = field(default_factory=lambda: new_id("evt"))
+    seq: int = 0
+    prev_hash: str = GENESIS_HASH
+    hash: str = ""
+
+    @property
+    def chain(self) -> str:
+        """The chain this event belongs to: its tenant, or the global chain."""
+        return self.tenant_id or GLOBAL_CHAIN
+
+    def digest(self) -> str:
+        """SHA-256 over every field but ``hash``, in a canonical JSON form."""
+        body = asdict(self)
+        body.pop("hash")
+        body["at"] = self.at.isoformat()
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _insert_head(dialect: str) -> Any:
+    table_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return table_insert(audit_heads).on_conflict_do_nothing(index_elements=["chain"])
+
+
+async def _lock_head(conn: AsyncConnection, chain: str) -> tuple[int, str]:
+    query = sa.select(audit_heads.c.seq, audit_heads.c.hash).where(audit_heads.c.chain == chain).with_for_update()
+    row = (await conn.execute(query)).first()
+    if row is None:
+        await conn.execute(_insert_head(conn.dialect.name), {"chain": chain, "seq": 0, "hash": GENESIS_HASH})
+        row = (await conn.execute(query)).one()
+    return int(row.seq), str(row.hash)
+
+
+async def append(conn: AsyncConnection, events: Sequence[AuditEvent]) -> list[AuditEvent]:
+    """Append events in order, each chain's under its head lock; returns them sealed."""
+    sealed: list[AuditEvent] = []
+    for chain in dict.fromkeys(e.chain for e in events):
+        seq, prev = await _lock_head(conn, chain)
+        for event in (e for e in events if e.chain == chain):
+            seq += 1
+            event = replace(event, seq=seq, prev_hash=prev)
+            event = replace(event, hash=event.digest())
+            prev = event.hash
+            sealed.append(event)
+        await conn.execute(audit_heads.update().where(audit_heads.c.chain == chain).values(seq=seq, hash=prev))
+    rows = [{**asdict(e), "chain": e.chain} for e in sealed]
+    await conn.execute(audit_events.insert(), rows)
+    return sealed
+
+
+async def query(
+    conn: AsyncConnection,
+    *,
+    tenant_id: str,
+    actor: str | None = None,
+    operation: str | None = None,
+    outcome: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before_seq: int | None = None,
+    limit: int = 50,
+) -> list[AuditEvent]:
+    """The tenant's events, newest first, filtered; ``actor`` matches a principal id or name."""
+    table = audit_events
+    q = sa.select(table).where(table.c.chain == tenant_id).order_by(table.c.seq.desc()).limit(limit)
+    if actor is not None:
+        q = q.where(sa.or_(table.c.actor_id == actor, table.c.actor_name == actor))
+    if operation is not None:
+        q = q.where(table.c.operation == operation)
+    if outcome is not None:
+        q = q.where(table.c.outcome == outcome)
+    if since is not None:
+        q = q.where(table.c.at >= since)
+    if until is not None:
+        q = q.where(table.c.at < until)
+    if before_seq is not None:
+        q = q.where(table.c.seq < before_seq)
+    fields = AuditEvent.__dataclass_fields__
+    return [AuditEvent(**{k: v for k, v in row._mapping.items() if k in fields}) for row in await conn.execute(q)]

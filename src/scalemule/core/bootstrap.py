@@ -1,0 +1,107 @@
+"""First-time setup of a store: the first tenant, its owner, an agent and their keys."""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from scalemule.core import audit, identity, tenants
+from scalemule.core.access import Principal, Tenant
+from scalemule.core.audit import AuditEvent
+from scalemule.core.errors import FailedPrecondition
+from scalemule.core.ids import utcnow
+from scalemule.db.tables import tenants as tenants_table
+
+MASTER_KEY_FILE = "master.key"
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """What ``scalemule init`` made; the tokens are shown once."""
+
+    tenant: Tenant
+    owner: Principal
+    agent: Principal
+    owner_token: str
+    agent_token: str
+
+
+def operator() -> Principal:
+    """The local operator: whoever runs the CLI with direct access to the store."""
+    return Principal(id="operator", kind="operator", name=getpass.getuser())
+
+
+def write_master_key(data_dir: Path) -> Path:
+    """Create the master key file (0600) unless one exists; returns its path."""
+    path = data_dir / MASTER_KEY_FILE
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+    return path
+
+
+async def initialize(conn: AsyncConnection, *, slug: str, owner_email: str) -> Bootstrap:
+    """Create the first tenant with an owner user and an agent acting on the owner's behalf.
+
+    Raises:
+        FailedPrecondition: the store already has tenants (init runs once).
+    """
+    existing = (await conn.execute(sa.select(sa.func.count()).select_from(tenants_table))).scalar_one()
+    if existing:
+        raise FailedPrecondition(
+            "this store is already initialised",
+            hint="Nothing was changed. Use 'scalemule call keys_create' for more keys, or a new SCALEMULE_DATA_DIR.",
+        )
+    tenants.check_slug(slug)
+    owner = await identity.create_principal(conn, kind="user", name=owner_email, email=owner_email)
+    tenant = await tenants.create_tenant(conn, slug=slug, name=slug, owner=owner)
+    agent = await identity.create_principal(
+        conn, kind="agent", name=f"{slug}-agent", tenant_id=tenant.id, on_behalf_of=owner.id
+    )
+    await tenants.add_member(conn, tenant_id=tenant.id, principal_id=agent.id, role="developer")
+    _, owner_token = await identity.create_key(
+        conn,
+        principal_id=owner.id,
+        tenant_id=None,
+        name="owner (init)",
+        scopes=None,
+        expires_at=None,
+        created_by=None,
+    )
+    _, agent_token = await identity.create_key(
+        conn,
+        principal_id=agent.id,
+        tenant_id=tenant.id,
+        name="agent (init)",
+        scopes=None,
+        expires_at=None,
+        created_by=owner.id,
+    )
+    who = operator()
+    await audit.append(
+        conn,
+        [
+            AuditEvent(
+                at=utcnow(),
+                operation="init",
+                outcome="ok",
+                transport="cli",
+                duration_ms=0.0,
+                args={"tenant": slug, "owner": owner_email},
+                tenant_id=tenant.id,
+                actor_id=who.id,
+                actor_kind=who.kind,
+                actor_name=who.name,
+                target=slug,
+            )
+        ],
+    )
+    return Bootstrap(tenant, owner, agent, owner_token, agent_token)

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy tables, engine setup for SQLite and PostgreSQL, Alembic migrations."""

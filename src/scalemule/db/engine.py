@@ -1,0 +1,107 @@
+"""Engine setup: SQLite (WAL, foreign keys, busy timeout, immediate write transactions) or PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from scalemule.db.sqlite import connector
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalize_url(url: str) -> tuple[sa.URL, dict[str, Any]]:
+    """Pick the async driver and lift our own URL options into connect arguments.
+
+    ``postgresql://`` becomes ``postgresql+asyncpg://``; ``sqlite://`` becomes ``sqlite+aiosqlite://``.
+    A ``search_path`` query parameter on a PostgreSQL URL selects the schema (one database can host
+    several isolated deployments or test runs).
+    """
+    parsed = make_url(url)
+    connect_args: dict[str, Any] = {}
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+        search_path = parsed.query.get("search_path")
+        if search_path:
+            parsed = parsed.difference_update_query(["search_path"])
+            connect_args["server_settings"] = {"search_path": str(search_path)}
+    elif backend == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    else:
+        raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}: use sqlite:// or postgresql://")
+    return parsed, connect_args
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """Create the async engine for ``url`` with the per-dialect setup ScaleMule relies on."""
+    parsed, connect_args = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise ValueError("ScaleMule's SQLite store needs a file path, e.g. sqlite:////var/lib/scalemule/db")
+        creator = connector(parsed.database, SQLITE_BUSY_TIMEOUT_MS / 1000)
+        # One connection serves every unit of work: Database.transaction already admits one writer at
+        # a time, and SQLite has no use for more. Transactions always end in commit or rollback.
+        engine = create_async_engine(parsed, async_creator=creator, poolclass=StaticPool, pool_reset_on_return=None)
+        _configure_sqlite(engine)
+        return engine
+    return create_async_engine(parsed, connect_args=connect_args, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @sa.event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The connection is in autocommit mode; SQLAlchemy decides when transactions start (_on_begin).
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @sa.event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        # Every unit of work may write (at least its audit event). Taking the write lock up front
+        # avoids the read-then-upgrade deadlock that a deferred transaction hits under concurrency.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """The engine plus the one way to open a unit of work on it."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url)
+        # SQLite has one writer at a time and every unit of work writes (its audit event at least):
+        # queueing writers here keeps waiting on the event loop instead of inside the driver.
+        self._writer = anyio.Lock() if self.engine.dialect.name == "sqlite" else None
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction committed on success and rolled back on any exception.
+
+        Never nest: code running inside one uses the connection it was given.
+        """
+        if self._writer is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._writer, self.engine.begin() as conn:
+            yield conn
+
+    async def dispose(self) -> None:
+        """Close pooled connections."""
+        await self.engine.dispose()

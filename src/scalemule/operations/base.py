@@ -1,0 +1,190 @@
+"""What every operation shares: argument bases, the per-call context, common views and redaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from scalemule.core.access import KeyInfo, Principal, Tenant
+from scalemule.core.errors import FailedPrecondition
+from scalemule.core.tenants import SLUG_PATTERN
+from scalemule.runtime import Runtime
+
+REDACTED = "[redacted]"
+MAX_PAGE = 200
+
+
+
+def _printable(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters (newlines, tabs, NUL)")
+    return value
+
+
+# Printable text: the form of every name. Checked by a validator, not a pattern, to keep schemas short.
+Printable = AfterValidator(_printable)
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200), Printable]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:.-]+$")]
+Slug = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=SLUG_PATTERN)]
+Email = Annotated[str, StringConstraints(min_length=3, max_length=320, pattern=r"^[^\s@]+@[^\s@]+$"), Printable]
+# The tenant argument of every tenant-scoped tool: its form is checked by dispatch, which answers any
+# tenant the caller cannot use with the same permission_denied, so the schema stays short.
+TenantSlug = Annotated[str, StringConstraints(max_length=64)]
+IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=200), Printable]
+
+
+class Sensitive:
+    """Marks a field whose value must never reach the audit log, a replayed result or a log line."""
+
+    def __repr__(self) -> str:
+        return "Sensitive()"
+
+
+SecretText = Annotated[str, Sensitive()]
+
+
+class Args(BaseModel):
+    """Base of every argument model: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TenantArgs(Args):
+    """Arguments of a tenant-scoped operation."""
+
+    tenant: TenantSlug | None = Field(default=None, description="Tenant slug; default: your key's tenant")
+
+
+class PageArgs(Args):
+    """Pagination arguments of a list operation."""
+
+    limit: int = Field(default=50, ge=1, le=MAX_PAGE)
+    cursor: str | None = Field(default=None, max_length=1000, description="next_cursor of the previous page")
+
+
+class TenantPageArgs(TenantArgs, PageArgs):
+    """Pagination arguments of a tenant-scoped list operation."""
+
+
+class Result(BaseModel):
+    """Base of every result model."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+@dataclass(frozen=True)
+class Call:
+    """Everything a handler may use: the unit of work and the authorized caller."""
+
+    conn: AsyncConnection
+    runtime: Runtime
+    principal: Principal
+    key: KeyInfo | None
+    tenant: Tenant | None
+    role: str | None
+    permissions: frozenset[str]
+
+    @property
+    def tenant_id(self) -> str:
+        """The authorized tenant's id (tenant-scoped operations always have one)."""
+        if self.tenant is None:
+            raise FailedPrecondition("this operation needs a tenant", hint="Pass tenant=<slug>.")
+        return self.tenant.id
+
+
+class PrincipalView(Result):
+    """A principal as shown to callers."""
+
+    id: str
+    kind: str
+    name: str
+
+    @classmethod
+    def of(cls, principal: Principal) -> PrincipalView:
+        """View of ``principal``."""
+        return cls(id=principal.id, kind=principal.kind, name=principal.name)
+
+
+class TenantView(Result):
+    """A tenant as shown to callers."""
+
+    id: str
+    slug: str
+    name: str
+    created_at: datetime | None = None
+
+    @classmethod
+    def of(cls, tenant: Tenant) -> TenantView:
+        """View of ``tenant``."""
+        return cls(id=tenant.id, slug=tenant.slug, name=tenant.name, created_at=tenant.created_at)
+
+
+def _is_sensitive(model: type[BaseModel], field: str) -> bool:
+    info = model.model_fields.get(field)
+    return info is not None and any(isinstance(m, Sensitive) for m in info.metadata)
+
+
+def redacted(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a dump of ``model``) with every Sensitive field replaced by a marker, at any depth."""
+    out: dict[str, Any] = {}
+    for name, value in data.items():
+        info = model.model_fields.get(name)
+        if _is_sensitive(model, name):
+            out[name] = REDACTED
+        elif info is not None and isinstance(value, dict | list):
+            out[name] = _redact_nested(info.annotation, value)
+        else:
+            out[name] = value
+    return out
+
+
+def _redact_nested(annotation: Any, value: Any) -> Any:
+    nested = _model_in(annotation)
+    if nested is None:
+        return value
+    if isinstance(value, list):
+        return [redacted(nested, v) if isinstance(v, dict) else v for v in value]
+    return redacted(nested, value) if isinstance(value, dict) else value
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def bounded(value: Any, *, depth: int = 0) -> Any:
+    """A copy of arbitrary JSON input small enough to record: long strings cut, deep nesting cut."""
+    if depth > 6:
+        return "…"
+    if isinstance(value, str):
+        return value if len(value) <= 256 else f"{value[:256]}…({len(value)} chars)"
+    if isinstance(value, dict):
+        items = list(value.items())
+        out = {str(k)[:64]: bounded(v, depth=depth + 1) for k, v in items[:50]}
+        if len(items) > 50:
+            out["…"] = f"{len(items) - 50} more keys"
+        return out
+    if isinstance(value, list):
+        return [bounded(v, depth=depth + 1) for v in value[:50]] + (["…"] if len(value) > 50 else [])
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return repr(value)[:256]
+
+
+def recorded_args(model: type[BaseModel], raw: Any) -> dict[str, Any]:
+    """Arguments as the audit log keeps them: Sensitive fields replaced, size bounded.
+
+    Works on raw input too, so calls with invalid arguments are recorded without leaking.
+    """
+    if not isinstance(raw, dict):
+        return {"_invalid": bounded(raw)}
+    return {k: bounded(v) for k, v in redacted(model, raw).items()}

@@ -1,0 +1,178 @@
+"""The registry: every agent-facing operation declared once, with all it needs to be served.
+
+Surfaces (MCP tools and resources, CLI, schema and doc generators) are built from ``REGISTRY``; the
+dispatcher reads an operation's permission, annotations and models from here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
+
+from pydantic import BaseModel
+
+from scalemule.core.access import AUTHENTICATED, PERMISSIONS
+
+if TYPE_CHECKING:
+    from scalemule.operations.base import Call
+
+A = TypeVar("A", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+Handler = Callable[["Call", Any], Awaitable[BaseModel]]
+
+
+# Length and count bounds are still enforced by the args model, and a violation names the limit;
+# listing them on every string of every tool would cost more context than they save.
+_ENFORCED_NOT_SHOWN = frozenset({"minLength", "maxLength", "maxItems", "minItems"})
+
+
+def compact_schema(schema: Any) -> Any:
+    """Drop what costs an agent's context but tells it nothing: titles, null defaults, string length
+    bounds, and the ``anyOf [X, null]`` spelling of optional scalars (becomes ``type: [X, "null"]``)."""
+    if isinstance(schema, list):
+        return [compact_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "title" and isinstance(value, str):
+            continue
+        if (key == "default" and value is None) or key in _ENFORCED_NOT_SHOWN:
+            continue
+        if key in ("properties", "$defs"):
+            out[key] = {name: compact_schema(sub) for name, sub in value.items()}
+        else:
+            out[key] = compact_schema(value)
+    options = out.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+        other = next(o for o in options if o != {"type": "null"})
+        if set(other) <= {"type", "format", "maxLength", "minLength", "pattern", "minimum", "maximum"} and isinstance(
+            other.get("type"), str
+        ):
+            del out["anyOf"]
+            out = {**other, **out, "type": [other["type"], "null"]}
+    return out
+
+
+def _without_description(schema: dict[str, Any]) -> dict[str, Any]:
+    # A model's docstring is for developers; the tool description already speaks to the agent.
+    return {k: v for k, v in schema.items() if k != "description"}
+
+
+def _shallow_type(prop: dict[str, Any]) -> dict[str, Any]:
+    kinds: list[str] = []
+    for option in prop.get("anyOf", [prop]):
+        kind = option.get("type", "object")
+        kinds += kind if isinstance(kind, list) else [kind]
+    if set(kinds) <= {"string", "integer", "number", "boolean", "null"}:
+        return prop
+    shallow: dict[str, Any] = {"type": kinds[0] if len(kinds) == 1 else kinds}
+    if "description" in prop:
+        shallow["description"] = prop["description"]
+    return shallow
+
+
+def shallow_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """An object schema reduced to its top-level properties' types (still a valid, conforming schema)."""
+    out = {k: v for k, v in schema.items() if k not in ("$defs", "properties")}
+    out["properties"] = {name: _shallow_type(prop) for name, prop in schema.get("properties", {}).items()}
+    return out
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation: its contract (models, permission, annotations) and its handler."""
+
+    name: str
+    description: str
+    args_model: type[BaseModel]
+    result_model: type[BaseModel]
+    permission: str
+    toolset: str
+    read_only: bool
+    destructive: bool
+    idempotent: bool
+    tenant_scoped: bool
+    target: str | None
+    tool: bool
+    handler: Handler
+
+    @cached_property
+    def input_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the arguments, compacted for the tool list."""
+        return _without_description(compact_schema(self.args_model.model_json_schema()))
+
+    @cached_property
+    def output_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the result: top-level fields and their types (nested objects are
+        shown by example in every result's text, and that keeps the tool list small)."""
+        return _without_description(shallow_schema(compact_schema(self.result_model.model_json_schema())))
+
+    @property
+    def annotations(self) -> dict[str, bool]:
+        """The four MCP tool annotations; openWorld is false for every ScaleMule operation."""
+        return {
+            "readOnlyHint": self.read_only,
+            "destructiveHint": self.destructive,
+            "idempotentHint": self.idempotent,
+            "openWorldHint": False,
+        }
+
+
+REGISTRY: dict[str, Operation] = {}
+
+
+def operation(
+    name: str,
+    *,
+    permission: str,
+    toolset: str,
+    read_only: bool = False,
+    destructive: bool = False,
+    idempotent: bool = False,
+    target: str | None = None,
+    tool: bool = True,
+) -> Callable[[Callable[[Call, A], Awaitable[R]]], Callable[[Call, A], Awaitable[R]]]:
+    """Declare an operation; the handler's docstring is its description, its annotations its models.
+
+    Args:
+        name: the public tool name (snake_case, domain first).
+        permission: the permission the caller must hold, or ``AUTHENTICATED``.
+        toolset: the group an operator enables with ``--toolsets``.
+        read_only: changes nothing (also allowed under ``--read-only``).
+        destructive: may delete or overwrite data.
+        idempotent: repeating the call with the same arguments has no further effect.
+        target: the argument naming what the call acts on, recorded in the audit event.
+        tool: False for operations served only as MCP resources.
+    """
+    if permission != AUTHENTICATED and permission not in PERMISSIONS:
+        raise ValueError(f"{name}: unknown permission {permission!r}")
+
+    def register(handler: Callable[[Call, A], Awaitable[R]]) -> Callable[[Call, A], Awaitable[R]]:
+        from scalemule.operations.base import TenantArgs
+
+        if name in REGISTRY:
+            raise ValueError(f"operation {name!r} declared twice")
+        hints = get_type_hints(handler)
+        args_model, result_model = hints["args"], hints["return"]
+        REGISTRY[name] = Operation(
+            name=name,
+            description=inspect.cleandoc(handler.__doc__ or ""),
+            args_model=args_model,
+            result_model=result_model,
+            permission=permission,
+            toolset=toolset,
+            read_only=read_only,
+            destructive=destructive,
+            idempotent=idempotent,
+            tenant_scoped=issubclass(args_model, TenantArgs),
+            target=target,
+            tool=tool,
+            handler=handler,
+        )
+        return handler
+
+    return register

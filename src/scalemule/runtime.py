@@ -1,0 +1,25 @@
+"""The running backend: settings plus the stores every operation reaches through its Call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scalemule.db.engine import Database
+from scalemule.settings import Settings
+
+
+@dataclass
+class Runtime:
+    """Open stores for one process. Surfaces create it once and close it on exit."""
+
+    settings: Settings
+    db: Database
+
+    @classmethod
+    def open(cls, settings: Settings) -> Runtime:
+        """Open the stores for ``settings`` (no I/O until first use)."""
+        return cls(settings=settings, db=Database(settings.url))
+
+    async def close(self) -> None:
+        """Release pooled connections."""
+        await self.db.dispose()

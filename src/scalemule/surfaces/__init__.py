@@ -1,0 +1,1 @@
+"""Thin adapters built from the registry: MCP server, CLI, schema and doc generators."""

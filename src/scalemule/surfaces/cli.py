@@ -1,0 +1,301 @@
+"""The ``scalemule`` command. Async is the truth; this edge bridges once with ``anyio.run``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from scalemule import __version__
+from scalemule.core import bootstrap, identity
+from scalemule.core.errors import InvalidArgument, ScaleMuleError
+from scalemule.db import migrate
+from scalemule.dispatch import DEFAULT_TOOLSETS, Dispatcher, Exposure, Invocation
+from scalemule.operations import REGISTRY
+from scalemule.runtime import Runtime
+from scalemule.settings import Settings
+from scalemule.surfaces import schemas
+
+
+class CliError(Exception):
+    """A CLI failure printed as ``{"error": {...}}`` with a non-zero exit."""
+
+    def __init__(self, code: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.body = {"code": code, "message": message, "hint": hint}
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def parse_toolsets(value: str) -> frozenset[str] | None:
+    """``all``, ``default`` or a comma list of toolsets.
+
+    Raises:
+        InvalidArgument: an unknown toolset name.
+    """
+    if value == "all":
+        return None
+    if value == "default":
+        return DEFAULT_TOOLSETS
+    names = frozenset(v.strip() for v in value.split(",") if v.strip())
+    known = {op.toolset for op in REGISTRY.values()}
+    if unknown := sorted(names - known):
+        raise InvalidArgument(
+            f"unknown toolsets: {', '.join(unknown)}", hint=f"Known: {', '.join(sorted(known))}, all."
+        )
+    return names
+
+
+def parse_pairs(pairs: list[str], raw_json: str | None) -> dict[str, Any]:
+    """Tool arguments from ``key=value`` pairs (values parsed as JSON when they are) and ``--json``.
+
+    Raises:
+        InvalidArgument: a pair without ``=`` or ``--json`` that is not a JSON object.
+    """
+    args: dict[str, Any] = {}
+    if raw_json is not None:
+        try:
+            loaded = json.loads(raw_json)
+        except ValueError as exc:
+            raise InvalidArgument(f"--json is not valid JSON: {exc}", hint="Pass a JSON object.") from None
+        if not isinstance(loaded, dict):
+            raise InvalidArgument("--json must be a JSON object", hint='e.g. --json \'{"name": "x"}\'')
+        args.update(loaded)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"argument {pair!r} is not key=value", hint="e.g. name=worker limit=10")
+        try:
+            args[key] = json.loads(value)
+        except ValueError:
+            args[key] = value
+    return args
+
+
+async def _with_runtime(settings: Settings, body: Any) -> Any:
+    runtime = Runtime.open(settings)
+    try:
+        return await body(runtime)
+    finally:
+        await runtime.close()
+
+
+async def _require_schema(runtime: Runtime) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        behind = await migrate.pending(runtime.db.engine)
+    except (DBAPIError, OSError) as exc:
+        raise CliError(
+            "failed_precondition",
+            f"cannot open the store: {type(exc).__name__}",
+            "Check SCALEMULE_DATABASE_URL / SCALEMULE_DATA_DIR, or run 'scalemule init'.",
+        ) from None
+    if behind:
+        raise CliError(
+            "failed_precondition",
+            "the store is missing or behind the current schema",
+            "Run 'scalemule init' for a new store or 'scalemule migrate' for an existing one.",
+        )
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def body(runtime: Runtime) -> bootstrap.Bootstrap:
+        await migrate.upgrade(runtime.db.engine)
+        async with runtime.db.transaction() as conn:
+            return await bootstrap.initialize(conn, slug=args.tenant, owner_email=args.owner)
+
+    made = anyio.run(_with_runtime, settings, body)
+    bootstrap.write_master_key(settings.data_dir)
+    env = {"SCALEMULE_API_KEY": made.agent_token}
+    if settings.database_url:
+        env["SCALEMULE_DATABASE_URL"] = settings.database_url
+    else:
+        env["SCALEMULE_DATA_DIR"] = str(settings.data_dir.resolve())
+    mcp_json = {"mcpServers": {"scalemule": {"command": "scalemule", "args": ["serve"], "env": env}}}
+    tenant = {"id": made.tenant.id, "slug": made.tenant.slug, "name": made.tenant.name}
+    if args.json:
+        _print_json(
+            {
+                "tenant": tenant,
+                "owner_key": made.owner_token,
+                "agent_key": made.agent_token,
+                "mcp_json": mcp_json,
+            }
+        )
+        return 0
+    print(f"Initialised ScaleMule in {settings.data_dir.resolve()} with tenant '{made.tenant.slug}'.\n")
+    print(f"Owner ({made.owner.name}) key, shown once:  {made.owner_token}")
+    print(f"Agent ({made.agent.name}) key, shown once: {made.agent_token}\n")
+    print("Add this to your MCP client's configuration:")
+    _print_json(mcp_json)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.database_url:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def body(runtime: Runtime) -> None:
+        await migrate.upgrade(runtime.db.engine)
+
+    anyio.run(_with_runtime, settings, body)
+    print("migrations applied", file=sys.stderr)
+    return 0
+
+
+def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
+    arguments = parse_pairs(args.pairs, args.json)
+
+    async def body(runtime: Runtime) -> Any:
+        await _require_schema(runtime)
+        dispatcher = Dispatcher(runtime, Exposure(toolsets=None))
+        return await dispatcher.call(
+            Invocation(
+                args.tool,
+                arguments,
+                args.api_key or settings.api_key,
+                "cli",
+                client_name="scalemule-cli",
+                client_version=__version__,
+            )
+        )
+
+    outcome = anyio.run(_with_runtime, settings, body)
+    if outcome.error is not None:
+        error = outcome.error
+        _print_json({"error": {"code": error.code, "message": error.message, "hint": error.hint}})
+        return 1
+    _print_json(outcome.result)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from scalemule.surfaces.mcp import serve_stdio
+
+    exposure = Exposure(toolsets=parse_toolsets(args.toolsets), read_only=args.read_only)
+
+    async def body(runtime: Runtime) -> None:
+        await _require_schema(runtime)
+        dispatcher = Dispatcher(runtime, exposure)
+        if args.transport == "http":
+            import uvicorn
+
+            from scalemule.surfaces.http import build_app
+
+            config = uvicorn.Config(
+                build_app(dispatcher, host=args.host), host=args.host, port=args.port, log_level="warning"
+            )
+            print(f"scalemule: serving MCP on http://{args.host}:{args.port}/mcp", file=sys.stderr, flush=True)
+            await uvicorn.Server(config).serve()
+            return
+        key = settings.api_key
+        try:
+            async with runtime.db.transaction() as conn:
+                await identity.authenticate(conn, key)
+        except ScaleMuleError as exc:
+            raise CliError(
+                exc.code,
+                f"cannot serve over stdio: {exc.message}",
+                "Set SCALEMULE_API_KEY to a live key (see 'scalemule init').",
+            ) from None
+        assert key is not None
+        await serve_stdio(dispatcher, key)
+
+    anyio.run(_with_runtime, settings, body)
+    return 0
+
+
+def cmd_tools(args: argparse.Namespace, settings: Settings) -> int:
+    for op in REGISTRY.values():
+        if op.tool:
+            summary = op.description.splitlines()[0] if op.description else ""
+            print(f"{op.name:28} {op.toolset:9} {op.permission:16} {summary}")
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    root = Path(args.root)
+    if args.check:
+        stale = schemas.drift(root)
+        for path in stale:
+            print(f"stale: {path}", file=sys.stderr)
+        return 1 if stale else 0
+    for path in schemas.write(root):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="scalemule", description="ScaleMule: the production backend for agent-built apps."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="create the store, first tenant, owner and agent keys")
+    p.add_argument("--tenant", default="main", help="slug of the first tenant (default: main)")
+    p.add_argument("--owner", default="owner@localhost", help="email of the owner user")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=cmd_init)
+
+    p = sub.add_parser("serve", help="serve MCP over stdio (default) or streamable HTTP")
+    p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--toolsets", default="default", help="comma list, 'default' or 'all'")
+    p.add_argument("--read-only", action="store_true", help="expose and allow only read-only tools")
+    p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser("call", help="run one operation through the dispatch path and print JSON")
+    p.add_argument("tool")
+    p.add_argument("pairs", nargs="*", metavar="key=value")
+    p.add_argument("--json", help="arguments as a JSON object")
+    p.add_argument("--api-key", help="API key (default: SCALEMULE_API_KEY)")
+    p.set_defaults(run=cmd_call)
+
+    sub.add_parser("tools", help="list the operations").set_defaults(run=cmd_tools)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(run=cmd_migrate)
+
+    p = sub.add_parser("schemas", help="regenerate tool_schemas/ and docs/tools.md")
+    p.add_argument("--check", action="store_true", help="fail if the generated files are stale")
+    p.add_argument("--root", default=".", help="repository root (default: .)")
+    p.set_defaults(run=cmd_schemas)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``scalemule`` command."""
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # key=value pairs may follow options: `scalemule call whoami --api-key K tenant=x`.
+        if args.command != "call" or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.pairs += extra
+    try:
+        return int(args.run(args, Settings.from_env()))
+    except ScaleMuleError as exc:
+        body = {"code": exc.code, "message": exc.message, "hint": exc.hint}
+    except CliError as exc:
+        body = exc.body
+    if args.command == "serve":
+        # stdout is the protocol channel on stdio: the operator reads stderr.
+        print(f"scalemule: {body['code']}: {body['message']} {body['hint'] or ''}", file=sys.stderr)
+        return 2
+    _print_json({"error": body})
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The MCP server: tools and resources generated from the registry, every call through dispatch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import mcp_types as types
+from mcp.server import Server, ServerRequestContext
+from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
+
+from scalemule import __version__
+from scalemule.dispatch import Dispatcher, Invocation, Outcome
+from scalemule.operations import Operation
+from scalemule.operations.docs import topics
+from scalemule.operations.resources import ROUTES, route_for
+
+INSTRUCTIONS = (
+    "ScaleMule is the production backend for the app you are building: identity and API keys, "
+    "tenants, config and secrets per environment, object storage, background jobs and an audit log. "
+    "Start with whoami. Errors begin with a stable code and say what to do next. "
+    "Docs: scalemule://docs/{topic}."
+)
+
+# How a request's credential is found: stdio uses the process key, HTTP the request's bearer token.
+CredentialOf = Callable[[ServerRequestContext[Any, Any]], str | None]
+
+
+def tool_definition(op: Operation) -> types.Tool:
+    """The MCP tool for ``op``: name, description, schemas and the four annotations."""
+    return types.Tool(
+        name=op.name,
+        description=op.description,
+        input_schema=op.input_schema,
+        output_schema=op.output_schema,
+        annotations=types.ToolAnnotations(
+            read_only_hint=op.read_only,
+            destructive_hint=op.destructive,
+            idempotent_hint=op.idempotent,
+            open_world_hint=False,
+        ),
+    )
+
+
+def bearer_token(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """The token of the HTTP request's ``Authorization: Bearer`` header."""
+    request = ctx.request
+    header = request.headers.get("authorization", "") if request is not None else ""
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport: str) -> Server[Any]:
+    """A lowlevel MCP server whose every tool call and resource read goes through ``dispatcher``."""
+    tools = [tool_definition(op) for op in dispatcher.exposed() if op.tool]
+
+    async def invoke(
+        ctx: ServerRequestContext[Any, Any], operation: str, arguments: Any, resource: str | None = None
+    ) -> Outcome:
+        params = ctx.session.client_params
+        client = params.client_info if params is not None else None
+        connection = getattr(ctx.session, "_connection", None)
+        session_id = getattr(connection, "session_id", None)
+        if session_id is None and ctx.request is not None:
+            session_id = ctx.request.headers.get("mcp-session-id")
+        return await dispatcher.call(
+            Invocation(
+                operation=operation,
+                arguments=arguments,
+                credential=credential_of(ctx),
+                transport=transport,
+                client_name=client.name if client else None,
+                client_version=client.version if client else None,
+                session_id=session_id,
+                request_id=None if ctx.request_id is None else str(ctx.request_id),
+                resource=resource,
+            )
+        )
+
+    async def list_tools(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(
+        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        outcome = await invoke(ctx, params.name, params.arguments)
+        if outcome.error is not None:
+            error = outcome.error
+            return types.CallToolResult(
+                content=[types.TextContent(text=error.text)],
+                structured_content={"error": {"code": error.code, "message": error.message, "hint": error.hint}},
+                is_error=True,
+            )
+        text = json.dumps(outcome.result, ensure_ascii=False, separators=(",", ":"))
+        return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=outcome.result)
+
+    async def list_resources(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        return types.ListResourcesResult(
+            resources=[
+                types.Resource(uri=f"scalemule://docs/{t}", name=f"docs/{t}", mime_type="text/markdown")
+                for t in topics()
+            ]
+        )
+
+    async def list_templates(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(
+            resource_templates=[
+                types.ResourceTemplate(
+                    uri_template=r.template,
+                    name=r.operation,
+                    description=r.description,
+                    mime_type=r.mime_type,
+                )
+                for r in ROUTES
+            ]
+        )
+
+    async def read_resource(
+        ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        uri = str(params.uri)
+        found = route_for(uri)
+        route, args = found if found is not None else (None, {})
+        outcome = await invoke(ctx, route.operation if route else "resources_read", args, resource=uri[:1000])
+        if outcome.error is not None:
+            raise MCPError(code=types.INVALID_PARAMS, message=outcome.error.text)
+        assert route is not None and outcome.result is not None
+        if route.body_field is not None:
+            body = str(outcome.result[route.body_field])
+        else:
+            body = json.dumps(outcome.result, ensure_ascii=False, indent=1)
+        return types.ReadResourceResult(
+            contents=[types.TextResourceContents(uri=uri, mime_type=route.mime_type, text=body)]
+        )
+
+    return Server(
+        "scalemule",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_templates,
+        on_read_resource=read_resource,
+    )
+
+
+async def serve_stdio(dispatcher: Dispatcher, api_key: str) -> None:
+    """Serve MCP over stdin/stdout as the principal of ``api_key``."""
+    server = build_server(dispatcher, lambda ctx: api_key, "stdio")
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+def log_to_stderr(message: str) -> None:
+    """Write a line for the operator; stdout is the protocol on stdio."""
+    print(message, file=sys.stderr, flush=True)

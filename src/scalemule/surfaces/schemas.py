@@ -1,0 +1,96 @@
+"""Generated files: tool_schemas/*.json and docs/tools.md, both derived from the registry.
+
+``scalemule schemas`` rewrites them; ``scalemule schemas --check`` (and a test) fails on drift.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from scalemule.dispatch import DEFAULT_TOOLSETS
+from scalemule.operations import REGISTRY, Operation
+
+
+def tool_schema(op: Operation) -> dict[str, Any]:
+    """The published contract of one tool."""
+    return {
+        "name": op.name,
+        "description": op.description,
+        "toolset": op.toolset,
+        "permission": op.permission,
+        "annotations": op.annotations,
+        "inputSchema": op.input_schema,
+        "outputSchema": op.output_schema,
+    }
+
+
+def _tools() -> list[Operation]:
+    return [op for op in REGISTRY.values() if op.tool]
+
+
+def tools_markdown() -> str:
+    """docs/tools.md: every tool by toolset, with permission, annotations and arguments."""
+    lines = [
+        "# Tools reference",
+        "",
+        "Generated from the operation registry by `scalemule schemas`; do not edit by hand.",
+        "Each tool's full input and output JSON Schema is in `tool_schemas/<tool>.json`.",
+        "",
+    ]
+    toolsets = sorted({op.toolset for op in _tools()}, key=lambda t: (t not in DEFAULT_TOOLSETS, t))
+    for toolset in toolsets:
+        default = "enabled by default" if toolset in DEFAULT_TOOLSETS else "enable with `--toolsets`"
+        lines += [f"## {toolset} ({default})", ""]
+        for op in (o for o in _tools() if o.toolset == toolset):
+            flags = [k.removesuffix("Hint") for k, v in op.annotations.items() if v]
+            lines += [
+                f"### `{op.name}`",
+                "",
+                op.description,
+                "",
+                f"- permission: `{op.permission}`",
+                f"- annotations: {', '.join(flags) or 'none (writes, not idempotent)'}",
+            ]
+            schema = op.input_schema
+            required = set(schema.get("required", []))
+            props = schema.get("properties", {})
+            if props:
+                lines.append("- arguments:")
+                for name, prop in props.items():
+                    need = "required" if name in required else "optional"
+                    about = prop.get("description", "")
+                    lines.append(f"  - `{name}` ({need}){': ' + about if about else ''}")
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render(root: Path) -> dict[Path, str]:
+    """Every generated file under ``root`` with its content."""
+    files = {
+        root / "tool_schemas" / f"{op.name}.json": json.dumps(tool_schema(op), indent=2, ensure_ascii=False) + "\n"
+        for op in _tools()
+    }
+    files[root / "docs" / "tools.md"] = tools_markdown()
+    return files
+
+
+def drift(root: Path) -> list[Path]:
+    """Generated files that are missing, stale, or no longer generated."""
+    files = render(root)
+    stale = [p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
+    extra = [p for p in (root / "tool_schemas").glob("*.json") if p not in files]
+    return sorted(stale + extra)
+
+
+def write(root: Path) -> list[Path]:
+    """Rewrite the generated files; returns those that changed."""
+    changed = drift(root)
+    for p in (root / "tool_schemas").glob("*.json"):
+        if p not in render(root):
+            p.unlink()
+    for path, text in render(root).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return changed

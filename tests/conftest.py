@@ -1,0 +1,176 @@
+"""Shared fixtures: one ``store`` parametrised over SQLite and PostgreSQL, a runtime and a dispatcher.
+
+PostgreSQL runs in a schema of its own per test session (``?search_path=``), so parallel runs never
+collide; tables are emptied between tests. Where PostgreSQL is unreachable its tests skip with the
+reason, unless ``SCALEMULE_REQUIRE_POSTGRES=1`` (CI), which turns that into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import sqlalchemy as sa
+
+from scalemule.core import bootstrap
+from scalemule.db import migrate
+from scalemule.db.engine import create_engine
+from scalemule.db.tables import metadata
+from scalemule.dispatch import Dispatcher, Exposure, Invocation, Outcome
+from scalemule.runtime import Runtime
+from scalemule.settings import Settings
+
+POSTGRES_ADMIN_URL = os.environ.get("SCALEMULE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_POSTGRES = os.environ.get("SCALEMULE_REQUIRE_POSTGRES") == "1"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def _postgres_schema() -> str:
+    schema = f"sm_test_{os.getpid()}_{secrets.token_hex(4)}"
+    engine = create_engine(POSTGRES_ADMIN_URL)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    finally:
+        await engine.dispose()
+    url = f"{POSTGRES_ADMIN_URL}?search_path={schema}"
+    engine = create_engine(url)
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    return schema
+
+
+async def _drop_schema(schema: str) -> None:
+    engine = create_engine(POSTGRES_ADMIN_URL)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str | None]:
+    """A migrated PostgreSQL schema for this session, or None (with the reason) when unreachable."""
+    try:
+        schema = anyio.run(_postgres_schema)
+    except (OSError, sa.exc.DBAPIError) as exc:
+        reason = f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable: {type(exc).__name__}: {exc}"
+        if REQUIRE_POSTGRES:
+            pytest.fail(reason + " (SCALEMULE_REQUIRE_POSTGRES=1)")
+        yield None
+        os.environ["SCALEMULE_TEST_POSTGRES_SKIP"] = reason
+        return
+    yield f"{POSTGRES_ADMIN_URL}?search_path={schema}"
+    anyio.run(_drop_schema, schema)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test (migrating once keeps the suite fast)."""
+    path = tmp_path_factory.mktemp("template") / "scalemule.db"
+
+    async def build() -> None:
+        engine = create_engine(f"sqlite:///{path}")
+        try:
+            await migrate.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    anyio.run(build)
+    return path
+
+
+async def _truncate(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+            await conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> Settings:
+    """Settings for an empty, migrated store: SQLite in tmp_path, or this session's PostgreSQL schema."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    if request.param == "sqlite":
+        shutil.copy(sqlite_template, data_dir / "scalemule.db")
+        return Settings(data_dir=data_dir)
+    url = request.getfixturevalue("postgres_url")
+    if url is None:
+        pytest.skip(os.environ.get("SCALEMULE_TEST_POSTGRES_SKIP", "PostgreSQL unreachable"))
+    anyio.run(_truncate, url)
+    return Settings(data_dir=data_dir, database_url=url)
+
+
+@pytest.fixture
+async def runtime(store: Settings) -> AsyncIterator[Runtime]:
+    """An open runtime over ``store``."""
+    rt = Runtime.open(store)
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
+@pytest.fixture
+def dispatcher(runtime: Runtime) -> Dispatcher:
+    """A dispatcher exposing every toolset."""
+    return Dispatcher(runtime, Exposure(toolsets=None))
+
+
+@dataclass
+class World:
+    """A bootstrapped store: tenant 'acme' with an owner and a developer agent, plus a caller helper."""
+
+    dispatcher: Dispatcher
+    made: bootstrap.Bootstrap
+
+    @property
+    def owner(self) -> str:
+        return self.made.owner_token
+
+    @property
+    def agent(self) -> str:
+        return self.made.agent_token
+
+    async def call(self, operation: str, token: str | None, /, **arguments: Any) -> Outcome:
+        """Run ``operation`` as the holder of ``token`` over the CLI transport."""
+        return await self.dispatcher.call(Invocation(operation, arguments, token, "cli", client_name="tests"))
+
+    async def ok(self, operation: str, token: str | None, /, **arguments: Any) -> dict[str, Any]:
+        """Like ``call``, but the call must succeed; returns its result."""
+        outcome = await self.call(operation, token, **arguments)
+        assert outcome.error is None, outcome.error
+        assert outcome.result is not None
+        return outcome.result
+
+    async def code(self, operation: str, token: str | None, /, **arguments: Any) -> str:
+        """Like ``call``, but the call must fail; returns its error code."""
+        outcome = await self.call(operation, token, **arguments)
+        assert outcome.error is not None, f"{operation} unexpectedly succeeded: {outcome.result}"
+        return outcome.error.code
+
+
+@pytest.fixture
+async def world(dispatcher: Dispatcher) -> World:
+    """Tenant 'acme' with owner alice@example.com and agent 'acme-agent' (developer)."""
+    async with dispatcher.runtime.db.transaction() as conn:
+        made = await bootstrap.initialize(conn, slug="acme", owner_email="alice@example.com")
+    return World(dispatcher, made)
