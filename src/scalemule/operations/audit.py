@@ -11,7 +11,7 @@ from scalemule.core import audit
 from scalemule.core.audit import AuditEvent
 from scalemule.core.pages import decode_cursor, encode_cursor
 from scalemule.operations.base import Call, Identifier, Name, PrincipalView, Result, TenantPageArgs
-from scalemule.operations.registry import operation
+from scalemule.operations.registry import Resource, operation
 
 
 class EventView(Result):
@@ -80,7 +80,20 @@ class EventsPage(Result):
     next_cursor: str | None
 
 
-@operation("audit_query", permission="audit:read", toolset="audit", read_only=True, idempotent=True)
+@operation(
+    "audit_query",
+    permission="audit:read",
+    toolset="audit",
+    read_only=True,
+    idempotent=True,
+    resources=(
+        Resource(
+            "scalemule://tenants/{tenant}/audit/recent",
+            "The tenant's 50 most recent audit events",
+            args=(("limit", 50),),
+        ),
+    ),
+)
 async def audit_query(call: Call, args: AuditQueryArgs) -> EventsPage:
     """Read the tenant's audit log, newest first, filtered by actor, operation, outcome and time.
 

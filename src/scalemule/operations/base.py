@@ -18,7 +18,6 @@ REDACTED = "[redacted]"
 MAX_PAGE = 200
 
 
-
 def _printable(value: str) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError("must not contain control characters (newlines, tabs, NUL)")

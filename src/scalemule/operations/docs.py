@@ -10,7 +10,7 @@ from pydantic import Field
 from scalemule.core.access import AUTHENTICATED
 from scalemule.core.errors import NotFound
 from scalemule.operations.base import Args, Call, Result
-from scalemule.operations.registry import operation
+from scalemule.operations.registry import Resource, operation
 
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
 
@@ -29,7 +29,15 @@ class DocText(Result):
     markdown: str
 
 
-@operation("docs_get", permission=AUTHENTICATED, toolset="docs", read_only=True, idempotent=True, tool=False)
+@operation(
+    "docs_get",
+    permission=AUTHENTICATED,
+    toolset="docs",
+    read_only=True,
+    idempotent=True,
+    tool=False,
+    resources=(Resource("scalemule://docs/{topic}", "A page of the ScaleMule docs", "text/markdown", body="markdown"),),
+)
 async def docs_get(call: Call, args: DocsGetArgs) -> DocText:
     """Read one page of the ScaleMule docs."""
     path = DOCS_DIR / f"{args.topic}.md"

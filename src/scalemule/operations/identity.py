@@ -29,7 +29,7 @@ from scalemule.operations.base import (
     TenantPageArgs,
     TenantView,
 )
-from scalemule.operations.registry import operation
+from scalemule.operations.registry import Resource, operation
 
 Role = Literal["owner", "admin", "developer", "viewer", "worker"]
 
@@ -201,7 +201,14 @@ async def tenants_list(call: Call, args: PageArgs) -> TenantsPage:
     )
 
 
-@operation("tenants_get", permission="tenants:read", toolset="identity", read_only=True, idempotent=True)
+@operation(
+    "tenants_get",
+    permission="tenants:read",
+    toolset="identity",
+    read_only=True,
+    idempotent=True,
+    resources=(Resource("scalemule://tenants/{tenant}", "A tenant and your role in it"),),
+)
 async def tenants_get(call: Call, args: TenantArgs) -> TenantRole:
     """Show a tenant and your role in it. Use tenants_list to see all your tenants."""
     assert call.tenant is not None and call.role is not None

@@ -7,10 +7,12 @@ dispatcher reads an operation's permission, annotations and models from here and
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
+from urllib.parse import unquote
 
 from pydantic import BaseModel
 
@@ -83,6 +85,47 @@ def shallow_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Resource:
+    """An MCP resource template served by reading an operation with arguments taken from the URI.
+
+    Attributes:
+        template: e.g. ``scalemule://tenants/{tenant}/objects/{key}``; the last ``{name}`` may span slashes.
+        description: what reading it returns.
+        mime_type: the content's type.
+        body: the result field holding the content; None serves the whole result as JSON.
+        blob: the body is base64 and served as a blob resource.
+        args: fixed arguments added to those from the URI.
+    """
+
+    template: str
+    description: str
+    mime_type: str = "application/json"
+    body: str | None = None
+    blob: bool = False
+    args: tuple[tuple[str, Any], ...] = ()
+
+    @cached_property
+    def pattern(self) -> re.Pattern[str]:
+        """A regex matching URIs of this template."""
+        parts = re.split(r"(\{[a-z_]+\})", self.template)
+        regex = ""
+        for i, part in enumerate(parts):
+            if part.startswith("{"):
+                last = i == len(parts) - 2 and parts[-1] == ""
+                regex += f"(?P<{part[1:-1]}>{'.+' if last else '[^/]+'})"
+            else:
+                regex += re.escape(part)
+        return re.compile(f"^{regex}$")
+
+    def match(self, uri: str) -> dict[str, Any] | None:
+        """The operation's arguments for ``uri``, or None when it is not of this template."""
+        found = self.pattern.match(uri)
+        if found is None:
+            return None
+        return {**dict(self.args), **{k: unquote(v) for k, v in found.groupdict().items()}}
+
+
+@dataclass(frozen=True)
 class Operation:
     """One operation: its contract (models, permission, annotations) and its handler."""
 
@@ -98,6 +141,7 @@ class Operation:
     tenant_scoped: bool
     target: str | None
     tool: bool
+    resources: tuple[Resource, ...]
     handler: Handler
 
     @cached_property
@@ -125,6 +169,16 @@ class Operation:
 REGISTRY: dict[str, Operation] = {}
 
 
+def resource_for(uri: str) -> tuple[Operation, Resource, dict[str, Any]] | None:
+    """The operation and template serving ``uri``, with the arguments the URI implies."""
+    for op in REGISTRY.values():
+        for resource in op.resources:
+            args = resource.match(uri)
+            if args is not None:
+                return op, resource, args
+    return None
+
+
 def operation(
     name: str,
     *,
@@ -135,6 +189,7 @@ def operation(
     idempotent: bool = False,
     target: str | None = None,
     tool: bool = True,
+    resources: tuple[Resource, ...] = (),
 ) -> Callable[[Callable[[Call, A], Awaitable[R]]], Callable[[Call, A], Awaitable[R]]]:
     """Declare an operation; the handler's docstring is its description, its annotations its models.
 
@@ -147,6 +202,7 @@ def operation(
         idempotent: repeating the call with the same arguments has no further effect.
         target: the argument naming what the call acts on, recorded in the audit event.
         tool: False for operations served only as MCP resources.
+        resources: MCP resource templates read through this operation.
     """
     if permission != AUTHENTICATED and permission not in PERMISSIONS:
         raise ValueError(f"{name}: unknown permission {permission!r}")
@@ -171,6 +227,7 @@ def operation(
             tenant_scoped=issubclass(args_model, TenantArgs),
             target=target,
             tool=tool,
+            resources=resources,
             handler=handler,
         )
         return handler

@@ -14,9 +14,8 @@ from mcp.shared.exceptions import MCPError
 
 from scalemule import __version__
 from scalemule.dispatch import Dispatcher, Invocation, Outcome
-from scalemule.operations import Operation
+from scalemule.operations import Operation, resource_for
 from scalemule.operations.docs import topics
-from scalemule.operations.resources import ROUTES, route_for
 
 INSTRUCTIONS = (
     "ScaleMule is the production backend for the app you are building: identity and API keys, "
@@ -115,12 +114,10 @@ def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport:
         return types.ListResourceTemplatesResult(
             resource_templates=[
                 types.ResourceTemplate(
-                    uri_template=r.template,
-                    name=r.operation,
-                    description=r.description,
-                    mime_type=r.mime_type,
+                    uri_template=r.template, name=op.name, description=r.description, mime_type=r.mime_type
                 )
-                for r in ROUTES
+                for op in dispatcher.exposed()
+                for r in op.resources
             ]
         )
 
@@ -128,19 +125,25 @@ def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport:
         ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
         uri = str(params.uri)
-        found = route_for(uri)
-        route, args = found if found is not None else (None, {})
-        outcome = await invoke(ctx, route.operation if route else "resources_read", args, resource=uri[:1000])
+        found = resource_for(uri)
+        name, args = (found[0].name, found[2]) if found is not None else ("resources_read", {})
+        outcome = await invoke(ctx, name, args, resource=uri[:1000])
         if outcome.error is not None:
             raise MCPError(code=types.INVALID_PARAMS, message=outcome.error.text)
-        assert route is not None and outcome.result is not None
-        if route.body_field is not None:
-            body = str(outcome.result[route.body_field])
-        else:
-            body = json.dumps(outcome.result, ensure_ascii=False, indent=1)
-        return types.ReadResourceResult(
-            contents=[types.TextResourceContents(uri=uri, mime_type=route.mime_type, text=body)]
+        assert found is not None and outcome.result is not None
+        resource = found[1]
+        if resource.body is None:
+            text = json.dumps(outcome.result, ensure_ascii=False, indent=1)
+            return types.ReadResourceResult(
+                contents=[types.TextResourceContents(uri=uri, mime_type=resource.mime_type, text=text)]
+            )
+        body = str(outcome.result[resource.body])
+        content: types.TextResourceContents | types.BlobResourceContents = (
+            types.BlobResourceContents(uri=uri, mime_type=resource.mime_type, blob=body)
+            if resource.blob
+            else types.TextResourceContents(uri=uri, mime_type=resource.mime_type, text=body)
         )
+        return types.ReadResourceResult(contents=[content])
 
     return Server(
         "scalemule",

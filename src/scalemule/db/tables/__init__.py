@@ -1,0 +1,20 @@
+"""Every table, declared with SQLAlchemy Core, one module per domain.
+
+Invariants live here as constraints with stable names (see ``db.errors``), so they hold on SQLite and
+PostgreSQL alike under any concurrency. Every tenant-scoped table carries ``tenant_id``.
+"""
+
+from scalemule.db.tables.audit import audit_events, audit_heads, idempotency_keys
+from scalemule.db.tables.base import metadata
+from scalemule.db.tables.identity import api_keys, memberships, principals, tenants
+
+__all__ = [
+    "api_keys",
+    "audit_events",
+    "audit_heads",
+    "idempotency_keys",
+    "memberships",
+    "metadata",
+    "principals",
+    "tenants",
+]

@@ -1,0 +1,60 @@
+"""The audit log, its per-chain heads, and idempotency records of creates."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from scalemule.db.tables.base import metadata
+from scalemule.db.types import UTCDateTime
+
+# One hash chain per tenant; chain '-' holds events that belong to no tenant.
+audit_heads = sa.Table(
+    "audit_heads",
+    metadata,
+    sa.Column("chain", sa.String(40), primary_key=True),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("chain", sa.String(40), nullable=False),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("tenant_id", sa.String(40), nullable=True),
+    sa.Column("actor_id", sa.String(40), nullable=True),
+    sa.Column("actor_kind", sa.String(16), nullable=True),
+    sa.Column("actor_name", sa.String(320), nullable=True),
+    sa.Column("key_id", sa.String(40), nullable=True),
+    sa.Column("on_behalf_of", sa.String(40), nullable=True),
+    sa.Column("client_name", sa.String(200), nullable=True),
+    sa.Column("client_version", sa.String(100), nullable=True),
+    sa.Column("transport", sa.String(16), nullable=False),
+    sa.Column("session_id", sa.String(100), nullable=True),
+    sa.Column("request_id", sa.String(100), nullable=True),
+    sa.Column("operation", sa.String(64), nullable=False),
+    sa.Column("permission", sa.String(64), nullable=True),
+    sa.Column("target", sa.String(1100), nullable=True),
+    sa.Column("args", sa.JSON(), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("error_code", sa.String(32), nullable=True),
+    sa.Column("duration_ms", sa.Float(), nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.UniqueConstraint("chain", "seq"),
+    sa.CheckConstraint("outcome IN ('ok', 'error', 'denied', 'cancelled')", name="outcome"),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    # The tenant id for tenant-scoped operations, else the caller's principal id.
+    sa.Column("scope", sa.String(40), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("operation", sa.String(64), nullable=False),
+    sa.Column("request_sha256", sa.String(64), nullable=False),
+    sa.Column("result", sa.JSON(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)

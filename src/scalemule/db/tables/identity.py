@@ -1,0 +1,68 @@
+"""Tenants, principals, memberships and API keys."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from scalemule.db.tables.base import metadata
+from scalemule.db.types import UTCDateTime
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("slug", sa.String(64), nullable=False, unique=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("created_by", sa.String(40), nullable=True),
+)
+
+principals = sa.Table(
+    "principals",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    # Users are identified by email; agents and services by name within their owning tenant.
+    sa.Column("email", sa.String(320), nullable=True, unique=True),
+    sa.Column("tenant_id", sa.String(40), sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True),
+    sa.Column("on_behalf_of", sa.String(40), sa.ForeignKey("principals.id"), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("tenant_id", "name"),
+    sa.CheckConstraint("kind IN ('user', 'agent', 'service', 'operator')", name="kind"),
+    sa.CheckConstraint(
+        "(kind = 'user' AND email IS NOT NULL AND tenant_id IS NULL)"
+        " OR (kind IN ('agent', 'service') AND tenant_id IS NOT NULL)"
+        " OR kind = 'operator'",
+        name="owner",
+    ),
+)
+
+memberships = sa.Table(
+    "memberships",
+    metadata,
+    sa.Column("tenant_id", sa.String(40), sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("principal_id", sa.String(40), sa.ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "principal_id"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("principal_id", sa.String(40), sa.ForeignKey("principals.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("tenant_id", sa.String(40), sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("token_sha256", sa.LargeBinary(32), nullable=False, unique=True),
+    # NULL scopes: everything the principal's role grants. A list: at most those permissions.
+    sa.Column("scopes", sa.JSON(), nullable=True),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    sa.Column("last_used_at", UTCDateTime(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("created_by", sa.String(40), nullable=True),
+    sa.Index(None, "principal_id"),
+)
