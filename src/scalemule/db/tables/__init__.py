@@ -6,15 +6,21 @@ PostgreSQL alike under any concurrency. Every tenant-scoped table carries ``tena
 
 from scalemule.db.tables.audit import audit_events, audit_heads, idempotency_keys
 from scalemule.db.tables.base import metadata
+from scalemule.db.tables.config import config_entries, config_history, environments, secret_versions, secrets
 from scalemule.db.tables.identity import api_keys, memberships, principals, tenants
 
 __all__ = [
     "api_keys",
     "audit_events",
     "audit_heads",
+    "config_entries",
+    "config_history",
+    "environments",
     "idempotency_keys",
     "memberships",
     "metadata",
     "principals",
+    "secret_versions",
+    "secrets",
     "tenants",
 ]
