@@ -19,7 +19,7 @@ import anyio
 import pytest
 import sqlalchemy as sa
 
-from scalemule.core import bootstrap
+from scalemule.core import bootstrap, crypto
 from scalemule.db import migrate
 from scalemule.db.engine import create_engine
 from scalemule.db.tables import metadata
@@ -173,4 +173,5 @@ async def world(dispatcher: Dispatcher) -> World:
     """Tenant 'acme' with owner alice@example.com and agent 'acme-agent' (developer)."""
     async with dispatcher.runtime.db.transaction() as conn:
         made = await bootstrap.initialize(conn, slug="acme", owner_email="alice@example.com")
+    crypto.create_key_file(dispatcher.runtime.settings.data_dir)
     return World(dispatcher, made)

@@ -152,7 +152,8 @@ class Dispatcher:
                 f"no resource at {inv.resource[:200]!r}",
                 hint="See resources/templates/list for the URIs served.",
             )
-        if op is None or (not op.tool and inv.resource is None):
+        # Operations that are not tools are served as MCP resources and to the operator's CLI.
+        if op is None or (not op.tool and inv.resource is None and inv.transport != "cli"):
             raise NotFound(f"no tool named {name[:64]!r}", hint="List tools with tools/list or 'scalemule tools'.")
         if not self.exposure.allows(op):
             if self.exposure.read_only and not op.read_only:
@@ -243,7 +244,7 @@ class Dispatcher:
         target = inv.resource
         if target is None and op is not None and op.target and isinstance(inv.arguments, Mapping):
             value = inv.arguments.get(op.target)
-            target = None if value is None else str(value)[:1000]
+            target = None if value is None else str(value)
         event = AuditEvent(
             at=utcnow(),
             operation=inv.operation[:64],
@@ -262,7 +263,7 @@ class Dispatcher:
             session_id=_clip(inv.session_id, 100),
             request_id=_clip(inv.request_id, 100),
             permission=op.permission if op is not None else None,
-            target=target,
+            target=_clip(target, 1000),
             error_code=error_code,
         )
         (sealed,) = await audit.append(conn, [event])
@@ -274,13 +275,14 @@ async def _resolve_tenant(
 ) -> tuple[Tenant, str] | None:
     """The tenant a call acts in and the caller's role there (DESIGN section 2, step 2)."""
     if requested is not None:
-        if not isinstance(requested, str) or len(requested) > 64:
+        if not isinstance(requested, str):
             raise InvalidArgument("tenant must be a tenant slug string", hint="Use tenants_list to see your tenants.")
-        found = await tenants.membership_by_slug(conn, principal_id=principal.id, slug=requested)
+        valid = tenants.SLUG.match(requested) is not None
+        found = await tenants.membership_by_slug(conn, principal_id=principal.id, slug=requested) if valid else None
         if found is None or (key.tenant_id is not None and found[0].id != key.tenant_id):
             # The same answer whether or not the tenant exists: no existence leak.
             raise PermissionDenied(
-                f"{principal.kind} '{principal.name}' has no access to tenant '{requested}'",
+                f"{principal.kind} '{principal.name}' has no access to tenant {_clip(requested, 64)!r}",
                 hint="Use tenants_list to see the tenants you can act in.",
             )
         return found
@@ -353,4 +355,5 @@ def _home_tenant(principal: Principal | None, key: KeyInfo | None) -> str | None
 
 
 def _clip(value: str | None, size: int) -> str | None:
-    return None if value is None else str(value)[:size]
+    # Audit text columns take what callers sent: cut to size, NUL made visible (PostgreSQL refuses it).
+    return None if value is None else str(value)[:size].replace("\x00", "\\x00")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scalemule.core.crypto import Keyring
 from scalemule.db.engine import Database
 from scalemule.settings import Settings
 
@@ -14,11 +15,12 @@ class Runtime:
 
     settings: Settings
     db: Database
+    keyring: Keyring
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
         """Open the stores for ``settings`` (no I/O until first use)."""
-        return cls(settings=settings, db=Database(settings.url))
+        return cls(settings=settings, db=Database(settings.url), keyring=Keyring(settings.data_dir))
 
     async def close(self) -> None:
         """Release pooled connections."""

@@ -20,6 +20,7 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path(".scalemule"))
     database_url: str | None = None
     api_key: str | None = None
+    secret_versions_kept: int = 10
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -29,6 +30,7 @@ class Settings:
             data_dir=Path(env.get("SCALEMULE_DATA_DIR") or ".scalemule"),
             database_url=env.get("SCALEMULE_DATABASE_URL") or None,
             api_key=env.get("SCALEMULE_API_KEY") or None,
+            secret_versions_kept=int(env.get("SCALEMULE_SECRET_VERSIONS_KEPT") or 10),
         )
 
     @property

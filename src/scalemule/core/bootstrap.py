@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import getpass
-import os
-import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -18,8 +14,6 @@ from scalemule.core.audit import AuditEvent
 from scalemule.core.errors import FailedPrecondition
 from scalemule.core.ids import utcnow
 from scalemule.db.tables import tenants as tenants_table
-
-MASTER_KEY_FILE = "master.key"
 
 
 @dataclass(frozen=True)
@@ -36,16 +30,6 @@ class Bootstrap:
 def operator() -> Principal:
     """The local operator: whoever runs the CLI with direct access to the store."""
     return Principal(id="operator", kind="operator", name=getpass.getuser())
-
-
-def write_master_key(data_dir: Path) -> Path:
-    """Create the master key file (0600) unless one exists; returns its path."""
-    path = data_dir / MASTER_KEY_FILE
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-    return path
 
 
 async def initialize(conn: AsyncConnection, *, slug: str, owner_email: str) -> Bootstrap:

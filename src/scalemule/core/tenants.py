@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from scalemule.core import config
 from scalemule.core.access import ROLES, Principal, Tenant
 from scalemule.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from scalemule.core.ids import new_id, utcnow
@@ -17,7 +18,7 @@ from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import memberships, principals, tenants
 
 SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
-_SLUG = re.compile(SLUG_PATTERN)
+SLUG = re.compile(SLUG_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def check_slug(slug: str) -> str:
     Raises:
         InvalidArgument: not 1-64 lowercase letters, digits and inner hyphens.
     """
-    if not _SLUG.match(slug):
+    if not SLUG.match(slug):
         raise InvalidArgument(
             f"tenant slug {slug[:80]!r} is not valid",
             hint="Use 1-64 lowercase letters, digits and hyphens, starting and ending with a letter or digit.",
@@ -77,6 +78,7 @@ async def create_tenant(conn: AsyncConnection, *, slug: str, name: str, owner: P
         )
     if owner.kind != "operator":
         await add_member(conn, tenant_id=tenant.id, principal_id=owner.id, role="owner")
+    await config.create_defaults(conn, tenant.id, owner.id)
     return tenant
 
 

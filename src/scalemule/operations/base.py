@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from scalemule.core.access import KeyInfo, Principal, Tenant
@@ -46,10 +47,27 @@ class Sensitive:
 SecretText = Annotated[str, Sensitive()]
 
 
+def _without_nul(data: Any) -> Any:
+    # NUL cannot be stored in PostgreSQL text and is never meaningful in a name, key or value here.
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and "\x00" in item:
+            raise ValueError("NUL characters (\\u0000) are not accepted in any argument")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return data
+
+
 class Args(BaseModel):
-    """Base of every argument model: unknown fields are refused."""
+    """Base of every argument model: unknown fields and NUL characters are refused."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    _no_nul = model_validator(mode="before")(_without_nul)
 
 
 class TenantArgs(Args):
@@ -174,6 +192,8 @@ def bounded(value: Any, *, depth: int = 0) -> Any:
         return out
     if isinstance(value, list):
         return [bounded(v, depth=depth + 1) for v in value[:50]] + (["…"] if len(value) > 50 else [])
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # NaN and infinity are not JSON; PostgreSQL refuses them
     if value is None or isinstance(value, bool | int | float):
         return value
     return repr(value)[:256]

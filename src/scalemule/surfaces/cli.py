@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 
 from scalemule import __version__
-from scalemule.core import bootstrap, identity
+from scalemule.core import bootstrap, crypto, identity, secrets
 from scalemule.core.errors import InvalidArgument, ScaleMuleError
 from scalemule.db import migrate
 from scalemule.dispatch import DEFAULT_TOOLSETS, Dispatcher, Exposure, Invocation
@@ -115,7 +115,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
             return await bootstrap.initialize(conn, slug=args.tenant, owner_email=args.owner)
 
     made = anyio.run(_with_runtime, settings, body)
-    bootstrap.write_master_key(settings.data_dir)
+    crypto.create_key_file(settings.data_dir)
     env = {"SCALEMULE_API_KEY": made.agent_token}
     if settings.database_url:
         env["SCALEMULE_DATABASE_URL"] = settings.database_url
@@ -215,6 +215,40 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_config_export(args: argparse.Namespace, settings: Settings) -> int:
+    arguments = {"tenant": args.tenant, "env": args.env, "format": args.format}
+
+    async def body(runtime: Runtime) -> Any:
+        await _require_schema(runtime)
+        invocation = Invocation(
+            "config_export",
+            arguments,
+            args.api_key or settings.api_key,
+            "cli",
+            client_name="scalemule-cli",
+            client_version=__version__,
+        )
+        return await Dispatcher(runtime, Exposure(toolsets=None)).call(invocation)
+
+    outcome = anyio.run(_with_runtime, settings, body)
+    if outcome.error is not None:
+        error = outcome.error
+        _print_json({"error": {"code": error.code, "message": error.message, "hint": error.hint}})
+        return 1
+    sys.stdout.write(outcome.result["text"])
+    return 0
+
+
+def cmd_rotate_master_key(args: argparse.Namespace, settings: Settings) -> int:
+    async def body(runtime: Runtime) -> tuple[int, int]:
+        await _require_schema(runtime)
+        return await secrets.rotate_master_key(runtime.db, runtime.keyring)
+
+    version, count = anyio.run(_with_runtime, settings, body)
+    _print_json({"master_key_version": version, "rewrapped": count})
+    return 0
+
+
 def cmd_tools(args: argparse.Namespace, settings: Settings) -> int:
     for op in REGISTRY.values():
         if op.tool:
@@ -262,6 +296,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="arguments as a JSON object")
     p.add_argument("--api-key", help="API key (default: SCALEMULE_API_KEY)")
     p.set_defaults(run=cmd_call)
+
+    config_parser = sub.add_parser("config", help="configuration for deployment").add_subparsers(
+        dest="config_command", required=True
+    )
+    p = config_parser.add_parser("export", help="print an environment's config and secrets (needs secrets:reveal)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--env", required=True)
+    p.add_argument("--format", choices=["dotenv", "json"], default="dotenv")
+    p.add_argument("--api-key", help="API key (default: SCALEMULE_API_KEY)")
+    p.set_defaults(run=cmd_config_export)
+
+    secrets_parser = sub.add_parser("secrets", help="secret storage maintenance").add_subparsers(
+        dest="secrets_command", required=True
+    )
+    p = secrets_parser.add_parser(
+        "rotate-master-key", help="re-wrap every data key under a new master key version (online)"
+    )
+    p.set_defaults(run=cmd_rotate_master_key)
 
     sub.add_parser("tools", help="list the operations").set_defaults(run=cmd_tools)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(run=cmd_migrate)

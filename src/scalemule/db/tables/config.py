@@ -28,9 +28,7 @@ config_entries = sa.Table(
     sa.Column("version", sa.Integer(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("updated_by", sa.String(40), nullable=True),
-    sa.ForeignKeyConstraint(
-        ["tenant_id", "env"], ["environments.tenant_id", "environments.name"], ondelete="CASCADE"
-    ),
+    sa.ForeignKeyConstraint(["tenant_id", "env"], ["environments.tenant_id", "environments.name"], ondelete="CASCADE"),
 )
 
 # Every write of a key, deletes included. The primary key makes version numbers the arbiter of
@@ -46,9 +44,7 @@ config_history = sa.Table(
     sa.Column("deleted", sa.Boolean(), nullable=False),
     sa.Column("at", UTCDateTime(), nullable=False),
     sa.Column("by", sa.String(40), nullable=True),
-    sa.ForeignKeyConstraint(
-        ["tenant_id", "env"], ["environments.tenant_id", "environments.name"], ondelete="CASCADE"
-    ),
+    sa.ForeignKeyConstraint(["tenant_id", "env"], ["environments.tenant_id", "environments.name"], ondelete="CASCADE"),
 )
 
 secrets = sa.Table(
@@ -60,9 +56,7 @@ secrets = sa.Table(
     sa.Column("version", sa.Integer(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("updated_by", sa.String(40), nullable=True),
-    sa.ForeignKeyConstraint(
-        ["tenant_id", "env"], ["environments.tenant_id", "environments.name"], ondelete="CASCADE"
-    ),
+    sa.ForeignKeyConstraint(["tenant_id", "env"], ["environments.tenant_id", "environments.name"], ondelete="CASCADE"),
 )
 
 # One row per kept version: the payload under a per-version data key, the data key wrapped by a

@@ -1,0 +1,318 @@
+"""Environments and versioned configuration.
+
+Each write of a key inserts the next version into ``config_history``; the primary key there lets
+exactly one of several writers that read the same version succeed, on any database. ``config_entries``
+holds the current value of every live key for listing and diffing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from scalemule.core.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from scalemule.core.ids import utcnow
+from scalemule.db.errors import constraint_errors
+from scalemule.db.tables import config_entries, config_history, environments
+
+DEFAULT_ENVIRONMENTS = (("dev", False), ("staging", False), ("prod", True))
+ENV_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
+KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,255}$"
+MAX_VALUE_BYTES = 64 * 1024
+_ENV = re.compile(ENV_PATTERN)
+_KEY = re.compile(KEY_PATTERN)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A tenant's environment."""
+
+    name: str
+    protected: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One version of a config key (``deleted`` marks a delete in the history)."""
+
+    key: str
+    value: Any
+    version: int
+    at: datetime
+    by: str | None
+    deleted: bool = False
+
+
+def check_env_name(name: str) -> str:
+    """Return ``name`` if it is a valid environment name.
+
+    Raises:
+        InvalidArgument: not 1-32 lowercase letters, digits and hyphens starting with a letter.
+    """
+    if not _ENV.match(name):
+        raise InvalidArgument(
+            f"environment name {name[:40]!r} is not valid",
+            hint="Use 1-32 lowercase letters, digits and hyphens, starting with a letter (e.g. 'qa').",
+        )
+    return name
+
+
+def check_key(key: str, *, what: str = "config key") -> str:
+    """Return ``key`` if it is a valid config key or secret name.
+
+    Raises:
+        InvalidArgument: empty, over 256 characters, or characters outside letters, digits and ``_.:/-``.
+    """
+    if not _KEY.match(key):
+        shown = key[:40].encode("unicode_escape").decode()
+        raise InvalidArgument(
+            f"{what} {shown!r}{'…' if len(key) > 40 else ''} is not valid",
+            hint="Use 1-256 characters: letters, digits and _ . : / - (not starting with a symbol other than _).",
+        )
+    return key
+
+
+def check_value(value: Any) -> str:
+    """Return the value's canonical JSON text.
+
+    Raises:
+        InvalidArgument: not representable as JSON (NaN, infinity) or larger than 64 KiB.
+    """
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        raise InvalidArgument(
+            "the value is not valid JSON (NaN and infinity are not allowed)",
+            hint="Pass a JSON value: string, number, boolean, null, array or object.",
+        ) from None
+    if len(text.encode()) > MAX_VALUE_BYTES:
+        raise InvalidArgument(
+            f"the value is {len(text.encode())} bytes of JSON; the limit is {MAX_VALUE_BYTES}",
+            hint="Store large data in object storage (storage_put_object) and keep its key in config.",
+        )
+    return text
+
+
+async def create_defaults(conn: AsyncConnection, tenant_id: str, created_by: str | None) -> None:
+    """Create dev, staging and prod (protected) for a new tenant."""
+    now = utcnow()
+    await conn.execute(
+        environments.insert(),
+        [
+            {"tenant_id": tenant_id, "name": n, "protected": p, "created_at": now, "created_by": created_by}
+            for n, p in DEFAULT_ENVIRONMENTS
+        ],
+    )
+
+
+async def create_environment(
+    conn: AsyncConnection, tenant_id: str, name: str, *, protected: bool, created_by: str | None
+) -> Environment:
+    """Create an environment.
+
+    Raises:
+        AlreadyExists: the name is taken in this tenant.
+    """
+    env = Environment(check_env_name(name), protected, utcnow())
+    async with constraint_errors(
+        {"pk_environments": lambda: AlreadyExists(f"environment {name!r} already exists", hint="See envs_list.")}
+    ):
+        await conn.execute(
+            environments.insert().values(
+                tenant_id=tenant_id, name=name, protected=protected, created_at=env.created_at, created_by=created_by
+            )
+        )
+    return env
+
+
+async def list_environments(conn: AsyncConnection, tenant_id: str) -> list[Environment]:
+    """The tenant's environments by name."""
+    query = sa.select(environments).where(environments.c.tenant_id == tenant_id).order_by(environments.c.name)
+    return [Environment(r.name, r.protected, r.created_at) for r in await conn.execute(query)]
+
+
+async def get_environment(conn: AsyncConnection, tenant_id: str, name: str) -> Environment:
+    """One environment.
+
+    Raises:
+        NotFound: no such environment in the tenant.
+    """
+    query = sa.select(environments).where(environments.c.tenant_id == tenant_id, environments.c.name == name)
+    row = (await conn.execute(query)).first()
+    if row is None:
+        known = ", ".join(e.name for e in await list_environments(conn, tenant_id))
+        raise NotFound(f"no environment {name[:40]!r} in this tenant", hint=f"Environments: {known}. Or envs_create.")
+    return Environment(row.name, row.protected, row.created_at)
+
+
+def _entry(row: Any) -> Entry:
+    return Entry(row.key, row.value, row.version, row.updated_at, row.updated_by)
+
+
+async def get(conn: AsyncConnection, tenant_id: str, env: str, key: str, version: int | None = None) -> Entry:
+    """The current value of ``key``, or the value it had at ``version``.
+
+    Raises:
+        NotFound: no such key (or version) in the environment.
+    """
+    if version is None:
+        query = sa.select(config_entries).where(
+            config_entries.c.tenant_id == tenant_id, config_entries.c.env == env, config_entries.c.key == key
+        )
+        row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFound(f"no config key {key!r} in {env!r}", hint="List keys with config_list.")
+        return _entry(row)
+    h = config_history
+    query = sa.select(h).where(h.c.tenant_id == tenant_id, h.c.env == env, h.c.key == key, h.c.version == version)
+    row = (await conn.execute(query)).first()
+    if row is None or row.deleted:
+        raise NotFound(f"config key {key!r} has no version {version} in {env!r}", hint="See config_history.")
+    return Entry(row.key, row.value, row.version, row.at, row.by)
+
+
+async def _current_version(conn: AsyncConnection, tenant_id: str, env: str, key: str) -> tuple[int, int]:
+    """(live version or 0 when absent, highest version ever written), read in one snapshot.
+
+    One statement matters on PostgreSQL: two reads could straddle a concurrent commit and pair an old
+    live version with a new top, letting a stale writer through.
+    """
+    live = (
+        sa.select(config_entries.c.version)
+        .where(config_entries.c.tenant_id == tenant_id, config_entries.c.env == env, config_entries.c.key == key)
+        .scalar_subquery()
+    )
+    top = (
+        sa.select(sa.func.max(config_history.c.version))
+        .where(config_history.c.tenant_id == tenant_id, config_history.c.env == env, config_history.c.key == key)
+        .scalar_subquery()
+    )
+    row = (await conn.execute(sa.select(live.label("live"), top.label("top")))).one()
+    return int(row.live or 0), int(row.top or 0)
+
+
+async def _write(
+    conn: AsyncConnection,
+    tenant_id: str,
+    env: str,
+    key: str,
+    value: Any,
+    *,
+    expected_version: int | None,
+    by: str | None,
+    delete: bool,
+) -> Entry:
+    live, top = await _current_version(conn, tenant_id, env, key)
+    if expected_version is not None and expected_version != live:
+        state = f"its current version is {live}" if live else "it does not exist"
+        raise Conflict(
+            f"config key {key!r} in {env!r} changed: expected version {expected_version}, {state}",
+            hint="Read it again with config_get and retry with the current version.",
+        )
+    if delete and not live:
+        raise NotFound(f"no config key {key!r} in {env!r}", hint="List keys with config_list.")
+    now, version = utcnow(), top + 1
+    # Concurrent writers that read the same version race for this primary key; one wins.
+    async with constraint_errors(
+        {
+            "pk_config_history": lambda: Conflict(
+                f"config key {key!r} in {env!r} was changed concurrently",
+                hint="Read it again with config_get and retry.",
+            )
+        }
+    ):
+        await conn.execute(
+            config_history.insert().values(
+                tenant_id=tenant_id,
+                env=env,
+                key=key,
+                version=version,
+                value=None if delete else value,
+                deleted=delete,
+                at=now,
+                by=by,
+            )
+        )
+    where = (config_entries.c.tenant_id == tenant_id, config_entries.c.env == env, config_entries.c.key == key)
+    if delete:
+        await conn.execute(config_entries.delete().where(*where))
+    elif live:
+        await conn.execute(
+            config_entries.update().where(*where).values(value=value, version=version, updated_at=now, updated_by=by)
+        )
+    else:
+        await conn.execute(
+            config_entries.insert().values(
+                tenant_id=tenant_id, env=env, key=key, value=value, version=version, updated_at=now, updated_by=by
+            )
+        )
+    return Entry(key, None if delete else value, version, now, by, deleted=delete)
+
+
+async def set_value(
+    conn: AsyncConnection,
+    tenant_id: str,
+    env: str,
+    key: str,
+    value: Any,
+    *,
+    expected_version: int | None,
+    by: str | None,
+) -> Entry:
+    """Write a new version of ``key``.
+
+    Raises:
+        InvalidArgument: bad key or value.
+        Conflict: ``expected_version`` is stale, or a concurrent writer won.
+    """
+    check_key(key)
+    check_value(value)
+    return await _write(conn, tenant_id, env, key, value, expected_version=expected_version, by=by, delete=False)
+
+
+async def delete(
+    conn: AsyncConnection, tenant_id: str, env: str, key: str, *, expected_version: int | None, by: str | None
+) -> Entry:
+    """Delete ``key`` (recorded as a version in its history).
+
+    Raises:
+        NotFound: the key does not exist.
+        Conflict: ``expected_version`` is stale.
+    """
+    return await _write(conn, tenant_id, env, key, None, expected_version=expected_version, by=by, delete=True)
+
+
+async def list_entries(
+    conn: AsyncConnection, tenant_id: str, env: str, *, prefix: str = "", after: str | None = None, limit: int = 1000
+) -> list[Entry]:
+    """Live keys of the environment, ordered by key."""
+    c = config_entries.c
+    query = sa.select(config_entries).where(c.tenant_id == tenant_id, c.env == env).order_by(c.key).limit(limit)
+    if prefix:
+        query = query.where(c.key >= prefix, c.key < prefix + "\U0010ffff")
+    if after is not None:
+        query = query.where(c.key > after)
+    return [_entry(r) for r in await conn.execute(query)]
+
+
+async def history(
+    conn: AsyncConnection, tenant_id: str, env: str, key: str, *, before: int | None, limit: int
+) -> list[Entry]:
+    """Versions of ``key``, newest first."""
+    h = config_history.c
+    query = (
+        sa.select(config_history)
+        .where(h.tenant_id == tenant_id, h.env == env, h.key == key)
+        .order_by(h.version.desc())
+        .limit(limit)
+    )
+    if before is not None:
+        query = query.where(h.version < before)
+    return [Entry(r.key, r.value, r.version, r.at, r.by, r.deleted) for r in await conn.execute(query)]

@@ -1,0 +1,289 @@
+"""Secrets: envelope-encrypted, versioned, listed by metadata only, revealed on purpose."""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from scalemule.core import audit, crypto
+from scalemule.core.audit import AuditEvent
+from scalemule.core.config import check_key
+from scalemule.core.crypto import Keyring, Sealed
+from scalemule.core.errors import Conflict, InvalidArgument, NotFound
+from scalemule.core.ids import utcnow
+from scalemule.db.engine import Database
+from scalemule.db.errors import constraint_errors
+from scalemule.db.tables import secret_versions, secrets
+
+MAX_SECRET_BYTES = 64 * 1024
+DEFAULT_VERSIONS_KEPT = 10
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    """What may be known about a secret without reading it."""
+
+    name: str
+    version: int
+    updated_at: datetime
+    updated_by: str | None
+    versions_kept: int = 1
+
+
+def _aad(tenant_id: str, env: str, name: str, version: int) -> bytes:
+    return crypto.associated_data(tenant_id, env, name, version)
+
+
+def check_secret_value(value: str) -> bytes:
+    """The value's bytes.
+
+    Raises:
+        InvalidArgument: empty, or larger than 64 KiB.
+    """
+    data = value.encode()
+    if not data or len(data) > MAX_SECRET_BYTES:
+        raise InvalidArgument(
+            f"a secret value must be 1 to {MAX_SECRET_BYTES} bytes (got {len(data)})",
+            hint="Store large files in object storage and keep only credentials in secrets.",
+        )
+    return data
+
+
+async def _head(conn: AsyncConnection, tenant_id: str, env: str, name: str) -> Any:
+    query = sa.select(secrets).where(secrets.c.tenant_id == tenant_id, secrets.c.env == env, secrets.c.name == name)
+    return (await conn.execute(query)).first()
+
+
+def _not_found(env: str, name: str) -> NotFound:
+    return NotFound(f"no secret {name!r} in {env!r}", hint="List secrets with secrets_list.")
+
+
+async def set_secret(
+    conn: AsyncConnection,
+    keyring: Keyring,
+    tenant_id: str,
+    env: str,
+    name: str,
+    value: str,
+    *,
+    expected_version: int | None,
+    by: str | None,
+    keep: int = DEFAULT_VERSIONS_KEPT,
+) -> SecretInfo:
+    """Store a new version of ``name`` and prune versions beyond the newest ``keep``.
+
+    Raises:
+        InvalidArgument: bad name or value.
+        Conflict: ``expected_version`` is stale, or a concurrent writer won.
+    """
+    check_key(name, what="secret name")
+    plaintext = check_secret_value(value)
+    head = await _head(conn, tenant_id, env, name)
+    current = int(head.version) if head is not None else 0
+    if expected_version is not None and expected_version != current:
+        state = f"its current version is {current}" if current else "it does not exist"
+        raise Conflict(
+            f"secret {name!r} in {env!r} changed: expected version {expected_version}, {state}",
+            hint="Check secrets_list and retry with the current version.",
+        )
+    version, now = current + 1, utcnow()
+    sealed = crypto.seal(keyring, plaintext, _aad(tenant_id, env, name, version))
+    conflict = {
+        "pk_secrets": lambda: Conflict(f"secret {name!r} was created concurrently", hint="Retry."),
+        "pk_secret_versions": lambda: Conflict(f"secret {name!r} was changed concurrently", hint="Retry."),
+    }
+    async with constraint_errors(conflict):
+        if head is None:
+            await conn.execute(
+                secrets.insert().values(
+                    tenant_id=tenant_id, env=env, name=name, version=version, updated_at=now, updated_by=by
+                )
+            )
+        else:
+            result = await conn.execute(
+                secrets.update()
+                .where(
+                    secrets.c.tenant_id == tenant_id,
+                    secrets.c.env == env,
+                    secrets.c.name == name,
+                    secrets.c.version == current,
+                )
+                .values(version=version, updated_at=now, updated_by=by)
+            )
+            if result.rowcount != 1:
+                raise conflict["pk_secret_versions"]()
+        await conn.execute(
+            secret_versions.insert().values(
+                tenant_id=tenant_id,
+                env=env,
+                name=name,
+                version=version,
+                ciphertext=sealed.ciphertext,
+                nonce=sealed.nonce,
+                wrapped_key=sealed.wrapped_key,
+                key_nonce=sealed.key_nonce,
+                master_key_version=sealed.master_key_version,
+                created_at=now,
+                created_by=by,
+            )
+        )
+    v = secret_versions.c
+    await conn.execute(
+        secret_versions.delete().where(
+            v.tenant_id == tenant_id, v.env == env, v.name == name, v.version <= version - max(keep, 1)
+        )
+    )
+    return SecretInfo(name, version, now, by, min(version, max(keep, 1)))
+
+
+async def list_secrets(
+    conn: AsyncConnection, tenant_id: str, env: str, *, after: str | None = None, limit: int = 1000
+) -> list[SecretInfo]:
+    """Secret metadata of the environment by name; never values."""
+    v = secret_versions.c
+    kept = (
+        sa.select(sa.func.count())
+        .where(v.tenant_id == secrets.c.tenant_id, v.env == secrets.c.env, v.name == secrets.c.name)
+        .scalar_subquery()
+    )
+    query = (
+        sa.select(secrets, kept.label("kept"))
+        .where(secrets.c.tenant_id == tenant_id, secrets.c.env == env)
+        .order_by(secrets.c.name)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(secrets.c.name > after)
+    rows = await conn.execute(query)
+    return [SecretInfo(r.name, r.version, r.updated_at, r.updated_by, int(r.kept)) for r in rows]
+
+
+async def get_info(conn: AsyncConnection, tenant_id: str, env: str, name: str) -> SecretInfo:
+    """One secret's metadata.
+
+    Raises:
+        NotFound: no such secret.
+    """
+    head = await _head(conn, tenant_id, env, name)
+    if head is None:
+        raise _not_found(env, name)
+    return SecretInfo(head.name, head.version, head.updated_at, head.updated_by)
+
+
+async def reveal(
+    conn: AsyncConnection, keyring: Keyring, tenant_id: str, env: str, name: str, version: int | None = None
+) -> tuple[SecretInfo, str]:
+    """Decrypt the current (or a kept) version.
+
+    Raises:
+        NotFound: no such secret or version (versions beyond the kept ones are gone).
+        DecryptionFailed: the stored row does not authenticate.
+    """
+    head = await _head(conn, tenant_id, env, name)
+    if head is None:
+        raise _not_found(env, name)
+    wanted = int(head.version) if version is None else version
+    v = secret_versions.c
+    query = sa.select(secret_versions).where(
+        v.tenant_id == tenant_id, v.env == env, v.name == name, v.version == wanted
+    )
+    row = (await conn.execute(query)).first()
+    if row is None:
+        raise NotFound(f"secret {name!r} has no kept version {wanted} in {env!r}", hint="See secrets_list.")
+    sealed = Sealed(row.ciphertext, row.nonce, row.wrapped_key, row.key_nonce, row.master_key_version)
+    plaintext = crypto.open_sealed(keyring, sealed, _aad(tenant_id, env, name, wanted))
+    return SecretInfo(name, wanted, row.created_at, row.created_by), plaintext.decode()
+
+
+async def delete_secret(conn: AsyncConnection, tenant_id: str, env: str, name: str) -> SecretInfo:
+    """Delete a secret and every kept version (their ciphertexts are gone with them).
+
+    Raises:
+        NotFound: no such secret.
+    """
+    info = await get_info(conn, tenant_id, env, name)
+    v = secret_versions.c
+    await conn.execute(secret_versions.delete().where(v.tenant_id == tenant_id, v.env == env, v.name == name))
+    await conn.execute(
+        secrets.delete().where(secrets.c.tenant_id == tenant_id, secrets.c.env == env, secrets.c.name == name)
+    )
+    return info
+
+
+async def rewrap_batch(conn: AsyncConnection, keyring: Keyring, *, below: int, limit: int = 200) -> int:
+    """Re-wrap up to ``limit`` data keys wrapped by a master key older than ``below``; returns how many.
+
+    Payloads are untouched: only ``wrapped_key``, ``key_nonce`` and ``master_key_version`` change.
+    """
+    v = secret_versions.c
+    query = (
+        sa.select(
+            v.tenant_id,
+            v.env,
+            v.name,
+            v.version,
+            v.ciphertext,
+            v.nonce,
+            v.wrapped_key,
+            v.key_nonce,
+            v.master_key_version,
+        )
+        .where(v.master_key_version < below)
+        .limit(limit)
+        .with_for_update()
+    )
+    rows = (await conn.execute(query)).all()
+    for r in rows:
+        aad = _aad(r.tenant_id, r.env, r.name, r.version)
+        sealed = crypto.rewrap(
+            keyring, Sealed(r.ciphertext, r.nonce, r.wrapped_key, r.key_nonce, r.master_key_version), aad
+        )
+        await conn.execute(
+            secret_versions.update()
+            .where(v.tenant_id == r.tenant_id, v.env == r.env, v.name == r.name, v.version == r.version)
+            .values(
+                wrapped_key=sealed.wrapped_key, key_nonce=sealed.key_nonce, master_key_version=sealed.master_key_version
+            )
+        )
+    return len(rows)
+
+
+async def rotate_master_key(db: Database, keyring: Keyring, *, batch: int = 200) -> tuple[int, int]:
+    """Re-wrap every data key under a new master key version; returns (new version, keys re-wrapped).
+
+    Old versions keep decrypting until the last batch commits, so servers reading concurrently never
+    fail; only then are older versions retired from the key file. With keys from the environment,
+    the operator adds the new version there first and this re-wraps to the newest one present.
+    """
+    version = keyring.add_version() if not keyring.from_environment else keyring.current()[0]
+    total = 0
+    while True:
+        async with db.transaction() as conn:
+            done = await rewrap_batch(conn, keyring, below=version, limit=batch)
+        total += done
+        if done < batch:
+            break
+    async with db.transaction() as conn:
+        await audit.append(
+            conn,
+            [
+                AuditEvent(
+                    at=utcnow(),
+                    operation="secrets_rotate_master_key",
+                    outcome="ok",
+                    transport="cli",
+                    duration_ms=0.0,
+                    args={"master_key_version": version, "rewrapped": total},
+                    actor_id="operator",
+                    actor_kind="operator",
+                    actor_name=getpass.getuser(),
+                )
+            ],
+        )
+    keyring.retire_below(version)
+    return version, total

@@ -1,0 +1,126 @@
+"""Secrets toolset: set, list (metadata only), reveal (on purpose) and delete."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from scalemule.core import secrets
+from scalemule.core.config import check_key
+from scalemule.core.pages import decode_cursor, encode_cursor
+from scalemule.core.secrets import SecretInfo
+from scalemule.operations.base import Call, Result, SecretText, TenantArgs, TenantPageArgs
+from scalemule.operations.config import ConfigKey, EnvName, Version, readable_env, writable_env
+from scalemule.operations.registry import operation
+
+
+class SecretView(Result):
+    name: str
+    version: int
+    updated_at: datetime
+    updated_by: str | None
+    versions_kept: int
+
+    @classmethod
+    def of(cls, info: SecretInfo) -> SecretView:
+        """View of ``info`` (never the value)."""
+        return cls(
+            name=info.name,
+            version=info.version,
+            updated_at=info.updated_at,
+            updated_by=info.updated_by,
+            versions_kept=info.versions_kept,
+        )
+
+
+class SecretsSetArgs(TenantArgs):
+    env: EnvName
+    name: ConfigKey = Field(description="e.g. IMAGE_API_KEY")
+    value: SecretText = Field(description="up to 64 KiB; never shown again except by secrets_reveal")
+    expected_version: Version | None = Field(default=None, description="fail unless current; 0 = must not exist")
+
+
+@operation("secrets_set", permission="secrets:write", toolset="secrets", target="name")
+async def secrets_set(call: Call, args: SecretsSetArgs) -> SecretView:
+    """Store a secret (API key, password) encrypted as a new version; the value is never echoed.
+
+    For non-secret settings use config_set.
+    """
+    await writable_env(call, args.env)
+    info = await secrets.set_secret(
+        call.conn,
+        call.runtime.keyring,
+        call.tenant_id,
+        args.env,
+        args.name,
+        args.value,
+        expected_version=args.expected_version,
+        by=call.principal.id,
+        keep=call.runtime.settings.secret_versions_kept,
+    )
+    return SecretView.of(info)
+
+
+class SecretsListArgs(TenantPageArgs):
+    env: EnvName
+
+
+class SecretsPage(Result):
+    items: list[SecretView]
+    next_cursor: str | None
+
+
+@operation("secrets_list", permission="secrets:read", toolset="secrets", read_only=True, idempotent=True)
+async def secrets_list(call: Call, args: SecretsListArgs) -> SecretsPage:
+    """List an environment's secrets: names, versions, who set them and when. Never values."""
+    await readable_env(call, args.env)
+    after = decode_cursor(args.cursor)
+    rows = await secrets.list_secrets(
+        call.conn,
+        call.tenant_id,
+        args.env,
+        after=None if after is None else str(after.get("name")),
+        limit=args.limit + 1,
+    )
+    page = rows[: args.limit]
+    more = len(rows) > args.limit
+    return SecretsPage(
+        items=[SecretView.of(s) for s in page], next_cursor=encode_cursor({"name": page[-1].name}) if more else None
+    )
+
+
+class SecretNameArgs(TenantArgs):
+    env: EnvName
+    name: ConfigKey
+
+
+class SecretsRevealArgs(SecretNameArgs):
+    version: Version | None = Field(default=None, description="a kept older version")
+
+
+class Revealed(Result):
+    name: str
+    version: int
+    value: SecretText
+
+
+@operation(
+    "secrets_reveal", permission="secrets:reveal", toolset="secrets", read_only=True, idempotent=True, target="name"
+)
+async def secrets_reveal(call: Call, args: SecretsRevealArgs) -> Revealed:
+    """Return a secret's value. Needs secrets:reveal (owner/admin by default); use secrets_list for metadata."""
+    await readable_env(call, args.env)
+    check_key(args.name, what="secret name")
+    info, value = await secrets.reveal(
+        call.conn, call.runtime.keyring, call.tenant_id, args.env, args.name, args.version
+    )
+    return Revealed(name=info.name, version=info.version, value=value)
+
+
+@operation("secrets_delete", permission="secrets:write", toolset="secrets", destructive=True, target="name")
+async def secrets_delete(call: Call, args: SecretNameArgs) -> SecretView:
+    """Delete a secret and all its kept versions. Irreversible."""
+    await writable_env(call, args.env)
+    check_key(args.name, what="secret name")
+    return SecretView.of(await secrets.delete_secret(call.conn, call.tenant_id, args.env, args.name))
