@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import jsonschema
 import pytest
 import sqlalchemy as sa
 
@@ -24,6 +25,7 @@ from scalemule.db import migrate
 from scalemule.db.engine import create_engine
 from scalemule.db.tables import metadata
 from scalemule.dispatch import Dispatcher, Exposure, Invocation, Outcome
+from scalemule.operations import REGISTRY
 from scalemule.runtime import Runtime
 from scalemule.settings import Settings
 
@@ -159,6 +161,8 @@ class World:
         outcome = await self.call(operation, token, **arguments)
         assert outcome.error is None, outcome.error
         assert outcome.result is not None
+        # What MCP clients do with structuredContent: it must conform to the published outputSchema.
+        jsonschema.validate(outcome.result, REGISTRY[operation].output_schema)
         return outcome.result
 
     async def code(self, operation: str, token: str | None, /, **arguments: Any) -> str:

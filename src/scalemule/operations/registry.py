@@ -31,9 +31,28 @@ Handler = Callable[["Call", Any], Awaitable[BaseModel]]
 _ENFORCED_NOT_SHOWN = frozenset({"minLength", "maxLength", "maxItems", "minItems"})
 
 
+def _inline_any(schema: Any, anything: set[str]) -> Any:
+    # pydantic names "any JSON value" as an empty $def; a bare {} says the same in fewer characters.
+    if isinstance(schema, list):
+        return [_inline_any(s, anything) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if schema.get("$ref", "").removeprefix("#/$defs/") in anything:
+        rest = {k: v for k, v in schema.items() if k != "$ref"}
+        return _inline_any(rest, anything)
+    return {k: _inline_any(v, anything) for k, v in schema.items()}
+
+
 def compact_schema(schema: Any) -> Any:
     """Drop what costs an agent's context but tells it nothing: titles, null defaults, string length
     bounds, and the ``anyOf [X, null]`` spelling of optional scalars (becomes ``type: [X, "null"]``)."""
+    if isinstance(schema, dict) and "$defs" in schema:
+        anything = {name for name, definition in schema["$defs"].items() if definition == {}}
+        if anything:
+            defs = {n: d for n, d in schema["$defs"].items() if n not in anything}
+            schema = _inline_any(
+                {**{k: v for k, v in schema.items() if k != "$defs"}, **({"$defs": defs} if defs else {})}, anything
+            )
     if isinstance(schema, list):
         return [compact_schema(s) for s in schema]
     if not isinstance(schema, dict):
@@ -67,21 +86,27 @@ def _without_description(schema: dict[str, Any]) -> dict[str, Any]:
 def _shallow_type(prop: dict[str, Any]) -> dict[str, Any]:
     kinds: list[str] = []
     for option in prop.get("anyOf", [prop]):
-        kind = option.get("type", "object")
-        kinds += kind if isinstance(kind, list) else [kind]
-    if set(kinds) <= {"string", "integer", "number", "boolean", "null"}:
-        return prop
-    shallow: dict[str, Any] = {"type": kinds[0] if len(kinds) == 1 else kinds}
+        if "$ref" in option:
+            kinds.append("object")
+        elif "type" in option:
+            kinds += option["type"] if isinstance(option["type"], list) else [option["type"]]
+        else:
+            kinds = []  # any JSON value
+            break
+    shallow: dict[str, Any] = {}
+    if kinds:
+        unique = list(dict.fromkeys(kinds))
+        shallow["type"] = unique[0] if len(unique) == 1 else unique
     if "description" in prop:
         shallow["description"] = prop["description"]
     return shallow
 
 
 def shallow_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """An object schema reduced to its top-level properties' types (still a valid, conforming schema)."""
-    out = {k: v for k, v in schema.items() if k not in ("$defs", "properties")}
-    out["properties"] = {name: _shallow_type(prop) for name, prop in schema.get("properties", {}).items()}
-    return out
+    """An object schema reduced to its top-level properties' JSON types: still a valid schema every
+    result conforms to; the nested shape shows in each result's text."""
+    properties = {name: _shallow_type(prop) for name, prop in schema.get("properties", {}).items()}
+    return {"type": "object", "properties": properties}
 
 
 @dataclass(frozen=True)
