@@ -168,11 +168,12 @@ class Dispatcher:
         return op
 
     async def _authorize(self, conn: AsyncConnection, op: Operation, inv: Invocation, caller: _Caller) -> Call:
-        caller.principal, caller.key = await identity.authenticate(conn, inv.credential)
+        who = await identity.authenticate(conn, inv.credential)
+        caller.principal, caller.key = who.principal, who.key
         requested = inv.arguments.get("tenant") if isinstance(inv.arguments, Mapping) else None
         tenant_needed = op.tenant_scoped and op.permission != AUTHENTICATED
         if op.tenant_scoped:
-            found = await _resolve_tenant(conn, caller.principal, caller.key, requested, required=tenant_needed)
+            found = await _resolve_tenant(conn, who, requested, required=tenant_needed)
             if found is not None:
                 caller.tenant, caller.role = found
         permissions = effective_permissions(caller.principal, caller.role, caller.key.scopes)
@@ -271,9 +272,10 @@ class Dispatcher:
 
 
 async def _resolve_tenant(
-    conn: AsyncConnection, principal: Principal, key: KeyInfo, requested: Any, *, required: bool
+    conn: AsyncConnection, who: identity.Authenticated, requested: Any, *, required: bool
 ) -> tuple[Tenant, str] | None:
     """The tenant a call acts in and the caller's role there (DESIGN section 2, step 2)."""
+    principal, key = who.principal, who.key
     if requested is not None:
         if not isinstance(requested, str):
             raise InvalidArgument("tenant must be a tenant slug string", hint="Use tenants_list to see your tenants.")
@@ -287,7 +289,7 @@ async def _resolve_tenant(
             )
         return found
     if key.tenant_id is not None:
-        found = await tenants.membership_by_id(conn, principal_id=principal.id, tenant_id=key.tenant_id)
+        found = who.bound
         if found is None:
             raise PermissionDenied(
                 f"{principal.kind} '{principal.name}' is no longer a member of the tenant its key is bound to",

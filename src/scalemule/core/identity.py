@@ -12,11 +12,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from scalemule.core import tokens
-from scalemule.core.access import KeyInfo, Principal, PrincipalKind
+from scalemule.core.access import KeyInfo, Principal, PrincipalKind, Tenant
 from scalemule.core.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from scalemule.core.ids import new_id, utcnow
 from scalemule.db.errors import constraint_errors
-from scalemule.db.tables import api_keys, principals
+from scalemule.db.tables import api_keys, memberships, principals, tenants
 
 # last_used_at is a hint for humans, not an invariant: refreshing it at most once a minute keeps a
 # write off the hot path of almost every call.
@@ -24,6 +24,8 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 _NEXT_STEP = "Create a key with 'scalemule init' or keys_create and pass it as SCALEMULE_API_KEY or a Bearer token."
 
+# One statement per call: the key, its principal and, for a tenant-bound key, the principal's
+# membership there (NULL role when it is no longer a member).
 _authenticate_query = (
     sa.select(
         api_keys,
@@ -31,10 +33,28 @@ _authenticate_query = (
         principals.c.name.label("principal_name"),
         principals.c.tenant_id.label("owner_tenant_id"),
         principals.c.on_behalf_of,
+        memberships.c.role.label("bound_role"),
+        tenants.c.slug.label("bound_slug"),
+        tenants.c.name.label("bound_name"),
+        tenants.c.created_at.label("bound_created_at"),
     )
     .join(principals, principals.c.id == api_keys.c.principal_id)
+    .outerjoin(
+        memberships,
+        sa.and_(memberships.c.principal_id == api_keys.c.principal_id, memberships.c.tenant_id == api_keys.c.tenant_id),
+    )
+    .outerjoin(tenants, tenants.c.id == memberships.c.tenant_id)
     .where(api_keys.c.token_sha256 == sa.bindparam("digest"))
 )
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """A verified caller: its principal, the key it used, and its role in the key's bound tenant."""
+
+    principal: Principal
+    key: KeyInfo
+    bound: tuple[Tenant, str] | None
 
 
 @dataclass(frozen=True)
@@ -64,8 +84,8 @@ def _key_info(row: Any) -> KeyInfo:
     )
 
 
-async def authenticate(conn: AsyncConnection, token: str | None) -> tuple[Principal, KeyInfo]:
-    """Resolve a bearer token to its principal and key.
+async def authenticate(conn: AsyncConnection, token: str | None) -> Authenticated:
+    """Resolve a bearer token to its principal, key and bound-tenant membership.
 
     Raises:
         Unauthenticated: no token, a malformed one, or one unknown, revoked or expired.
@@ -92,7 +112,11 @@ async def authenticate(conn: AsyncConnection, token: str | None) -> tuple[Princi
         tenant_id=row.owner_tenant_id,
         on_behalf_of=row.on_behalf_of,
     )
-    return principal, _key_info(row)
+    bound = None
+    if row.bound_role is not None:
+        tenant = Tenant(id=row.tenant_id, slug=row.bound_slug, name=row.bound_name, created_at=row.bound_created_at)
+        bound = (tenant, row.bound_role)
+    return Authenticated(principal, _key_info(row), bound)
 
 
 async def create_principal(

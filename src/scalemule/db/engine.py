@@ -72,7 +72,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(conn: sa.Connection) -> None:
         # Every unit of work may write (at least its audit event). Taking the write lock up front
         # avoids the read-then-upgrade deadlock that a deferred transaction hits under concurrency.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Issued on the driver connection: it is a fixed statement with no result to process.
+        conn.connection.driver_connection._conn.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
 
 
 class Database:
@@ -83,6 +84,7 @@ class Database:
         # SQLite has one writer at a time and every unit of work writes (its audit event at least):
         # queueing writers here keeps waiting on the event loop instead of inside the driver.
         self._writer = anyio.Lock() if self.engine.dialect.name == "sqlite" else None
+        self._sqlite_conn: AsyncConnection | None = None
 
     @property
     def dialect(self) -> str:
@@ -99,9 +101,18 @@ class Database:
             async with self.engine.begin() as conn:
                 yield conn
             return
-        async with self._writer, self.engine.begin() as conn:
-            yield conn
+        async with self._writer:
+            # SQLite: the writer lock admits one unit of work at a time, so one connection, kept
+            # open, serves them all (no checkout, no reconnect per call).
+            if self._sqlite_conn is None or self._sqlite_conn.closed:
+                self._sqlite_conn = await self.engine.connect()
+            conn = self._sqlite_conn
+            async with conn.begin():
+                yield conn
 
     async def dispose(self) -> None:
-        """Close pooled connections."""
+        """Close the kept connection and pooled ones."""
+        if self._sqlite_conn is not None:
+            await self._sqlite_conn.close()
+            self._sqlite_conn = None
         await self.engine.dispose()
