@@ -1,0 +1,327 @@
+"""The MenuGen walkthrough: an agent provisions the backend of a menu-generator app through ScaleMule.
+
+Run it with ``make demo`` (or ``.venv/bin/python examples/menugen.py``). It creates a throwaway data
+directory, runs ``scalemule init``, then drives ``scalemule serve`` over stdio with the official MCP
+Python client, acting as the agent that ``init`` created. Every step prints the call and a compact
+result; denied calls are expected where the walkthrough says so. The script exits non-zero if a step
+that should succeed fails, or a step that should be denied is allowed.
+
+Steps are plain async functions listed in ``STEPS``; later parts of the walkthrough add theirs there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+TENANT = "menugen"
+OWNER_EMAIL = "chef@menugen.example"
+WORKER_NAME = "menugen-worker"
+# The worker role holds tenants:read and config:read too; the worker's key is narrowed to the
+# queue and the object store, which is all the app's worker process touches.
+WORKER_SCOPES = ["jobs:read", "jobs:work", "storage:read", "storage:write"]
+
+
+class StepFailed(Exception):
+    """A step did not get the answer the walkthrough expects."""
+
+
+@dataclass
+class Demo:
+    """What the steps share: the MCP client, the keys from ``init`` and facts earlier steps found."""
+
+    client: Client
+    data_dir: Path
+    owner_key: str
+    agent_key: str
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    # --- calls ---------------------------------------------------------------------------------
+
+    async def call(self, tool: str, args: dict[str, Any] | None = None) -> types.CallToolResult:
+        """Call ``tool`` as the agent, printing the call."""
+        args = args or {}
+        show(f"→ {tool} {_compact(args)}")
+        return await self.client.call_tool(tool, args)
+
+    async def ok(self, tool: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Call ``tool`` and return its structured result; a tool error fails the step."""
+        result = await self.call(tool, args)
+        if result.is_error:
+            raise StepFailed(f"{tool} should succeed but failed: {_text(result)}")
+        return dict(result.structured_content or {})
+
+    async def denied(self, tool: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Call ``tool`` and return its error body; anything but ``permission_denied`` fails the step."""
+        result = await self.call(tool, args)
+        error = (result.structured_content or {}).get("error") if result.is_error else None
+        if not error or error.get("code") != "permission_denied":
+            raise StepFailed(f"{tool} should be denied but returned: {_text(result)}")
+        show(f"← {_text(result)}")
+        return dict(error)
+
+    def fact(self, name: str) -> Any:
+        """A value an earlier step found; fails this step if that step did not get there."""
+        if name not in self.facts:
+            raise StepFailed(f"needs {name}, which an earlier step did not produce")
+        return self.facts[name]
+
+    async def tool_names(self) -> set[str]:
+        """The tools this server exposes (default toolsets)."""
+        return {tool.name for tool in (await self.client.list_tools()).tools}
+
+    def cli(self, *argv: str, api_key: str) -> dict[str, Any]:
+        """Run ``scalemule <argv>`` against the demo store with ``api_key``; return its JSON."""
+        show(f"$ scalemule {shlex.join(argv)}")
+        done = subprocess.run(
+            [str(scalemule_executable()), *argv],
+            env=store_env(self.data_dir, api_key),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise StepFailed(f"scalemule {argv[0]} failed: {done.stdout or done.stderr}")
+        return dict(json.loads(done.stdout))
+
+
+Step = Callable[[Demo], Awaitable[None]]
+
+
+# --- printing ------------------------------------------------------------------------------------
+
+
+def show(line: str = "") -> None:
+    """Print one line of the walkthrough."""
+    print(line, flush=True)
+
+
+def heading(number: int, title: str) -> None:
+    """Print a step's numbered heading."""
+    show()
+    show(f"{number}. {title}")
+    show("-" * (len(title) + len(str(number)) + 2))
+
+
+def _compact(value: Any, limit: int = 160) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _text(result: types.CallToolResult) -> str:
+    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+# --- Part 1: identity, keys, permissions, tenant isolation, audit ------------------------------
+
+
+async def whoami(demo: Demo) -> None:
+    """The agent learns who it is, where, and what it may do."""
+    me = await demo.ok("whoami")
+    show(f"← {me['principal']['kind']} '{me['principal']['name']}' ({me['principal']['id']})")
+    show(f"  tenant '{me['tenant']['slug']}', role {me['role']}, acting on behalf of {me['on_behalf_of']}")
+    show(f"  key {me['key']['prefix']}… bound to tenant {me['key']['tenant_id']}")
+    show(f"  permissions: {', '.join(me['permissions'])}")
+    if me["tenant"]["slug"] != TENANT or me["role"] != "developer":
+        raise StepFailed(f"expected the developer agent of '{TENANT}', got {me['role']} in {me['tenant']['slug']}")
+
+
+async def create_worker(demo: Demo) -> None:
+    """The agent creates a second principal for the app's background worker."""
+    made = await demo.ok("agents_create", {"name": WORKER_NAME, "role": "worker"})
+    demo.facts["worker_id"] = made["principal"]["id"]
+    show(f"← agent '{made['principal']['name']}' ({made['principal']['id']}), role {made['role']}")
+    show(f"  on behalf of {made['on_behalf_of']}: the user who created the agent that created it")
+
+
+async def issue_worker_key(demo: Demo) -> None:
+    """The agent issues the worker a key narrowed to the queue and the object store."""
+    made = await demo.ok(
+        "keys_create",
+        {"name": "menugen worker", "principal_id": demo.fact("worker_id"), "scopes": WORKER_SCOPES},
+    )
+    demo.facts["worker_key"] = made["token"]
+    show(f"← key {made['key']['prefix']}… for {made['key']['principal_id']}; token shown once, never stored")
+    show(f"  scopes: {', '.join(made['key']['scopes'])}")
+    # The worker's own view: role permissions narrowed to the key's scopes.
+    seen = demo.cli("call", "whoami", api_key=demo.fact("worker_key"))
+    show(f"← the worker holds: {', '.join(seen['permissions'])}")
+    if sorted(seen["permissions"]) != sorted(WORKER_SCOPES):
+        raise StepFailed(f"the worker's key should carry exactly {WORKER_SCOPES}, got {seen['permissions']}")
+
+
+async def cannot_reveal_secrets(demo: Demo) -> None:
+    """A developer agent manages secrets but may not read their values."""
+    check = await demo.ok("access_check", {"permissions": ["secrets:read", "secrets:write", "secrets:reveal"]})
+    show(f"← granted {check['granted']}, missing {check['missing']}")
+    if check["missing"] != ["secrets:reveal"]:
+        raise StepFailed(f"expected only secrets:reveal to be missing, got {check['missing']}")
+    if "secrets_reveal" in await demo.tool_names():
+        await demo.denied("secrets_reveal", {"env": "prod", "name": "IMAGE_API_KEY"})
+
+
+async def cannot_cross_tenants(demo: Demo) -> None:
+    """Another tenant is out of reach, and the answer does not reveal whether it exists."""
+    made = demo.cli("call", "tenants_create", "slug=rival", "name=Rival Foods", api_key=demo.owner_key)
+    show(f"← the owner (a user) created tenant '{made['tenant']['slug']}'; the agent is not a member")
+    existing = await demo.denied("whoami", {"tenant": "rival"})
+    missing = await demo.denied("whoami", {"tenant": "does-not-exist"})
+    same = existing["message"].replace("rival", "X") == missing["message"].replace("does-not-exist", "X")
+    show(f"  same answer for an existing and a missing tenant: {same}")
+    if not same or existing["hint"] != missing["hint"]:
+        raise StepFailed("denials for an existing and a missing tenant differ: that leaks existence")
+
+
+async def audit_trail(demo: Demo) -> None:
+    """Every call above, allowed or denied, is in the tenant's hash-chained audit log."""
+    page = await demo.ok("audit_query", {"limit": 50})
+    events = sorted(page["items"], key=lambda e: e["seq"])
+    rows = [
+        (
+            str(e["seq"]),
+            e["at"][11:23],
+            e["actor"]["name"] if e["actor"] else "-",
+            e["client"] or e["transport"],
+            e["operation"],
+            e["outcome"],
+            e["error_code"] or "",
+        )
+        for e in events
+    ]
+    table(("seq", "time", "actor", "client", "operation", "outcome", "error"), rows)
+    denied = [e for e in events if e["outcome"] == "denied"]
+    if len(denied) < 2 or not all(e["hash"] for e in events):
+        raise StepFailed("the audit log should hold the denied calls, each with its hash")
+    show(f"  {len(events)} events in '{TENANT}', {len(denied)} denied; each names the hash of the one before")
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Print ``rows`` as an aligned text table."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=False)]
+    for row in (header, tuple("-" * w for w in widths), *rows):
+        show("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# --- Part 2: configuration and secrets ----------------------------------------------------------
+
+
+# --- Part 3: object storage ---------------------------------------------------------------------
+
+
+STEPS: list[tuple[str, Step]] = [
+    ("Who am I? (whoami)", whoami),
+    ("Create an agent for the app's worker (agents_create)", create_worker),
+    ("Issue the worker a scoped key (keys_create)", issue_worker_key),
+    ("Secret values stay out of reach (access_check, secrets_reveal)", cannot_reveal_secrets),
+    ("Other tenants stay out of reach (tenants_create as owner, whoami tenant=...)", cannot_cross_tenants),
+    ("Read the audit trail (audit_query)", audit_trail),
+]
+
+
+# --- setup ---------------------------------------------------------------------------------------
+
+
+def scalemule_executable() -> Path:
+    """The ``scalemule`` command installed next to this Python."""
+    path = Path(sys.executable).parent / ("scalemule.exe" if os.name == "nt" else "scalemule")
+    if not path.exists():
+        found = shutil.which("scalemule")
+        if found is None:
+            raise SystemExit("scalemule is not installed in this environment: run 'make install' first")
+        return Path(found)
+    return path
+
+
+def store_env(data_dir: Path, api_key: str | None) -> dict[str, str]:
+    """This process's environment pointed at the demo store only (no inherited SCALEMULE_* settings)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCALEMULE_")}
+    env["SCALEMULE_DATA_DIR"] = str(data_dir)
+    if api_key is not None:
+        env["SCALEMULE_API_KEY"] = api_key
+    return env
+
+
+def initialise(data_dir: Path) -> dict[str, Any]:
+    """Run ``scalemule init`` for the MenuGen tenant and return its JSON output."""
+    argv = ["init", "--json", "--tenant", TENANT, "--owner", OWNER_EMAIL]
+    show(f"$ scalemule {shlex.join(argv)}")
+    done = subprocess.run(
+        [str(scalemule_executable()), *argv],
+        env=store_env(data_dir, None),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise StepFailed(f"scalemule init failed: {done.stdout or done.stderr}")
+    made: dict[str, Any] = json.loads(done.stdout)
+    show(f"← tenant '{made['tenant']['slug']}' ({made['tenant']['id']}) in {data_dir}")
+    show(f"  owner key {made['owner_key'][:12]}…  agent key {made['agent_key'][:12]}…  (shown once)")
+    return made
+
+
+async def walkthrough(data_dir: Path) -> int:
+    """Initialise a store, connect as the agent and run every step; returns the number of failures."""
+    heading(1, "Initialise a store for MenuGen (scalemule init)")
+    made = initialise(data_dir)
+    server = StdioServerParameters(
+        command=str(scalemule_executable()),
+        args=["serve"],
+        env={"SCALEMULE_API_KEY": made["agent_key"], "SCALEMULE_DATA_DIR": str(data_dir)},
+    )
+    heading(2, "Connect as the agent (scalemule serve over stdio)")
+    show(f"$ SCALEMULE_API_KEY={made['agent_key'][:12]}… scalemule serve")
+    failures = 0
+    async with Client(server, client_info=types.Implementation(name="menugen-builder", version="1.0")) as client:
+        info = client.server_info
+        tools = (await client.list_tools()).tools
+        show(f"← {info.name if info else '?'} {info.version if info else ''}: {len(tools)} tools")
+        demo = Demo(client=client, data_dir=data_dir, owner_key=made["owner_key"], agent_key=made["agent_key"])
+        for number, (title, step) in enumerate(STEPS, start=3):
+            heading(number, title)
+            try:
+                await step(demo)
+            except StepFailed as exc:
+                failures += 1
+                show(f"✗ FAILED: {exc}")
+    return failures
+
+
+def main() -> int:
+    """Run the walkthrough in a temporary data directory; exit 1 if any step failed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--keep", action="store_true", help="keep the data directory and print its path")
+    options = parser.parse_args()
+    data_dir = Path(tempfile.mkdtemp(prefix="scalemule-menugen-"))
+    try:
+        failures = anyio.run(walkthrough, data_dir)
+    except StepFailed as exc:
+        show(f"✗ FAILED: {exc}")
+        failures = 1
+    finally:
+        if options.keep:
+            show(f"\nData directory kept: {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    show()
+    show("MenuGen walkthrough: " + (f"{failures} step(s) FAILED" if failures else "all steps passed"))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
