@@ -17,7 +17,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from scalemule.core import audit, identity, tenants
 from scalemule.core.access import AUTHENTICATED, KeyInfo, Principal, Tenant, effective_permissions
@@ -33,10 +32,11 @@ from scalemule.core.errors import (
     Unauthenticated,
 )
 from scalemule.core.ids import utcnow
+from scalemule.db.engine import Connection
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import idempotency_keys
 from scalemule.operations import REGISTRY, Operation
-from scalemule.operations.base import Call, bounded, recorded_args, redacted
+from scalemule.operations.base import Call, bounded, encodable, has_unencodable_text, recorded_args, redacted
 from scalemule.runtime import Runtime
 
 log = logging.getLogger("scalemule")
@@ -167,7 +167,7 @@ class Dispatcher:
             )
         return op
 
-    async def _authorize(self, conn: AsyncConnection, op: Operation, inv: Invocation, caller: _Caller) -> Call:
+    async def _authorize(self, conn: Connection, op: Operation, inv: Invocation, caller: _Caller) -> Call:
         who = await identity.authenticate(conn, inv.credential)
         caller.principal, caller.key = who.principal, who.key
         requested = inv.arguments.get("tenant") if isinstance(inv.arguments, Mapping) else None
@@ -190,6 +190,11 @@ class Dispatcher:
         )
 
     async def _run(self, call: Call, op: Operation, raw: Any) -> dict[str, Any]:
+        if has_unencodable_text(raw):
+            raise InvalidArgument(
+                f"invalid arguments for {op.name}: text holds a lone surrogate, which is not valid Unicode",
+                hint="Send UTF-8 text.",
+            )
         try:
             args = op.args_model.model_validate({} if raw is None else raw)
         except ValidationError as exc:
@@ -231,7 +236,7 @@ class Dispatcher:
 
     async def _record(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         inv: Invocation,
         op: Operation | None,
         caller: _Caller,
@@ -245,10 +250,10 @@ class Dispatcher:
         target = inv.resource
         if target is None and op is not None and op.target and isinstance(inv.arguments, Mapping):
             value = inv.arguments.get(op.target)
-            target = None if value is None else str(value)
+            target = None if value is None else value if isinstance(value, str) else str(bounded(value))
         event = AuditEvent(
             at=utcnow(),
-            operation=inv.operation[:64],
+            operation=_clip(inv.operation, 64) or "",
             outcome=outcome,
             transport=inv.transport,
             duration_ms=(time.perf_counter() - started) * 1000,
@@ -272,7 +277,7 @@ class Dispatcher:
 
 
 async def _resolve_tenant(
-    conn: AsyncConnection, who: identity.Authenticated, requested: Any, *, required: bool
+    conn: Connection, who: identity.Authenticated, requested: Any, *, required: bool
 ) -> tuple[Tenant, str] | None:
     """The tenant a call acts in and the caller's role there (DESIGN section 2, step 2)."""
     principal, key = who.principal, who.key
@@ -358,4 +363,4 @@ def _home_tenant(principal: Principal | None, key: KeyInfo | None) -> str | None
 
 def _clip(value: str | None, size: int) -> str | None:
     # Audit text columns take what callers sent: cut to size, NUL made visible (PostgreSQL refuses it).
-    return None if value is None else str(value)[:size].replace("\x00", "\\x00")
+    return None if value is None else encodable(str(value)[:size]).replace("\x00", "\\x00")[:size]

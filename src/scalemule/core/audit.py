@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from scalemule.core.ids import new_id
+from scalemule.db.engine import Connection
 from scalemule.db.tables import audit_events, audit_heads
 
 Outcome = Literal["ok", "error", "denied", "cancelled"]
@@ -83,7 +83,7 @@ def _insert_head(dialect: str) -> Any:
     return table_insert(audit_heads).on_conflict_do_nothing(index_elements=["chain"])
 
 
-async def _lock_head(conn: AsyncConnection, chain: str) -> tuple[int, str]:
+async def _lock_head(conn: Connection, chain: str) -> tuple[int, str]:
     query = sa.select(audit_heads.c.seq, audit_heads.c.hash).where(audit_heads.c.chain == chain).with_for_update()
     row = (await conn.execute(query)).first()
     if row is None:
@@ -115,7 +115,7 @@ _advance_head = (
 )
 
 
-async def append(conn: AsyncConnection, events: Sequence[AuditEvent]) -> list[AuditEvent]:
+async def append(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEvent]:
     """Append events in order, advancing each chain's head in the same transaction; returns them sealed."""
     sealed: list[AuditEvent] = []
     for chain in dict.fromkeys(e.chain for e in events):
@@ -143,7 +143,7 @@ async def append(conn: AsyncConnection, events: Sequence[AuditEvent]) -> list[Au
 
 
 async def query(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     tenant_id: str,
     actor: str | None = None,

@@ -6,13 +6,13 @@ import getpass
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from scalemule.core import audit, identity, tenants
 from scalemule.core.access import Principal, Tenant
 from scalemule.core.audit import AuditEvent
 from scalemule.core.errors import FailedPrecondition
 from scalemule.core.ids import utcnow
+from scalemule.db.engine import Connection
 from scalemule.db.tables import tenants as tenants_table
 
 
@@ -32,7 +32,7 @@ def operator() -> Principal:
     return Principal(id="operator", kind="operator", name=getpass.getuser())
 
 
-async def initialize(conn: AsyncConnection, *, slug: str, owner_email: str) -> Bootstrap:
+async def initialize(conn: Connection, *, slug: str, owner_email: str) -> Bootstrap:
     """Create the first tenant with an owner user and an agent acting on the owner's behalf.
 
     Raises:

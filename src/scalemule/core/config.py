@@ -14,10 +14,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from scalemule.core.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from scalemule.core.ids import utcnow
+from scalemule.db.engine import Connection
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import config_entries, config_history, environments
 
@@ -100,7 +100,7 @@ def check_value(value: Any) -> str:
     return text
 
 
-async def create_defaults(conn: AsyncConnection, tenant_id: str, created_by: str | None) -> None:
+async def create_defaults(conn: Connection, tenant_id: str, created_by: str | None) -> None:
     """Create dev, staging and prod (protected) for a new tenant."""
     now = utcnow()
     await conn.execute(
@@ -113,7 +113,7 @@ async def create_defaults(conn: AsyncConnection, tenant_id: str, created_by: str
 
 
 async def create_environment(
-    conn: AsyncConnection, tenant_id: str, name: str, *, protected: bool, created_by: str | None
+    conn: Connection, tenant_id: str, name: str, *, protected: bool, created_by: str | None
 ) -> Environment:
     """Create an environment.
 
@@ -132,13 +132,13 @@ async def create_environment(
     return env
 
 
-async def list_environments(conn: AsyncConnection, tenant_id: str) -> list[Environment]:
+async def list_environments(conn: Connection, tenant_id: str) -> list[Environment]:
     """The tenant's environments by name."""
     query = sa.select(environments).where(environments.c.tenant_id == tenant_id).order_by(environments.c.name)
     return [Environment(r.name, r.protected, r.created_at) for r in await conn.execute(query)]
 
 
-async def get_environment(conn: AsyncConnection, tenant_id: str, name: str) -> Environment:
+async def get_environment(conn: Connection, tenant_id: str, name: str) -> Environment:
     """One environment.
 
     Raises:
@@ -156,7 +156,7 @@ def _entry(row: Any) -> Entry:
     return Entry(row.key, row.value, row.version, row.updated_at, row.updated_by)
 
 
-async def get(conn: AsyncConnection, tenant_id: str, env: str, key: str, version: int | None = None) -> Entry:
+async def get(conn: Connection, tenant_id: str, env: str, key: str, version: int | None = None) -> Entry:
     """The current value of ``key``, or the value it had at ``version``.
 
     Raises:
@@ -178,7 +178,7 @@ async def get(conn: AsyncConnection, tenant_id: str, env: str, key: str, version
     return Entry(row.key, row.value, row.version, row.at, row.by)
 
 
-async def _current_version(conn: AsyncConnection, tenant_id: str, env: str, key: str) -> tuple[int, int]:
+async def _current_version(conn: Connection, tenant_id: str, env: str, key: str) -> tuple[int, int]:
     """(live version or 0 when absent, highest version ever written), read in one snapshot.
 
     One statement matters on PostgreSQL: two reads could straddle a concurrent commit and pair an old
@@ -199,7 +199,7 @@ async def _current_version(conn: AsyncConnection, tenant_id: str, env: str, key:
 
 
 async def _write(
-    conn: AsyncConnection,
+    conn: Connection,
     tenant_id: str,
     env: str,
     key: str,
@@ -257,7 +257,7 @@ async def _write(
 
 
 async def set_value(
-    conn: AsyncConnection,
+    conn: Connection,
     tenant_id: str,
     env: str,
     key: str,
@@ -278,7 +278,7 @@ async def set_value(
 
 
 async def delete(
-    conn: AsyncConnection, tenant_id: str, env: str, key: str, *, expected_version: int | None, by: str | None
+    conn: Connection, tenant_id: str, env: str, key: str, *, expected_version: int | None, by: str | None
 ) -> Entry:
     """Delete ``key`` (recorded as a version in its history).
 
@@ -290,7 +290,7 @@ async def delete(
 
 
 async def list_entries(
-    conn: AsyncConnection, tenant_id: str, env: str, *, prefix: str = "", after: str | None = None, limit: int = 1000
+    conn: Connection, tenant_id: str, env: str, *, prefix: str = "", after: str | None = None, limit: int = 1000
 ) -> list[Entry]:
     """Live keys of the environment, ordered by key."""
     c = config_entries.c
@@ -303,7 +303,7 @@ async def list_entries(
 
 
 async def history(
-    conn: AsyncConnection, tenant_id: str, env: str, key: str, *, before: int | None, limit: int
+    conn: Connection, tenant_id: str, env: str, key: str, *, before: int | None, limit: int
 ) -> list[Entry]:
     """Versions of ``key``, newest first."""
     h = config_history.c

@@ -9,12 +9,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from scalemule.core import tokens
 from scalemule.core.access import KeyInfo, Principal, PrincipalKind, Tenant
 from scalemule.core.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from scalemule.core.ids import new_id, utcnow
+from scalemule.db.engine import Connection
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import api_keys, memberships, principals, tenants
 
@@ -84,7 +84,7 @@ def _key_info(row: Any) -> KeyInfo:
     )
 
 
-async def authenticate(conn: AsyncConnection, token: str | None) -> Authenticated:
+async def authenticate(conn: Connection, token: str | None) -> Authenticated:
     """Resolve a bearer token to its principal, key and bound-tenant membership.
 
     Raises:
@@ -120,7 +120,7 @@ async def authenticate(conn: AsyncConnection, token: str | None) -> Authenticate
 
 
 async def create_principal(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     kind: PrincipalKind,
     name: str,
@@ -165,20 +165,20 @@ async def create_principal(
     return principal
 
 
-async def get_principal(conn: AsyncConnection, principal_id: str) -> Principal | None:
+async def get_principal(conn: Connection, principal_id: str) -> Principal | None:
     """The principal with ``principal_id``, or None."""
     row = (await conn.execute(sa.select(principals).where(principals.c.id == principal_id))).first()
     return None if row is None else principal_of(row)
 
 
-async def find_user_by_email(conn: AsyncConnection, email: str) -> Principal | None:
+async def find_user_by_email(conn: Connection, email: str) -> Principal | None:
     """The user with ``email``, or None."""
     row = (await conn.execute(sa.select(principals).where(principals.c.email == email))).first()
     return None if row is None else principal_of(row)
 
 
 async def create_key(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     principal_id: str,
     tenant_id: str | None,
@@ -229,7 +229,7 @@ def _tenant_keys(tenant_id: str) -> sa.Select[Any]:
 
 
 async def list_keys(
-    conn: AsyncConnection, *, tenant_id: str, principal_id: str | None, after_id: str | None, limit: int
+    conn: Connection, *, tenant_id: str, principal_id: str | None, after_id: str | None, limit: int
 ) -> list[KeyRecord]:
     """Keys of the tenant (optionally one principal's), ordered by id, ``limit`` at most."""
     query = _tenant_keys(tenant_id).order_by(api_keys.c.id).limit(limit)
@@ -241,7 +241,7 @@ async def list_keys(
     return [KeyRecord(_key_info(r), r.name, r.created_at, r.last_used_at, r.revoked_at) for r in rows]
 
 
-async def get_key(conn: AsyncConnection, *, tenant_id: str, key_id: str) -> KeyRecord:
+async def get_key(conn: Connection, *, tenant_id: str, key_id: str) -> KeyRecord:
     """One of the tenant's keys.
 
     Raises:
@@ -253,7 +253,7 @@ async def get_key(conn: AsyncConnection, *, tenant_id: str, key_id: str) -> KeyR
     return KeyRecord(_key_info(row), row.name, row.created_at, row.last_used_at, row.revoked_at)
 
 
-async def revoke_key(conn: AsyncConnection, *, tenant_id: str, key_id: str) -> KeyRecord:
+async def revoke_key(conn: Connection, *, tenant_id: str, key_id: str) -> KeyRecord:
     """Revoke a key now; revoking twice keeps the first revocation time.
 
     Raises:

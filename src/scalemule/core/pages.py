@@ -34,3 +34,18 @@ def decode_cursor(cursor: str | None) -> dict[str, Any] | None:
             hint="Pass the next_cursor from the previous page unchanged, or omit it to start over.",
         )
     return position
+
+
+def cursor_int(position: dict[str, Any], key: str) -> int:
+    """The integer ``key`` of a decoded cursor position.
+
+    Raises:
+        InvalidArgument: it is missing, not an integer, or beyond what a 64-bit column holds (a forged cursor).
+    """
+    value = position.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not -(2**63) <= value < 2**63:
+        raise InvalidArgument(
+            "cursor is not one this server issued",
+            hint="Pass the next_cursor from the previous page unchanged, or omit it to start over.",
+        )
+    return value

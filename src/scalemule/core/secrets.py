@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from scalemule.core import audit, crypto
 from scalemule.core.audit import AuditEvent
@@ -16,7 +15,7 @@ from scalemule.core.config import check_key
 from scalemule.core.crypto import Keyring, Sealed
 from scalemule.core.errors import Conflict, InvalidArgument, NotFound
 from scalemule.core.ids import utcnow
-from scalemule.db.engine import Database
+from scalemule.db.engine import Connection, Database
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import secret_versions, secrets
 
@@ -54,7 +53,7 @@ def check_secret_value(value: str) -> bytes:
     return data
 
 
-async def _head(conn: AsyncConnection, tenant_id: str, env: str, name: str) -> Any:
+async def _head(conn: Connection, tenant_id: str, env: str, name: str) -> Any:
     query = sa.select(secrets).where(secrets.c.tenant_id == tenant_id, secrets.c.env == env, secrets.c.name == name)
     return (await conn.execute(query)).first()
 
@@ -64,7 +63,7 @@ def _not_found(env: str, name: str) -> NotFound:
 
 
 async def set_secret(
-    conn: AsyncConnection,
+    conn: Connection,
     keyring: Keyring,
     tenant_id: str,
     env: str,
@@ -142,7 +141,7 @@ async def set_secret(
 
 
 async def list_secrets(
-    conn: AsyncConnection, tenant_id: str, env: str, *, after: str | None = None, limit: int = 1000
+    conn: Connection, tenant_id: str, env: str, *, after: str | None = None, limit: int = 1000
 ) -> list[SecretInfo]:
     """Secret metadata of the environment by name; never values."""
     v = secret_versions.c
@@ -163,7 +162,7 @@ async def list_secrets(
     return [SecretInfo(r.name, r.version, r.updated_at, r.updated_by, int(r.kept)) for r in rows]
 
 
-async def get_info(conn: AsyncConnection, tenant_id: str, env: str, name: str) -> SecretInfo:
+async def get_info(conn: Connection, tenant_id: str, env: str, name: str) -> SecretInfo:
     """One secret's metadata.
 
     Raises:
@@ -176,7 +175,7 @@ async def get_info(conn: AsyncConnection, tenant_id: str, env: str, name: str) -
 
 
 async def reveal(
-    conn: AsyncConnection, keyring: Keyring, tenant_id: str, env: str, name: str, version: int | None = None
+    conn: Connection, keyring: Keyring, tenant_id: str, env: str, name: str, version: int | None = None
 ) -> tuple[SecretInfo, str]:
     """Decrypt the current (or a kept) version.
 
@@ -200,7 +199,7 @@ async def reveal(
     return SecretInfo(name, wanted, row.created_at, row.created_by), plaintext.decode()
 
 
-async def delete_secret(conn: AsyncConnection, tenant_id: str, env: str, name: str) -> SecretInfo:
+async def delete_secret(conn: Connection, tenant_id: str, env: str, name: str) -> SecretInfo:
     """Delete a secret and every kept version (their ciphertexts are gone with them).
 
     Raises:
@@ -215,7 +214,7 @@ async def delete_secret(conn: AsyncConnection, tenant_id: str, env: str, name: s
     return info
 
 
-async def rewrap_batch(conn: AsyncConnection, keyring: Keyring, *, below: int, limit: int = 200) -> int:
+async def rewrap_batch(conn: Connection, keyring: Keyring, *, below: int, limit: int = 200) -> int:
     """Re-wrap up to ``limit`` data keys wrapped by a master key older than ``below``; returns how many.
 
     Payloads are untouched: only ``wrapped_key``, ``key_nonce`` and ``master_key_version`` change.

@@ -8,12 +8,12 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from scalemule.core import config
 from scalemule.core.access import ROLES, Principal, Tenant
 from scalemule.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from scalemule.core.ids import new_id, utcnow
+from scalemule.db.engine import Connection
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import memberships, principals, tenants
 
@@ -61,7 +61,7 @@ def check_role(role: str) -> str:
     return role
 
 
-async def create_tenant(conn: AsyncConnection, *, slug: str, name: str, owner: Principal) -> Tenant:
+async def create_tenant(conn: Connection, *, slug: str, name: str, owner: Principal) -> Tenant:
     """Create a tenant with ``owner`` as its first owner.
 
     Raises:
@@ -82,13 +82,13 @@ async def create_tenant(conn: AsyncConnection, *, slug: str, name: str, owner: P
     return tenant
 
 
-async def get_tenant_by_slug(conn: AsyncConnection, slug: str) -> Tenant | None:
+async def get_tenant_by_slug(conn: Connection, slug: str) -> Tenant | None:
     """The tenant with ``slug``, or None."""
     row = (await conn.execute(sa.select(tenants).where(tenants.c.slug == slug))).first()
     return None if row is None else tenant_of(row)
 
 
-async def role_in(conn: AsyncConnection, *, principal_id: str, tenant_id: str) -> str | None:
+async def role_in(conn: Connection, *, principal_id: str, tenant_id: str) -> str | None:
     """The principal's role in the tenant, or None when it is not a member."""
     query = sa.select(memberships.c.role).where(
         memberships.c.tenant_id == tenant_id, memberships.c.principal_id == principal_id
@@ -96,7 +96,7 @@ async def role_in(conn: AsyncConnection, *, principal_id: str, tenant_id: str) -
     return (await conn.execute(query)).scalar_one_or_none()
 
 
-async def membership_by_slug(conn: AsyncConnection, *, principal_id: str, slug: str) -> tuple[Tenant, str] | None:
+async def membership_by_slug(conn: Connection, *, principal_id: str, slug: str) -> tuple[Tenant, str] | None:
     """The tenant named ``slug`` and the principal's role there, or None when it is not a member."""
     query = (
         sa.select(tenants, memberships.c.role)
@@ -107,7 +107,7 @@ async def membership_by_slug(conn: AsyncConnection, *, principal_id: str, slug: 
     return None if row is None else (tenant_of(row), row.role)
 
 
-async def membership_by_id(conn: AsyncConnection, *, principal_id: str, tenant_id: str) -> tuple[Tenant, str] | None:
+async def membership_by_id(conn: Connection, *, principal_id: str, tenant_id: str) -> tuple[Tenant, str] | None:
     """The tenant with ``tenant_id`` and the principal's role there, or None when it is not a member."""
     query = (
         sa.select(tenants, memberships.c.role)
@@ -119,7 +119,7 @@ async def membership_by_id(conn: AsyncConnection, *, principal_id: str, tenant_i
 
 
 async def memberships_of(
-    conn: AsyncConnection, *, principal_id: str, after_slug: str | None = None, limit: int = 1000
+    conn: Connection, *, principal_id: str, after_slug: str | None = None, limit: int = 1000
 ) -> list[tuple[Tenant, str]]:
     """The tenants the principal belongs to with its role in each, ordered by slug."""
     query = (
@@ -134,7 +134,7 @@ async def memberships_of(
     return [(tenant_of(r), r.role) for r in (await conn.execute(query)).all()]
 
 
-async def add_member(conn: AsyncConnection, *, tenant_id: str, principal_id: str, role: str) -> None:
+async def add_member(conn: Connection, *, tenant_id: str, principal_id: str, role: str) -> None:
     """Make the principal a member with ``role``.
 
     Raises:
@@ -167,7 +167,7 @@ def _member(row: Any) -> Member:
     return Member(principal=principal, email=row.email, role=row.role, created_at=row.member_since)
 
 
-async def get_member(conn: AsyncConnection, *, tenant_id: str, principal_id: str) -> Member:
+async def get_member(conn: Connection, *, tenant_id: str, principal_id: str) -> Member:
     """One member of the tenant.
 
     Raises:
@@ -180,7 +180,7 @@ async def get_member(conn: AsyncConnection, *, tenant_id: str, principal_id: str
     return _member(row)
 
 
-async def list_members(conn: AsyncConnection, *, tenant_id: str, after_id: str | None, limit: int) -> list[Member]:
+async def list_members(conn: Connection, *, tenant_id: str, after_id: str | None, limit: int) -> list[Member]:
     """Members of the tenant ordered by principal id."""
     query = _members_query.where(memberships.c.tenant_id == tenant_id).order_by(principals.c.id).limit(limit)
     if after_id is not None:
@@ -188,12 +188,12 @@ async def list_members(conn: AsyncConnection, *, tenant_id: str, after_id: str |
     return [_member(r) for r in (await conn.execute(query)).all()]
 
 
-async def _owner_count(conn: AsyncConnection, tenant_id: str) -> int:
+async def _owner_count(conn: Connection, tenant_id: str) -> int:
     query = sa.select(sa.func.count()).where(memberships.c.tenant_id == tenant_id, memberships.c.role == "owner")
     return int((await conn.execute(query)).scalar_one())
 
 
-async def set_role(conn: AsyncConnection, *, tenant_id: str, principal_id: str, role: str) -> Member:
+async def set_role(conn: Connection, *, tenant_id: str, principal_id: str, role: str) -> Member:
     """Change a member's role.
 
     Raises:
@@ -212,7 +212,7 @@ async def set_role(conn: AsyncConnection, *, tenant_id: str, principal_id: str, 
     return Member(member.principal, member.email, role, member.created_at)
 
 
-async def remove_member(conn: AsyncConnection, *, tenant_id: str, principal_id: str) -> Member:
+async def remove_member(conn: Connection, *, tenant_id: str, principal_id: str) -> Member:
     """Remove a member.
 
     Raises:

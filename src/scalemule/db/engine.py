@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from scalemule.db.sqlite import connector
@@ -55,8 +56,8 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(parsed, connect_args=connect_args, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    sync_engine = engine.sync_engine
+def _configure_sqlite(engine: AsyncEngine | sa.Engine) -> None:
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
 
     @sa.event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -73,7 +74,50 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # Every unit of work may write (at least its audit event). Taking the write lock up front
         # avoids the read-then-upgrade deadlock that a deferred transaction hits under concurrency.
         # Issued on the driver connection: it is a fixed statement with no result to process.
-        conn.connection.driver_connection._conn.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+        driver = conn.connection.driver_connection
+        (driver if isinstance(driver, sqlite3.Connection) else driver._conn).execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+
+
+class Connection(Protocol):
+    """What domain code uses of a unit of work's connection: ``AsyncConnection`` on PostgreSQL,
+    ``InlineConnection`` on SQLite."""
+
+    @property
+    def dialect(self) -> sa.Dialect: ...
+
+    async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]: ...
+
+
+class InlineConnection:
+    """A synchronous SQLAlchemy connection behind the awaitable ``execute`` domain code calls.
+
+    SQLite statements on a local file take microseconds, while SQLAlchemy's asyncio bridge (a
+    greenlet and several switches per statement) cost many times that on every call. Units of work on
+    SQLite are serialised by ``Database.transaction``, so running them inline cannot interleave.
+    """
+
+    def __init__(self, connection: sa.Connection) -> None:
+        self.sync_connection = connection
+
+    @property
+    def dialect(self) -> sa.Dialect:
+        """The connection's dialect."""
+        return self.sync_connection.dialect
+
+    async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]:
+        """Execute ``statement`` now; the result is fully usable after the call."""
+        return self.sync_connection.execute(statement, parameters)
+
+
+def _sqlite_sync_engine(url: sa.URL) -> sa.Engine:
+    engine = sa.create_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None, "check_same_thread": False},
+        poolclass=StaticPool,
+        pool_reset_on_return=None,
+    )
+    _configure_sqlite(engine)
+    return engine
 
 
 class Database:
@@ -84,7 +128,8 @@ class Database:
         # SQLite has one writer at a time and every unit of work writes (its audit event at least):
         # queueing writers here keeps waiting on the event loop instead of inside the driver.
         self._writer = anyio.Lock() if self.engine.dialect.name == "sqlite" else None
-        self._sqlite_conn: AsyncConnection | None = None
+        self._sqlite = _sqlite_sync_engine(self.engine.url) if self._writer is not None else None
+        self._sqlite_conn: sa.Connection | None = None
 
     @property
     def dialect(self) -> str:
@@ -92,7 +137,7 @@ class Database:
         return self.engine.dialect.name
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         """A transaction committed on success and rolled back on any exception.
 
         Never nest: code running inside one uses the connection it was given.
@@ -101,18 +146,20 @@ class Database:
             async with self.engine.begin() as conn:
                 yield conn
             return
+        assert self._sqlite is not None
         async with self._writer:
             # SQLite: the writer lock admits one unit of work at a time, so one connection, kept
             # open, serves them all (no checkout, no reconnect per call).
             if self._sqlite_conn is None or self._sqlite_conn.closed:
-                self._sqlite_conn = await self.engine.connect()
-            conn = self._sqlite_conn
-            async with conn.begin():
-                yield conn
+                self._sqlite_conn = self._sqlite.connect()
+            with self._sqlite_conn.begin():
+                yield InlineConnection(self._sqlite_conn)
 
     async def dispose(self) -> None:
         """Close the kept connection and pooled ones."""
         if self._sqlite_conn is not None:
-            await self._sqlite_conn.close()
+            self._sqlite_conn.close()
             self._sqlite_conn = None
+        if self._sqlite is not None:
+            self._sqlite.dispose()
         await self.engine.dispose()

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from scalemule.core import audit
 from scalemule.core.audit import AuditEvent
-from scalemule.core.pages import decode_cursor, encode_cursor
+from scalemule.core.pages import cursor_int, decode_cursor, encode_cursor
 from scalemule.operations.base import Call, Identifier, Name, PrincipalView, Result, TenantPageArgs
 from scalemule.operations.registry import Resource, operation
 
@@ -108,7 +108,7 @@ async def audit_query(call: Call, args: AuditQueryArgs) -> EventsPage:
         outcome=args.outcome,
         since=args.since,
         until=args.until,
-        before_seq=None if after is None else int(after.get("seq", 0)),
+        before_seq=None if after is None else cursor_int(after, "seq"),
         limit=args.limit + 1,
     )
     page = events[: args.limit]

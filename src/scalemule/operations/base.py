@@ -8,11 +8,11 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from scalemule.core.access import KeyInfo, Principal, Tenant
 from scalemule.core.errors import FailedPrecondition
 from scalemule.core.tenants import SLUG_PATTERN
+from scalemule.db.engine import Connection
 from scalemule.runtime import Runtime
 
 REDACTED = "[redacted]"
@@ -97,7 +97,7 @@ class Result(BaseModel):
 class Call:
     """Everything a handler may use: the unit of work and the authorized caller."""
 
-    conn: AsyncConnection
+    conn: Connection
     runtime: Runtime
     principal: Principal
     key: KeyInfo | None
@@ -178,15 +178,40 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def encodable(text: str) -> str:
+    """``text`` with lone surrogates replaced: they cannot be encoded as UTF-8, so no store or hash takes them.
+
+    They arrive from a JSON ``"\\ud800"`` escape or from command-line bytes that are not UTF-8.
+    """
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
+def has_unencodable_text(value: Any) -> bool:
+    """True when any string in ``value`` (keys included, at any depth) holds a lone surrogate."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii() and encodable(item) != item:
+                return True
+        elif isinstance(item, dict):
+            pending += item.keys()
+            pending += item.values()
+        elif isinstance(item, list | tuple):
+            pending += item
+    return False
+
+
 def bounded(value: Any, *, depth: int = 0) -> Any:
     """A copy of arbitrary JSON input small enough to record: long strings cut, deep nesting cut."""
     if depth > 6:
         return "…"
     if isinstance(value, str):
+        value = encodable(value)
         return value if len(value) <= 256 else f"{value[:256]}…({len(value)} chars)"
     if isinstance(value, dict):
         items = list(value.items())
-        out = {str(k)[:64]: bounded(v, depth=depth + 1) for k, v in items[:50]}
+        out = {encodable(str(k))[:64]: bounded(v, depth=depth + 1) for k, v in items[:50]}
         if len(items) > 50:
             out["…"] = f"{len(items) - 50} more keys"
         return out
@@ -206,4 +231,5 @@ def recorded_args(model: type[BaseModel], raw: Any) -> dict[str, Any]:
     """
     if not isinstance(raw, dict):
         return {"_invalid": bounded(raw)}
-    return {k: bounded(v) for k, v in redacted(model, raw).items()}
+    recorded: dict[str, Any] = bounded(redacted(model, raw), depth=-1)
+    return recorded

@@ -63,7 +63,7 @@ def parse_pairs(pairs: list[str], raw_json: str | None) -> dict[str, Any]:
     if raw_json is not None:
         try:
             loaded = json.loads(raw_json)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser allows
             raise InvalidArgument(f"--json is not valid JSON: {exc}", hint="Pass a JSON object.") from None
         if not isinstance(loaded, dict):
             raise InvalidArgument("--json must be a JSON object", hint='e.g. --json \'{"name": "x"}\'')
@@ -74,7 +74,7 @@ def parse_pairs(pairs: list[str], raw_json: str | None) -> dict[str, Any]:
             raise InvalidArgument(f"argument {pair!r} is not key=value", hint="e.g. name=worker limit=10")
         try:
             args[key] = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             args[key] = value
     return args
 
