@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,7 +36,7 @@ from scalemule.db.engine import Connection
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import idempotency_keys
 from scalemule.operations import REGISTRY, Operation
-from scalemule.operations.base import Call, bounded, encodable, has_unencodable_text, recorded_args, redacted
+from scalemule.operations.base import AuditNote, Call, bounded, encodable, has_unencodable_text, recorded_args, redacted
 from scalemule.runtime import Runtime
 
 log = logging.getLogger("scalemule")
@@ -68,8 +68,8 @@ class ErrorBody:
 
     @property
     def text(self) -> str:
-        """``code: message hint`` — the first line a client reads."""
-        return f"{self.code}: {self.message}" + (f" {self.hint}" if self.hint else "")
+        """``code: message. hint`` — the first line a client reads."""
+        return f"{self.code}: {_sentence(self.message)}" + (f" {self.hint}" if self.hint else "")
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,7 @@ class _Caller:
     key: KeyInfo | None = None
     tenant: Tenant | None = None
     role: str | None = None
+    note: AuditNote = field(default_factory=AuditNote)
 
 
 class Dispatcher:
@@ -122,9 +123,11 @@ class Dispatcher:
         op = REGISTRY.get(inv.operation)
         caller = _Caller()
         try:
-            op = self._exposed(inv)
             async with self.runtime.db.transaction() as conn:
-                call = await self._authorize(conn, op, inv, caller)
+                who = await identity.authenticate(conn, inv.credential)
+                caller.principal, caller.key = who.principal, who.key
+                op = self._exposed(inv)
+                call = await self._authorize(conn, op, inv, who, caller)
                 result = await self._run(call, op, inv.arguments)
                 event = await self._record(conn, inv, op, caller, started, "ok", None)
             return Outcome(result=result, error=None, event_id=event.id)
@@ -167,26 +170,27 @@ class Dispatcher:
             )
         return op
 
-    async def _authorize(self, conn: Connection, op: Operation, inv: Invocation, caller: _Caller) -> Call:
-        who = await identity.authenticate(conn, inv.credential)
-        caller.principal, caller.key = who.principal, who.key
+    async def _authorize(
+        self, conn: Connection, op: Operation, inv: Invocation, who: identity.Authenticated, caller: _Caller
+    ) -> Call:
         requested = inv.arguments.get("tenant") if isinstance(inv.arguments, Mapping) else None
         tenant_needed = op.tenant_scoped and op.permission != AUTHENTICATED
         if op.tenant_scoped:
             found = await _resolve_tenant(conn, who, requested, required=tenant_needed)
             if found is not None:
                 caller.tenant, caller.role = found
-        permissions = effective_permissions(caller.principal, caller.role, caller.key.scopes)
+        permissions = effective_permissions(who.principal, caller.role, who.key.scopes)
         if op.permission != AUTHENTICATED and op.permission not in permissions:
             raise _denied(op, caller, permissions)
         return Call(
             conn=conn,
             runtime=self.runtime,
-            principal=caller.principal,
-            key=caller.key,
+            principal=who.principal,
+            key=who.key,
             tenant=caller.tenant,
             role=caller.role,
             permissions=permissions,
+            audit=caller.note,
         )
 
     async def _run(self, call: Call, op: Operation, raw: Any) -> dict[str, Any]:
@@ -245,7 +249,8 @@ class Dispatcher:
         error_code: str | None,
     ) -> AuditEvent:
         principal, key = caller.principal, caller.key
-        tenant_id = caller.tenant.id if caller.tenant is not None else _home_tenant(principal, key)
+        tenant_id = caller.note.tenant_id or (caller.tenant.id if caller.tenant is not None else None)
+        tenant_id = tenant_id or _home_tenant(principal, key)
         args = recorded_args(op.args_model, inv.arguments) if op is not None else {"_raw": bounded(inv.arguments)}
         target = inv.resource
         if target is None and op is not None and op.target and isinstance(inv.arguments, Mapping):
@@ -359,6 +364,10 @@ def _home_tenant(principal: Principal | None, key: KeyInfo | None) -> str | None
     if key is not None and key.tenant_id is not None:
         return key.tenant_id
     return principal.tenant_id if principal is not None else None
+
+
+def _sentence(text: str) -> str:
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 def _clip(value: str | None, size: int) -> str | None:

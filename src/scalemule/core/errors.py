@@ -18,7 +18,8 @@ class ScaleMuleError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return f"{self.code}: {self.message}" + (f" {self.hint}" if self.hint else "")
+        end = "" if self.message.endswith((".", "!", "?")) else "."
+        return f"{self.code}: {self.message}{end}" + (f" {self.hint}" if self.hint else "")
 
 
 class InvalidArgument(ScaleMuleError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -93,6 +93,14 @@ class Result(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
+@dataclass
+class AuditNote:
+    """What a handler may add to its call's audit event: the tenant whose log should hold it, for
+    calls that create one (the caller had no tenant when the call began)."""
+
+    tenant_id: str | None = None
+
+
 @dataclass(frozen=True)
 class Call:
     """Everything a handler may use: the unit of work and the authorized caller."""
@@ -104,6 +112,7 @@ class Call:
     tenant: Tenant | None
     role: str | None
     permissions: frozenset[str]
+    audit: AuditNote = field(default_factory=AuditNote)
 
     @property
     def tenant_id(self) -> str:

@@ -173,6 +173,7 @@ async def tenants_create(call: Call, args: TenantsCreateArgs) -> TenantRole:
     Use tenants_list to find tenants you already belong to.
     """
     tenant = await tenants.create_tenant(call.conn, slug=args.slug, name=args.name, owner=call.principal)
+    call.audit.tenant_id = tenant.id  # the new tenant's log starts with its creation
     return TenantRole(tenant=TenantView.of(tenant), role="owner")
 
 
