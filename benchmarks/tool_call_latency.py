@@ -36,6 +36,8 @@ TARGET_RATIO = 1.5
 # Add an operation here to measure it against the same baseline.
 OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("audited whoami", "whoami", {}),
+    ("audited config_get", "config_get", {"env": "dev", "key": "vision.model"}),
+    ("audited secrets_reveal", "secrets_reveal", {"env": "dev", "name": "IMAGE_API_KEY"}),
 ]
 
 BARE_SERVER = '''\
@@ -64,20 +66,23 @@ def scalemule_executable() -> str:
     return found
 
 
+def _scalemule(env: dict[str, str], *argv: str) -> str:
+    done = subprocess.run([scalemule_executable(), *argv], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"scalemule {argv[0]} failed: {done.stdout or done.stderr}")
+    return done.stdout
+
+
 def initialise(data_dir: Path) -> str:
-    """Create a store in ``data_dir`` with ``scalemule init``; returns the agent's key."""
+    """Create a store in ``data_dir`` with ``scalemule init`` and the config value and secret the
+    measured operations read; returns the owner's key (secrets_reveal needs secrets:reveal)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCALEMULE_")}
     env["SCALEMULE_DATA_DIR"] = str(data_dir)
-    done = subprocess.run(
-        [scalemule_executable(), "init", "--json", "--tenant", "bench"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"scalemule init failed: {done.stdout or done.stderr}")
-    return str(json.loads(done.stdout)["agent_key"])
+    owner_key = str(json.loads(_scalemule(env, "init", "--json", "--tenant", "bench"))["owner_key"])
+    env["SCALEMULE_API_KEY"] = owner_key
+    _scalemule(env, "call", "config_set", "env=dev", "key=vision.model", 'value="menu-reader-large"')
+    _scalemule(env, "call", "secrets_set", "env=dev", "name=IMAGE_API_KEY", "value=sk-bench-0000")
+    return owner_key
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -106,13 +111,13 @@ async def measure(calls: int, warmup: int, workdir: Path) -> dict[str, list[floa
     data_dir = workdir / "data"
     bare_script = workdir / "bare_server.py"
     bare_script.write_text(BARE_SERVER, encoding="utf-8")
-    agent_key = initialise(data_dir)
+    owner_key = initialise(data_dir)
     info = types.Implementation(name="scalemule-bench", version="1.0")
     bare = StdioServerParameters(command=sys.executable, args=[str(bare_script)])
     scalemule = StdioServerParameters(
         command=scalemule_executable(),
         args=["serve"],
-        env={"SCALEMULE_API_KEY": agent_key, "SCALEMULE_DATA_DIR": str(data_dir)},
+        env={"SCALEMULE_API_KEY": owner_key, "SCALEMULE_DATA_DIR": str(data_dir)},
     )
     rounds: list[tuple[str, Client, str, dict[str, Any]]] = []
     samples: dict[str, list[float]] = {}

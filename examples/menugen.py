@@ -56,7 +56,8 @@ class Demo:
     async def call(self, tool: str, args: dict[str, Any] | None = None) -> types.CallToolResult:
         """Call ``tool`` as the agent, printing the call."""
         args = args or {}
-        show(f"→ {tool} {_compact(args)}")
+        shown = {k: ("•••" if k == "value" and tool == "secrets_set" else v) for k, v in (args or {}).items()}
+        show(f"→ {tool} {_compact(shown)}")
         return await self.client.call_tool(tool, args)
 
     async def ok(self, tool: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -219,6 +220,46 @@ def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 
 # --- Part 2: configuration and secrets ----------------------------------------------------------
 
+IMAGE_API_KEY = "sk-menugen-demo-" + "7f3a9c"  # a stand-in credential for the image-reading API
+
+
+async def configure_dev(demo: Demo) -> None:
+    """The agent sets the app's model name and feature flags in dev; each write is a version."""
+    model = await demo.ok("config_set", {"env": "dev", "key": "vision.model", "value": "menu-reader-large"})
+    show(f"← vision.model = {model['value']!r} (version {model['version']})")
+    flags = {"dish_photos": True, "allergen_notes": True, "translations": ["fr", "es"]}
+    made = await demo.ok("config_set", {"env": "dev", "key": "features", "value": flags, "expected_version": 0})
+    show(f"← features = {_compact(made['value'])} (version {made['version']}, created only if absent)")
+    stale = await demo.call("config_set", {"env": "dev", "key": "features", "value": {}, "expected_version": 0})
+    show(f"← a second create-only write: {_text(stale)}")
+    if not stale.is_error:
+        raise StepFailed("a stale expected_version should be a conflict")
+
+
+async def store_secret(demo: Demo) -> None:
+    """The agent stores the image API's key; listing shows who set it and when, never the value."""
+    made = await demo.ok("secrets_set", {"env": "dev", "name": "IMAGE_API_KEY", "value": IMAGE_API_KEY})
+    show(f"← IMAGE_API_KEY version {made['version']} stored encrypted; the value is not echoed")
+    listed = await demo.ok("secrets_list", {"env": "dev"})
+    for item in listed["items"]:
+        show(f"  {item['name']}: version {item['version']}, set by {item['updated_by']} at {item['updated_at']}")
+    if IMAGE_API_KEY in json.dumps(listed):
+        raise StepFailed("secrets_list returned a secret value")
+    await demo.denied("secrets_reveal", {"env": "dev", "name": "IMAGE_API_KEY"})
+
+
+async def diff_and_plan(demo: Demo) -> None:
+    """Compare dev with staging and show what a promotion would copy (a dry run changes nothing)."""
+    diff = await demo.ok("config_diff", {"from_env": "dev", "to_env": "staging"})
+    only = ", ".join(f"{c['name']} ({c['kind']} v{c['from_version']})" for c in diff["only_in_from"])
+    show(f"← only in dev: {only}; changed: {len(diff['changed'])}; unchanged: {diff['unchanged']}")
+    plan = await demo.ok("config_promote", {"from_env": "dev", "to_env": "staging"})
+    show(f"← promotion plan dev → staging (dry_run={plan['dry_run']}, applied={plan['applied']}):")
+    for step in plan["steps"]:
+        show(f"    copy {step['kind']} {step['name']} (dev v{step['from_version']})")
+    if plan["applied"] or IMAGE_API_KEY in json.dumps(plan):
+        raise StepFailed("a dry run must change nothing and never carry secret values")
+
 
 # --- Part 3: object storage ---------------------------------------------------------------------
 
@@ -229,6 +270,9 @@ STEPS: list[tuple[str, Step]] = [
     ("Issue the worker a scoped key (keys_create)", issue_worker_key),
     ("Secret values stay out of reach (access_check, secrets_reveal)", cannot_reveal_secrets),
     ("Other tenants stay out of reach (tenants_create as owner, whoami tenant=...)", cannot_cross_tenants),
+    ("Set the app's configuration in dev (config_set)", configure_dev),
+    ("Store the image API key as a secret (secrets_set, secrets_list)", store_secret),
+    ("Diff dev against staging and plan a promotion (config_diff, config_promote)", diff_and_plan),
     ("Read the audit trail (audit_query)", audit_trail),
 ]
 
