@@ -168,12 +168,14 @@ async def get(conn: Connection, tenant_id: str, env: str, key: str, version: int
         )
         row = (await conn.execute(query)).first()
         if row is None:
+            await get_environment(conn, tenant_id, env)  # a missing environment is the better answer
             raise NotFound(f"no config key {key!r} in {env!r}", hint="List keys with config_list.")
         return _entry(row)
     h = config_history
     query = sa.select(h).where(h.c.tenant_id == tenant_id, h.c.env == env, h.c.key == key, h.c.version == version)
     row = (await conn.execute(query)).first()
     if row is None or row.deleted:
+        await get_environment(conn, tenant_id, env)
         raise NotFound(f"config key {key!r} has no version {version} in {env!r}", hint="See config_history.")
     return Entry(row.key, row.value, row.version, row.at, row.by)
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from scalemule.core import audit, crypto
 from scalemule.core.audit import AuditEvent
-from scalemule.core.config import check_key
+from scalemule.core.config import check_key, get_environment
 from scalemule.core.crypto import Keyring, Sealed
 from scalemule.core.errors import Conflict, InvalidArgument, NotFound
 from scalemule.core.ids import utcnow
@@ -183,17 +183,21 @@ async def reveal(
         NotFound: no such secret or version (versions beyond the kept ones are gone).
         DecryptionFailed: the stored row does not authenticate.
     """
-    head = await _head(conn, tenant_id, env, name)
-    if head is None:
-        raise _not_found(env, name)
-    wanted = int(head.version) if version is None else version
-    v = secret_versions.c
-    query = sa.select(secret_versions).where(
-        v.tenant_id == tenant_id, v.env == env, v.name == name, v.version == wanted
+    v, s = secret_versions.c, secrets.c
+    # One statement: the head and the wanted version (the current one unless asked otherwise).
+    query = (
+        sa.select(secret_versions)
+        .join(secrets, sa.and_(s.tenant_id == v.tenant_id, s.env == v.env, s.name == v.name))
+        .where(v.tenant_id == tenant_id, v.env == env, v.name == name)
+        .where(v.version == (s.version if version is None else version))
     )
     row = (await conn.execute(query)).first()
     if row is None:
-        raise NotFound(f"secret {name!r} has no kept version {wanted} in {env!r}", hint="See secrets_list.")
+        await get_environment(conn, tenant_id, env)
+        if await _head(conn, tenant_id, env, name) is None:
+            raise _not_found(env, name)
+        raise NotFound(f"secret {name!r} has no kept version {version} in {env!r}", hint="See secrets_list.")
+    wanted = int(row.version)
     sealed = Sealed(row.ciphertext, row.nonce, row.wrapped_key, row.key_nonce, row.master_key_version)
     plaintext = crypto.open_sealed(keyring, sealed, _aad(tenant_id, env, name, wanted))
     return SecretInfo(name, wanted, row.created_at, row.created_by), plaintext.decode()

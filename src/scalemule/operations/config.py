@@ -146,8 +146,9 @@ class ConfigGetArgs(TenantArgs):
 @operation("config_get", permission="config:read", toolset="config", read_only=True, idempotent=True, target="key")
 async def config_get(call: Call, args: ConfigGetArgs) -> EntryView:
     """Read a config value, the current one or an older version. Use config_list to browse keys."""
-    await readable_env(call, args.env)
+    config.check_env_name(args.env)
     config.check_key(args.key)
+    # No separate environment lookup: config.get names a missing environment when the key is missing.
     return EntryView.of(await config.get(call.conn, call.tenant_id, args.env, args.key, args.version))
 
 

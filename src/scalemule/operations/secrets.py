@@ -7,7 +7,7 @@ from datetime import datetime
 from pydantic import Field
 
 from scalemule.core import secrets
-from scalemule.core.config import check_key
+from scalemule.core.config import check_env_name, check_key
 from scalemule.core.pages import decode_cursor, encode_cursor
 from scalemule.core.secrets import SecretInfo
 from scalemule.operations.base import Call, Result, SecretText, TenantArgs, TenantPageArgs
@@ -110,7 +110,7 @@ class Revealed(Result):
 )
 async def secrets_reveal(call: Call, args: SecretsRevealArgs) -> Revealed:
     """Return a secret's value. Needs secrets:reveal (owner/admin by default); use secrets_list for metadata."""
-    await readable_env(call, args.env)
+    check_env_name(args.env)
     check_key(args.name, what="secret name")
     info, value = await secrets.reveal(
         call.conn, call.runtime.keyring, call.tenant_id, args.env, args.name, args.version
