@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from scalemule.core.errors import InvalidArgument
+
+T = TypeVar("T")
 
 
 def encode_cursor(position: dict[str, Any]) -> str:
@@ -49,3 +52,40 @@ def cursor_int(position: dict[str, Any], key: str) -> int:
             hint="Pass the next_cursor from the previous page unchanged, or omit it to start over.",
         )
     return value
+
+
+async def paginate(
+    cursor: str | None,
+    limit: int,
+    fetch: Callable[[Any, int], Awaitable[Sequence[T]]],
+    position: Callable[[T], str | int],
+) -> tuple[list[T], str | None]:
+    """One page of a keyset-paginated list: every list operation pages through this.
+
+    Args:
+        cursor: the caller's ``next_cursor`` from the previous page, or None for the first page.
+        limit: items per page.
+        fetch: ``fetch(after, n)`` returns up to ``n`` items ordered after position ``after`` (None: from
+            the start).
+        position: the sort position of an item (a string or an integer), kept in the cursor.
+
+    Returns:
+        The page's items and the cursor of the next page (None on the last page).
+
+    Raises:
+        InvalidArgument: the cursor was not made by this server.
+    """
+    decoded = decode_cursor(cursor)
+    after: str | int | None = None
+    if decoded is not None:
+        after = decoded.get("after")
+        if isinstance(after, int):
+            after = cursor_int(decoded, "after")
+        elif not isinstance(after, str) or len(after) > 1100:
+            raise InvalidArgument(
+                "cursor is not one this server issued",
+                hint="Pass the next_cursor from the previous page unchanged, or omit it to start over.",
+            )
+    items = list(await fetch(after, limit + 1))
+    page = items[:limit]
+    return page, encode_cursor({"after": position(page[-1])}) if len(items) > limit else None

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from scalemule.core import audit
 from scalemule.core.audit import AuditEvent
-from scalemule.core.pages import cursor_int, decode_cursor, encode_cursor
+from scalemule.core.pages import paginate
 from scalemule.operations.base import Call, Identifier, Name, PrincipalView, Result, TenantPageArgs
 from scalemule.operations.registry import Resource, operation
 
@@ -99,20 +99,20 @@ async def audit_query(call: Call, args: AuditQueryArgs) -> EventsPage:
 
     Every tool call and resource read is here, including denied and failed ones.
     """
-    after = decode_cursor(args.cursor)
-    events = await audit.query(
-        call.conn,
-        tenant_id=call.tenant_id,
-        actor=args.actor,
-        operation=args.operation,
-        outcome=args.outcome,
-        since=args.since,
-        until=args.until,
-        before_seq=None if after is None else cursor_int(after, "seq"),
-        limit=args.limit + 1,
+    page, next_cursor = await paginate(
+        args.cursor,
+        args.limit,
+        lambda after, n: audit.query(
+            call.conn,
+            tenant_id=call.tenant_id,
+            actor=args.actor,
+            operation=args.operation,
+            outcome=args.outcome,
+            since=args.since,
+            until=args.until,
+            before_seq=after,
+            limit=n,
+        ),
+        lambda e: e.seq,
     )
-    page = events[: args.limit]
-    return EventsPage(
-        items=[EventView.of(e) for e in page],
-        next_cursor=encode_cursor({"seq": page[-1].seq}) if len(events) > args.limit else None,
-    )
+    return EventsPage(items=[EventView.of(e) for e in page], next_cursor=next_cursor)

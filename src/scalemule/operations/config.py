@@ -11,7 +11,7 @@ from pydantic import Field, JsonValue, StringConstraints
 from scalemule.core import config, secrets
 from scalemule.core.config import Entry, Environment
 from scalemule.core.errors import PermissionDenied
-from scalemule.core.pages import decode_cursor, encode_cursor
+from scalemule.core.pages import paginate
 from scalemule.operations.base import Call, Result, SecretText, TenantArgs, TenantPageArgs
 from scalemule.operations.registry import Resource, operation
 
@@ -166,20 +166,15 @@ class EntriesPage(Result):
 async def config_list(call: Call, args: ConfigListArgs) -> EntriesPage:
     """List an environment's config keys and values, optionally under a prefix."""
     await readable_env(call, args.env)
-    after = decode_cursor(args.cursor)
-    rows = await config.list_entries(
-        call.conn,
-        call.tenant_id,
-        args.env,
-        prefix=args.prefix,
-        after=None if after is None else str(after.get("key")),
-        limit=args.limit + 1,
+    page, next_cursor = await paginate(
+        args.cursor,
+        args.limit,
+        lambda after, n: config.list_entries(
+            call.conn, call.tenant_id, args.env, prefix=args.prefix, after=after, limit=n
+        ),
+        lambda e: e.key,
     )
-    page = rows[: args.limit]
-    more = len(rows) > args.limit
-    return EntriesPage(
-        items=[EntryView.of(e) for e in page], next_cursor=encode_cursor({"key": page[-1].key}) if more else None
-    )
+    return EntriesPage(items=[EntryView.of(e) for e in page], next_cursor=next_cursor)
 
 
 class ConfigDeleteArgs(TenantArgs):
@@ -209,21 +204,13 @@ async def config_history(call: Call, args: ConfigHistoryArgs) -> EntriesPage:
     """List the versions of a config key, newest first, deletes included."""
     await readable_env(call, args.env)
     config.check_key(args.key)
-    after = decode_cursor(args.cursor)
-    rows = await config.history(
-        call.conn,
-        call.tenant_id,
-        args.env,
-        args.key,
-        before=None if after is None else int(after.get("version", 0)),
-        limit=args.limit + 1,
+    page, next_cursor = await paginate(
+        args.cursor,
+        args.limit,
+        lambda after, n: config.history(call.conn, call.tenant_id, args.env, args.key, before=after, limit=n),
+        lambda e: e.version,
     )
-    page = rows[: args.limit]
-    more = len(rows) > args.limit
-    return EntriesPage(
-        items=[EntryView.of(e) for e in page],
-        next_cursor=encode_cursor({"version": page[-1].version}) if more else None,
-    )
+    return EntriesPage(items=[EntryView.of(e) for e in page], next_cursor=next_cursor)
 
 
 # --- diff and promote ------------------------------------------------------------------------

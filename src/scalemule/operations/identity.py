@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from scalemule.core import identity, tenants
-from scalemule.core.access import AUTHENTICATED, ROLES, check_can_grant, unknown_permissions
+from scalemule.core.access import AUTHENTICATED, ROLES, Tenant, check_can_grant, unknown_permissions
 from scalemule.core.errors import InvalidArgument, NotFound, PermissionDenied
 from scalemule.core.identity import KeyRecord
-from scalemule.core.pages import decode_cursor, encode_cursor
+from scalemule.core.pages import paginate
 from scalemule.core.tenants import Member
 from scalemule.operations.base import (
     Args,
@@ -185,21 +185,15 @@ class TenantsPage(Result):
 @operation("tenants_list", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
 async def tenants_list(call: Call, args: PageArgs) -> TenantsPage:
     """List the tenants you belong to, with your role in each. Use tenants_get for one tenant."""
-    after = decode_cursor(args.cursor)
-    rows = await tenants.memberships_of(
-        call.conn,
-        principal_id=call.principal.id,
-        after_slug=None if after is None else str(after.get("slug")),
-        limit=args.limit + 1,
-    )
-    if call.key is not None and call.key.tenant_id is not None:
-        rows = [(t, r) for t, r in rows if t.id == call.key.tenant_id]
-    page = rows[: args.limit]
-    more = len(rows) > args.limit
-    return TenantsPage(
-        items=[TenantRole(tenant=TenantView.of(t), role=r) for t, r in page],
-        next_cursor=encode_cursor({"slug": page[-1][0].slug}) if more else None,
-    )
+    bound = call.key.tenant_id if call.key is not None else None
+
+    async def fetch(after: str | None, n: int) -> list[tuple[Tenant, str]]:
+        rows = await tenants.memberships_of(call.conn, principal_id=call.principal.id, after_slug=after, limit=n)
+        # A tenant-bound key sees only its tenant.
+        return [(t, r) for t, r in rows if bound is None or t.id == bound]
+
+    page, next_cursor = await paginate(args.cursor, args.limit, fetch, lambda row: row[0].slug)
+    return TenantsPage(items=[TenantRole(tenant=TenantView.of(t), role=r) for t, r in page], next_cursor=next_cursor)
 
 
 @operation(
@@ -227,19 +221,13 @@ class MembersPage(Result):
 @operation("members_list", permission="members:read", toolset="identity", read_only=True, idempotent=True)
 async def members_list(call: Call, args: TenantPageArgs) -> MembersPage:
     """List the tenant's members (users, agents, services) and their roles."""
-    after = decode_cursor(args.cursor)
-    rows = await tenants.list_members(
-        call.conn,
-        tenant_id=call.tenant_id,
-        after_id=None if after is None else str(after.get("id")),
-        limit=args.limit + 1,
+    page, next_cursor = await paginate(
+        args.cursor,
+        args.limit,
+        lambda after, n: tenants.list_members(call.conn, tenant_id=call.tenant_id, after_id=after, limit=n),
+        lambda m: m.principal.id,
     )
-    page = rows[: args.limit]
-    more = len(rows) > args.limit
-    return MembersPage(
-        items=[MemberView.of(m) for m in page],
-        next_cursor=encode_cursor({"id": page[-1].principal.id}) if more else None,
-    )
+    return MembersPage(items=[MemberView.of(m) for m in page], next_cursor=next_cursor)
 
 
 class MembersAddArgs(TenantArgs):
@@ -449,19 +437,15 @@ class KeysPage(Result):
 @operation("keys_list", permission="keys:manage", toolset="identity", read_only=True, idempotent=True)
 async def keys_list(call: Call, args: KeysListArgs) -> KeysPage:
     """List the tenant's API keys (metadata only, never tokens), optionally for one principal."""
-    after = decode_cursor(args.cursor)
-    rows = await identity.list_keys(
-        call.conn,
-        tenant_id=call.tenant_id,
-        principal_id=args.principal_id,
-        after_id=None if after is None else str(after.get("id")),
-        limit=args.limit + 1,
+    page, next_cursor = await paginate(
+        args.cursor,
+        args.limit,
+        lambda after, n: identity.list_keys(
+            call.conn, tenant_id=call.tenant_id, principal_id=args.principal_id, after_id=after, limit=n
+        ),
+        lambda r: r.info.id,
     )
-    page = rows[: args.limit]
-    return KeysPage(
-        items=[KeyDetail.of(r) for r in page],
-        next_cursor=encode_cursor({"id": page[-1].info.id}) if len(rows) > args.limit else None,
-    )
+    return KeysPage(items=[KeyDetail.of(r) for r in page], next_cursor=next_cursor)
 
 
 class KeysRevokeArgs(TenantArgs):

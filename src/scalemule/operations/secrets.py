@@ -8,7 +8,7 @@ from pydantic import Field
 
 from scalemule.core import secrets
 from scalemule.core.config import check_env_name, check_key
-from scalemule.core.pages import decode_cursor, encode_cursor
+from scalemule.core.pages import paginate
 from scalemule.core.secrets import SecretInfo
 from scalemule.operations.base import Call, Result, SecretText, TenantArgs, TenantPageArgs
 from scalemule.operations.config import ConfigKey, EnvName, Version, readable_env, writable_env
@@ -75,19 +75,13 @@ class SecretsPage(Result):
 async def secrets_list(call: Call, args: SecretsListArgs) -> SecretsPage:
     """List an environment's secrets: names, versions, who set them and when. Never values."""
     await readable_env(call, args.env)
-    after = decode_cursor(args.cursor)
-    rows = await secrets.list_secrets(
-        call.conn,
-        call.tenant_id,
-        args.env,
-        after=None if after is None else str(after.get("name")),
-        limit=args.limit + 1,
+    page, next_cursor = await paginate(
+        args.cursor,
+        args.limit,
+        lambda after, n: secrets.list_secrets(call.conn, call.tenant_id, args.env, after=after, limit=n),
+        lambda s: s.name,
     )
-    page = rows[: args.limit]
-    more = len(rows) > args.limit
-    return SecretsPage(
-        items=[SecretView.of(s) for s in page], next_cursor=encode_cursor({"name": page[-1].name}) if more else None
-    )
+    return SecretsPage(items=[SecretView.of(s) for s in page], next_cursor=next_cursor)
 
 
 class SecretNameArgs(TenantArgs):
