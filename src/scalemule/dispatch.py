@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import sqlalchemy as sa
 from pydantic import ValidationError
 
@@ -131,6 +132,12 @@ class Dispatcher:
                 result = await self._run(call, op, inv.arguments)
                 event = await self._record(conn, inv, op, caller, started, "ok", None)
             return Outcome(result=result, error=None, event_id=event.id)
+        except anyio.get_cancelled_exc_class():
+            # The client cancelled the request: the change is rolled back, and that is recorded.
+            with anyio.CancelScope(shield=True):
+                async with self.runtime.db.transaction() as conn:
+                    await self._record(conn, inv, op, caller, started, "cancelled", None)
+            raise
         except ScaleMuleError as exc:
             error = exc
         except Exception:
