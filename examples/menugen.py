@@ -189,8 +189,12 @@ async def cannot_cross_tenants(demo: Demo) -> None:
 
 
 async def audit_trail(demo: Demo) -> None:
-    """Every call above, allowed or denied, is in the tenant's hash-chained audit log."""
-    page = await demo.ok("audit_query", {"limit": 50})
+    """Every call above, allowed or denied, is in the tenant's hash-chained audit log. The audit tools
+    are opt-in (--toolsets ...,audit); the log's recent events are a resource every server serves."""
+    uri = f"scalemule://tenants/{TENANT}/audit/recent"
+    show(f"→ resources/read {uri}")
+    read = await demo.client.read_resource(uri)
+    page = json.loads(read.contents[0].text)  # type: ignore[union-attr]
     events = sorted(page["items"], key=lambda e: e["seq"])
     rows = [
         (
@@ -273,7 +277,7 @@ STEPS: list[tuple[str, Step]] = [
     ("Set the app's configuration in dev (config_set)", configure_dev),
     ("Store the image API key as a secret (secrets_set, secrets_list)", store_secret),
     ("Diff dev against staging and plan a promotion (config_diff, config_promote)", diff_and_plan),
-    ("Read the audit trail (audit_query)", audit_trail),
+    ("Read the audit trail (resource scalemule://tenants/menugen/audit/recent)", audit_trail),
 ]
 
 

@@ -95,7 +95,10 @@ class Exposure:
         return in_toolset and (op.read_only or not self.read_only)
 
 
-DEFAULT_TOOLSETS = frozenset({"identity", "config", "secrets", "storage", "jobs", "audit"})
+# What an agent building an app uses in a session. The audit tools (also readable as the resource
+# scalemule://tenants/{tenant}/audit/recent) and the worker tools are enabled with --toolsets; keeping
+# them out holds the default tool list within its size budget (docs/decisions.md).
+DEFAULT_TOOLSETS = frozenset({"identity", "config", "secrets", "storage", "jobs"})
 
 
 @dataclass
@@ -165,7 +168,8 @@ class Dispatcher:
         # Operations that are not tools are served as MCP resources and to the operator's CLI.
         if op is None or (not op.tool and inv.resource is None and inv.transport != "cli"):
             raise NotFound(f"no tool named {name[:64]!r}", hint="List tools with tools/list or 'scalemule tools'.")
-        if not self.exposure.allows(op):
+        # Toolsets choose tools; resources are served whatever the toolsets (all are read-only).
+        if not (self.exposure.allows(op) or (inv.resource is not None and op.read_only)):
             if self.exposure.read_only and not op.read_only:
                 raise PermissionDenied(
                     f"{name} changes state and this server runs --read-only",

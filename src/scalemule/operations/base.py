@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -28,7 +29,18 @@ def _printable(value: str) -> str:
 # Printable text: the form of every name. Checked by a validator, not a pattern, to keep schemas short.
 Printable = AfterValidator(_printable)
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200), Printable]
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_:.-]+$")]
+
+
+def _identifier(value: str) -> str:
+    if not _IDENTIFIER.match(value):
+        raise ValueError("must be letters, digits and _ : . - only")
+    return value
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9_:.-]+$")
+# Ids and permission names. Checked by a validator rather than a schema pattern: it repeats on many
+# tools, and a violation names the allowed form.
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_identifier)]
 Slug = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=SLUG_PATTERN)]
 Email = Annotated[str, StringConstraints(min_length=3, max_length=320, pattern=r"^[^\s@]+@[^\s@]+$"), Printable]
 # The tenant argument of every tenant-scoped tool: its form is checked by dispatch, which answers any
@@ -62,6 +74,9 @@ def _without_nul(data: Any) -> Any:
     return data
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
 class Args(BaseModel):
     """Base of every argument model: unknown fields and NUL characters are refused."""
 
@@ -69,11 +84,22 @@ class Args(BaseModel):
 
     _no_nul = model_validator(mode="before")(_without_nul)
 
+    @model_validator(mode="after")
+    def _integers_fit_a_column(self) -> Args:
+        # Integer arguments become SQL parameters and no column holds more than 64 bits: refusing a
+        # larger one here answers invalid_argument instead of failing inside the driver.
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if type(value) is int and value not in _INT64:
+                raise ValueError(f"{name} must be between -2**63 and 2**63-1")
+        return self
+
 
 class TenantArgs(Args):
     """Arguments of a tenant-scoped operation."""
 
-    tenant: TenantSlug | None = Field(default=None, description="Tenant slug; default: your key's tenant")
+    # Described once in the server instructions rather than on every tool.
+    tenant: TenantSlug | None = None
 
 
 class PageArgs(Args):

@@ -45,7 +45,8 @@ def _inline_any(schema: Any, anything: set[str]) -> Any:
 
 def compact_schema(schema: Any) -> Any:
     """Drop what costs an agent's context but tells it nothing: titles, null defaults, string length
-    bounds, and the ``anyOf [X, null]`` spelling of optional scalars (becomes ``type: [X, "null"]``)."""
+    bounds, ``null`` in the type of arguments that may simply be omitted, and the ``anyOf [X, null]``
+    spelling of nullable scalars (becomes ``type: [X, "null"]``)."""
     if isinstance(schema, dict) and "$defs" in schema:
         anything = {name for name, definition in schema["$defs"].items() if definition == {}}
         if anything:
@@ -75,7 +76,26 @@ def compact_schema(schema: Any) -> Any:
         ):
             del out["anyOf"]
             out = {**other, **out, "type": [other["type"], "null"]}
+    if isinstance(out.get("properties"), dict):
+        required = set(out.get("required", ()))
+        out["properties"] = {
+            name: prop if name in required else _omittable(prop) for name, prop in out["properties"].items()
+        }
     return out
+
+
+def _omittable(prop: dict[str, Any]) -> dict[str, Any]:
+    # An optional argument is omitted, not sent as null: its schema need not spell out null.
+    kind = prop.get("type")
+    if isinstance(kind, list) and "null" in kind:
+        rest = [k for k in kind if k != "null"]
+        return {**prop, "type": rest[0] if len(rest) == 1 else rest}
+    options = prop.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        rest = [o for o in options if o != {"type": "null"}]
+        base = {k: v for k, v in prop.items() if k != "anyOf"}
+        return {**rest[0], **base} if len(rest) == 1 else {**base, "anyOf": rest}
+    return prop
 
 
 def _without_description(schema: dict[str, Any]) -> dict[str, Any]:

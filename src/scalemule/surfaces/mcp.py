@@ -14,13 +14,15 @@ from mcp.shared.exceptions import MCPError
 
 from scalemule import __version__
 from scalemule.dispatch import Dispatcher, Invocation, Outcome
-from scalemule.operations import Operation, resource_for
+from scalemule.operations import REGISTRY, Operation, resource_for
 from scalemule.operations.docs import topics
 
 INSTRUCTIONS = (
     "ScaleMule is the production backend for the app you are building: identity and API keys, "
     "tenants, config and secrets per environment, object storage, background jobs and an audit log. "
-    "Start with whoami. Errors begin with a stable code and say what to do next. "
+    "Start with whoami. Tenant-scoped tools take an optional `tenant` slug; without it they act in "
+    "your key's tenant (or your only one). Lists page with `limit` and `cursor` (pass `next_cursor`). "
+    "Errors begin with a stable code and say what to do next. "
     "Docs: scalemule://docs/{topic}."
 )
 
@@ -116,7 +118,7 @@ def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport:
                 types.ResourceTemplate(
                     uri_template=r.template, name=op.name, description=r.description, mime_type=r.mime_type
                 )
-                for op in dispatcher.exposed()
+                for op in REGISTRY.values()
                 for r in op.resources
             ]
         )
@@ -139,7 +141,10 @@ def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport:
             )
         body = str(outcome.result[resource.body])
         content: types.TextResourceContents | types.BlobResourceContents = (
-            types.BlobResourceContents(uri=uri, mime_type=resource.mime_type, blob=body)
+            # A blob's own content type (an object's) is more precise than the template's.
+            types.BlobResourceContents(
+                uri=uri, mime_type=str(outcome.result.get("content_type") or resource.mime_type), blob=body
+            )
             if resource.blob
             else types.TextResourceContents(uri=uri, mime_type=resource.mime_type, text=body)
         )
