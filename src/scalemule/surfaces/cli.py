@@ -35,20 +35,20 @@ def _print_json(value: Any) -> None:
 
 
 def parse_toolsets(value: str) -> frozenset[str] | None:
-    """``all``, ``default`` or a comma list of toolsets.
+    """``all``, or a comma list of toolsets in which ``default`` stands for the default set.
 
     Raises:
         InvalidArgument: an unknown toolset name.
     """
     if value == "all":
         return None
-    if value == "default":
-        return DEFAULT_TOOLSETS
     names = frozenset(v.strip() for v in value.split(",") if v.strip())
-    known = {op.toolset for op in REGISTRY.values()}
+    if "default" in names:
+        names = (names - {"default"}) | DEFAULT_TOOLSETS
+    known = {op.toolset for op in REGISTRY.values()} | DEFAULT_TOOLSETS
     if unknown := sorted(names - known):
         raise InvalidArgument(
-            f"unknown toolsets: {', '.join(unknown)}", hint=f"Known: {', '.join(sorted(known))}, all."
+            f"unknown toolsets: {', '.join(unknown)}", hint=f"Known: {', '.join(sorted(known))}, default, all."
         )
     return names
 
@@ -249,6 +249,22 @@ def cmd_rotate_master_key(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_storage_sweep(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+    from datetime import timedelta
+
+    from scalemule.core.storage_sweep import sweep
+
+    async def body(runtime: Runtime) -> Any:
+        await _require_schema(runtime)
+        grace = timedelta(minutes=args.grace_minutes)
+        actor = bootstrap.operator()
+        return await sweep(runtime.db, runtime.blobs, actor=actor, grace=grace, dry_run=args.dry_run)
+
+    _print_json(asdict(anyio.run(_with_runtime, settings, body)))
+    return 0
+
+
 def cmd_tools(args: argparse.Namespace, settings: Settings) -> int:
     for op in REGISTRY.values():
         if op.tool:
@@ -286,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transport", choices=["stdio", "http"], default="stdio")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--toolsets", default="default", help="comma list, 'default' or 'all'")
+    p.add_argument("--toolsets", default="default", help="comma list ('default' = the default set) or 'all'")
     p.add_argument("--read-only", action="store_true", help="expose and allow only read-only tools")
     p.set_defaults(run=cmd_serve)
 
@@ -314,6 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
         "rotate-master-key", help="re-wrap every data key under a new master key version (online)"
     )
     p.set_defaults(run=cmd_rotate_master_key)
+
+    storage_parser = sub.add_parser("storage", help="object storage maintenance").add_subparsers(
+        dest="storage_command", required=True
+    )
+    p = storage_parser.add_parser("sweep", help="delete blobs no object references and aborted uploads")
+    p.add_argument("--grace-minutes", type=float, default=60, help="spare blobs younger than this (default: 60)")
+    p.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
+    p.set_defaults(run=cmd_storage_sweep)
 
     sub.add_parser("tools", help="list the operations").set_defaults(run=cmd_tools)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(run=cmd_migrate)
