@@ -179,3 +179,51 @@ async def world(dispatcher: Dispatcher) -> World:
         made = await bootstrap.initialize(conn, slug="acme", owner_email="alice@example.com")
     crypto.create_key_file(dispatcher.runtime.settings.data_dir)
     return World(dispatcher, made)
+
+
+# --- Whole-store probes: what a call changed, and the audit log as stored ------------------------
+
+# The audit log's own tables: every call appends to them, so "nothing changed" means "nothing else".
+AUDIT_TABLES = frozenset({"audit_events", "audit_heads"})
+
+
+@dataclass
+class StoreProbe:
+    """Reads a store's tables directly, beside the dispatch path, to check what calls did to them."""
+
+    runtime: Runtime
+
+    async def rows(self) -> dict[str, list[str]]:
+        """Every row of every table but the audit log's, in a stable order, for before/after comparison."""
+        out: dict[str, list[str]] = {}
+        async with self.runtime.db.transaction() as conn:
+            for table in metadata.sorted_tables:
+                if table.name not in AUDIT_TABLES:
+                    out[table.name] = sorted(repr(tuple(row)) for row in await conn.execute(sa.select(table)))
+        return out
+
+    async def audit_count(self) -> int:
+        """How many audit events the store holds, across every chain."""
+        events = metadata.tables["audit_events"]
+        async with self.runtime.db.transaction() as conn:
+            return int((await conn.execute(sa.select(sa.func.count()).select_from(events))).scalar_one())
+
+    async def audit_events(self) -> list[dict[str, Any]]:
+        """Every stored audit event as a dict, ordered by chain and sequence number."""
+        events = metadata.tables["audit_events"]
+        async with self.runtime.db.transaction() as conn:
+            rows = await conn.execute(sa.select(events).order_by(events.c.chain, events.c.seq))
+            return [dict(row._mapping) for row in rows]
+
+    async def event(self, event_id: str) -> dict[str, Any]:
+        """One stored audit event by id."""
+        events = metadata.tables["audit_events"]
+        async with self.runtime.db.transaction() as conn:
+            row = (await conn.execute(sa.select(events).where(events.c.id == event_id))).one()
+            return dict(row._mapping)
+
+
+@pytest.fixture
+def probe(runtime: Runtime) -> StoreProbe:
+    """Direct reads of the store behind ``runtime``."""
+    return StoreProbe(runtime)

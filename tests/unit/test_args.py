@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from scalemule.operations.base import Args
+
+
+class _Paged(Args):
+    version: int | None = None
+    count: int = 1
+    note: Any = None
+
+
+def test_unknown_arguments_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        _Paged.model_validate({"version": 1, "verison": 2})
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 10**100])
+def test_an_integer_argument_beyond_64_bits_is_refused(value: int) -> None:
+    with pytest.raises(ValidationError):
+        _Paged.model_validate({"version": value})
+
+
+def test_integer_arguments_up_to_64_bits_are_accepted() -> None:
+    assert _Paged.model_validate({"version": 2**63 - 1, "count": -(2**63)}).version == 2**63 - 1
+    assert _Paged.model_validate({"note": ["fine", {"k": "v"}]}).note == ["fine", {"k": "v"}]
+
+
+@pytest.mark.parametrize("value", ["a\x00b", ["ok", "\x00"], {"k\x00": "v"}])
+def test_nul_characters_are_refused_anywhere_in_the_arguments(value: object) -> None:
+    with pytest.raises(ValidationError):
+        _Paged.model_validate({"version": 1, "note": value})

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+
+from scalemule.core.errors import InvalidArgument
+from scalemule.dispatch import DEFAULT_TOOLSETS
+from scalemule.surfaces.cli import build_parser, parse_pairs, parse_toolsets
+
+
+def test_pair_values_are_read_as_json_when_they_are_json() -> None:
+    args = parse_pairs(["limit=10", "dry_run=false", 'scopes=["config:read"]', "name=menu bot", "empty="], None)
+    assert args == {"limit": 10, "dry_run": False, "scopes": ["config:read"], "name": "menu bot", "empty": ""}
+
+
+def test_a_value_may_itself_contain_an_equals_sign() -> None:
+    assert parse_pairs(["value=a=b"], None) == {"value": "a=b"}
+
+
+def test_pairs_override_the_json_object() -> None:
+    assert parse_pairs(["name=b"], '{"name": "a", "limit": 2}') == {"name": "b", "limit": 2}
+
+
+@pytest.mark.parametrize("pair", ["novalue", "=value"])
+def test_a_pair_that_is_not_key_equals_value_is_an_invalid_argument(pair: str) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_pairs([pair], None)
+
+
+@pytest.mark.parametrize("raw", ["{not json", "[1, 2]", '"text"', "[" * 100_000 + "]" * 100_000])
+def test_json_arguments_must_be_one_json_object(raw: str) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_pairs([], raw)
+
+
+def test_a_pair_nested_deeper_than_the_parser_allows_is_kept_as_text() -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    assert parse_pairs([f"value={deep}"], None) == {"value": deep}
+
+
+def test_toolsets_are_all_default_or_a_list_of_known_names() -> None:
+    assert parse_toolsets("all") is None
+    assert parse_toolsets("default") == DEFAULT_TOOLSETS
+    assert parse_toolsets("identity, audit") == {"identity", "audit"}
+    assert parse_toolsets("default,docs") == DEFAULT_TOOLSETS | {"docs"}
+
+
+def test_an_unknown_toolset_is_an_invalid_argument() -> None:
+    with pytest.raises(InvalidArgument):
+        parse_toolsets("identity,nonsense")
+
+
+def test_serve_defaults_to_stdio_with_the_default_toolsets() -> None:
+    args = build_parser().parse_args(["serve"])
+    assert (args.transport, args.toolsets, args.read_only) == ("stdio", "default", False)
