@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scalemule.blobs import BlobStore, open_blob_store
 from scalemule.core.crypto import Keyring
 from scalemule.db.engine import Database
 from scalemule.settings import Settings
@@ -16,12 +17,19 @@ class Runtime:
     settings: Settings
     db: Database
     keyring: Keyring
+    blobs: BlobStore
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
         """Open the stores for ``settings`` (no I/O until first use)."""
-        return cls(settings=settings, db=Database(settings.url), keyring=Keyring(settings.data_dir))
+        return cls(
+            settings=settings,
+            db=Database(settings.url),
+            keyring=Keyring(settings.data_dir),
+            blobs=open_blob_store(settings),
+        )
 
     async def close(self) -> None:
         """Release pooled connections."""
         await self.db.dispose()
+        await self.blobs.close()

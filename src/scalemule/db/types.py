@@ -27,3 +27,19 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
             return None
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class CodepointString(sa.types.TypeDecorator[str]):
+    """Text compared and ordered by Unicode code point on every dialect, whatever the database's locale.
+
+    PostgreSQL gets ``COLLATE "C"`` (byte order of UTF-8, which is code point order); SQLite's default
+    BINARY collation already compares that way. Prefix range scans then mean the same everywhere.
+    """
+
+    impl = sa.String
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        length = getattr(self.impl, "length", None)
+        collation = "C" if dialect.name == "postgresql" else None
+        return dialect.type_descriptor(sa.String(length, collation=collation))

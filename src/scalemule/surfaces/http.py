@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from scalemule.core import identity
 from scalemule.core.errors import Unauthenticated
 from scalemule.dispatch import Dispatcher
+from scalemule.surfaces.blobs_http import SignedObjects
 from scalemule.surfaces.mcp import bearer_token, build_server
 
 
@@ -60,4 +61,6 @@ def build_app(dispatcher: Dispatcher, *, host: str = "127.0.0.1") -> Starlette:
     server = build_server(dispatcher, bearer_token, "http")
     app = server.streamable_http_app(stateless_http=True, host=host)
     app.add_middleware(BearerAuth, dispatcher=dispatcher)
+    # Outermost: signed object URLs carry their own credential, so they are answered before BearerAuth.
+    app.add_middleware(SignedObjects, dispatcher=dispatcher)
     return app
