@@ -6,25 +6,36 @@ Python client, acting as the agent that ``init`` created. Every step prints the 
 result; denied calls are expected where the walkthrough says so. The script exits non-zero if a step
 that should succeed fails, or a step that should be denied is allowed.
 
-Steps are plain async functions listed in ``STEPS``; later parts of the walkthrough add theirs there.
+Steps are plain async functions listed in ``STEPS``: identity and isolation, then configuration and
+secrets, then object storage (including a download through a signed URL served by the HTTP surface),
+then the audit trail of it all.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
+import hashlib
 import json
 import os
 import shlex
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+import time
+import urllib.request
+import zlib
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import mcp_types as types
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
@@ -49,6 +60,7 @@ class Demo:
     data_dir: Path
     owner_key: str
     agent_key: str
+    public_port: int
     facts: dict[str, Any] = field(default_factory=dict)
 
     # --- calls ---------------------------------------------------------------------------------
@@ -56,7 +68,7 @@ class Demo:
     async def call(self, tool: str, args: dict[str, Any] | None = None) -> types.CallToolResult:
         """Call ``tool`` as the agent, printing the call."""
         args = args or {}
-        shown = {k: ("•••" if k == "value" and tool == "secrets_set" else v) for k, v in (args or {}).items()}
+        shown = {k: _shown(tool, k, v) for k, v in args.items()}
         show(f"→ {tool} {_compact(shown)}")
         return await self.client.call_tool(tool, args)
 
@@ -117,6 +129,15 @@ def heading(number: int, title: str) -> None:
     show()
     show(f"{number}. {title}")
     show("-" * (len(title) + len(str(number)) + 2))
+
+
+def _shown(tool: str, name: str, value: Any) -> Any:
+    """An argument as the walkthrough prints it: secret values masked, long contents summarised."""
+    if tool == "secrets_set" and name == "value":
+        return "•••"
+    if isinstance(value, str) and len(value) > 80:
+        return f"<{len(value)} characters>"
+    return value
 
 
 def _compact(value: Any, limit: int = 160) -> str:
@@ -267,6 +288,89 @@ async def diff_and_plan(demo: Demo) -> None:
 
 # --- Part 3: object storage ---------------------------------------------------------------------
 
+PHOTO_KEY = "uploads/2026-11-22/chez-mule-menu.png"
+
+
+def menu_photo(width: int = 96, height: int = 64) -> bytes:
+    """A small PNG standing in for a phone photo of a menu: a paper-coloured card with ruled lines."""
+    rows = []
+    for y in range(height):
+        ruled = y % 8 == 4 and 8 <= y < height - 8
+        row = bytearray([0])  # PNG filter type: none
+        for x in range(width):
+            inside = 6 <= x < width - 6
+            row += bytes((60, 50, 40) if ruled and inside else (245, 236, 214))
+        rows.append(bytes(row))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+        + chunk(b"IEND", b"")
+    )
+
+
+async def upload_photo(demo: Demo) -> None:
+    """The app's upload path: the agent stores a menu photo (create-only) with a little metadata."""
+    photo = menu_photo()
+    demo.facts["photo_sha256"] = hashlib.sha256(photo).hexdigest()
+    args = {
+        "key": PHOTO_KEY,
+        "content": base64.b64encode(photo).decode(),
+        "encoding": "base64",
+        "content_type": "image/png",
+        "metadata": {"restaurant": "Chez Mule", "source": "camera"},
+        "if_none_match": True,
+    }
+    show(f"→ storage_put_object key={PHOTO_KEY!r}, {len(photo)} bytes of PNG as base64, if_none_match=true")
+    stored = await demo.client.call_tool("storage_put_object", args)
+    if stored.is_error:
+        raise StepFailed(f"storage_put_object failed: {_text(stored)}")
+    made = dict(stored.structured_content or {})
+    show(f"← stored {made['size']} bytes, sha256 {made['sha256'][:16]}…, etag {made['etag']}")
+    if made["sha256"] != demo.facts["photo_sha256"]:
+        raise StepFailed("the stored SHA-256 differs from the photo's")
+    again = await demo.call("storage_put_object", args)
+    show(f"← the same create-only put again: {_text(again)}")
+    if not again.is_error:
+        raise StepFailed("a second create-only put should be refused")
+
+
+async def photo_metadata(demo: Demo) -> None:
+    """Reading back what is known about the photo costs no bytes of it."""
+    info = await demo.ok("storage_head_object", {"key": PHOTO_KEY})
+    show(f"← {info['content_type']}, {info['size']} bytes, metadata {info['metadata']}")
+    show(f"  written by {info['created_by']} at {info['created_at']}")
+    listed = await demo.ok("storage_list_objects", {"prefix": "uploads/", "delimiter": "/"})
+    show(f"← under uploads/: folders {listed['prefixes']}, objects {[i['key'] for i in listed['items']]}")
+    deeper = await demo.ok("storage_list_objects", {"prefix": "uploads/"})
+    for item in deeper["items"]:
+        show(f"  {item['key']}  {item['size']} bytes  {item['content_type']}")
+    if [i["key"] for i in deeper["items"]] != [PHOTO_KEY]:
+        raise StepFailed("the tenant's uploads should list exactly the photo")
+
+
+def fetch(url: str) -> tuple[bytes, str | None]:
+    """GET ``url``; returns the body and its content type."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read(), response.headers.get("content-type")
+
+
+async def signed_download(demo: Demo) -> None:
+    """A signed URL hands the photo to the app (or a browser) without it passing through the model."""
+    made = await demo.ok("storage_create_signed_url", {"key": PHOTO_KEY, "method": "GET", "expires_in_seconds": 600})
+    show(f"← {made['method']} {made['url'][:72]}… expires {made['expires_at']}")
+    show("$ scalemule serve --transport http   (serves /blobs/… for the local backend)")
+    with http_server(demo.data_dir, demo.public_port):
+        body, kind = await anyio.to_thread.run_sync(fetch, made["url"])
+    show(f"← HTTP 200, {len(body)} bytes of {kind}, sha256 {hashlib.sha256(body).hexdigest()[:16]}…")
+    if hashlib.sha256(body).hexdigest() != demo.facts["photo_sha256"]:
+        raise StepFailed("the signed URL returned other bytes than the photo")
+
 
 STEPS: list[tuple[str, Step]] = [
     ("Who am I? (whoami)", whoami),
@@ -277,6 +381,9 @@ STEPS: list[tuple[str, Step]] = [
     ("Set the app's configuration in dev (config_set)", configure_dev),
     ("Store the image API key as a secret (secrets_set, secrets_list)", store_secret),
     ("Diff dev against staging and plan a promotion (config_diff, config_promote)", diff_and_plan),
+    ("Upload a menu photo (storage_put_object)", upload_photo),
+    ("Read back its metadata and list the uploads (storage_head_object, storage_list_objects)", photo_metadata),
+    ("Download it through a signed URL (storage_create_signed_url)", signed_download),
     ("Read the audit trail (resource scalemule://tenants/menugen/audit/recent)", audit_trail),
 ]
 
@@ -295,13 +402,45 @@ def scalemule_executable() -> Path:
     return path
 
 
-def store_env(data_dir: Path, api_key: str | None) -> dict[str, str]:
+def store_env(data_dir: Path, api_key: str | None, public_port: int | None = None) -> dict[str, str]:
     """This process's environment pointed at the demo store only (no inherited SCALEMULE_* settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCALEMULE_")}
     env["SCALEMULE_DATA_DIR"] = str(data_dir)
     if api_key is not None:
         env["SCALEMULE_API_KEY"] = api_key
+    if public_port is not None:
+        env["SCALEMULE_PUBLIC_URL"] = f"http://127.0.0.1:{public_port}"
     return env
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def http_server(data_dir: Path, port: int) -> Iterator[None]:
+    """``scalemule serve --transport http`` on ``port`` for the duration of the block."""
+    argv = [str(scalemule_executable()), "serve", "--transport", "http", "--port", str(port)]
+    process = subprocess.Popen(
+        argv, env=store_env(data_dir, None, port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                error = process.stderr.read().decode() if process.stderr else ""
+                raise StepFailed(f"the HTTP server did not start: {error.strip()[-300:]}")
+            time.sleep(0.05)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def initialise(data_dir: Path) -> dict[str, Any]:
@@ -327,10 +466,11 @@ async def walkthrough(data_dir: Path) -> int:
     """Initialise a store, connect as the agent and run every step; returns the number of failures."""
     heading(1, "Initialise a store for MenuGen (scalemule init)")
     made = initialise(data_dir)
+    public_port = free_port()  # where the HTTP surface will serve the signed URLs the agent makes
     server = StdioServerParameters(
         command=str(scalemule_executable()),
         args=["serve"],
-        env={"SCALEMULE_API_KEY": made["agent_key"], "SCALEMULE_DATA_DIR": str(data_dir)},
+        env=store_env(data_dir, made["agent_key"], public_port),
     )
     heading(2, "Connect as the agent (scalemule serve over stdio)")
     show(f"$ SCALEMULE_API_KEY={made['agent_key'][:12]}… scalemule serve")
@@ -339,7 +479,13 @@ async def walkthrough(data_dir: Path) -> int:
         info = client.server_info
         tools = (await client.list_tools()).tools
         show(f"← {info.name if info else '?'} {info.version if info else ''}: {len(tools)} tools")
-        demo = Demo(client=client, data_dir=data_dir, owner_key=made["owner_key"], agent_key=made["agent_key"])
+        demo = Demo(
+            client=client,
+            data_dir=data_dir,
+            owner_key=made["owner_key"],
+            agent_key=made["agent_key"],
+            public_port=public_port,
+        )
         for number, (title, step) in enumerate(STEPS, start=3):
             heading(number, title)
             try:
