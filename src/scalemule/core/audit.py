@@ -103,6 +103,7 @@ def _seal(events: Sequence[AuditEvent], seq: int, prev: str) -> list[AuditEvent]
     return sealed
 
 
+_insert_event = audit_events.insert()
 _advance_head = (
     audit_heads.update()
     .where(
@@ -138,7 +139,7 @@ async def append(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEv
         sealed += chained
     rows = [e.row() for e in sealed]
     # A single row takes the plain execute path, cheaper than the many-rows one on every call.
-    await conn.execute(audit_events.insert(), rows[0] if len(rows) == 1 else rows)
+    await conn.execute(_insert_event, rows[0] if len(rows) == 1 else rows)
     return sealed
 
 

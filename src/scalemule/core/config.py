@@ -156,6 +156,14 @@ def _entry(row: Any) -> Entry:
     return Entry(row.key, row.value, row.version, row.updated_at, row.updated_by)
 
 
+# Built once: constructing a statement costs more than running it on SQLite.
+_current_query = sa.select(config_entries).where(
+    config_entries.c.tenant_id == sa.bindparam("tenant_id"),
+    config_entries.c.env == sa.bindparam("env"),
+    config_entries.c.key == sa.bindparam("key"),
+)
+
+
 async def get(conn: Connection, tenant_id: str, env: str, key: str, version: int | None = None) -> Entry:
     """The current value of ``key``, or the value it had at ``version``.
 
@@ -163,10 +171,7 @@ async def get(conn: Connection, tenant_id: str, env: str, key: str, version: int
         NotFound: no such key (or version) in the environment.
     """
     if version is None:
-        query = sa.select(config_entries).where(
-            config_entries.c.tenant_id == tenant_id, config_entries.c.env == env, config_entries.c.key == key
-        )
-        row = (await conn.execute(query)).first()
+        row = (await conn.execute(_current_query, {"tenant_id": tenant_id, "env": env, "key": key})).first()
         if row is None:
             await get_environment(conn, tenant_id, env)  # a missing environment is the better answer
             raise NotFound(f"no config key {key!r} in {env!r}", hint="List keys with config_list.")

@@ -174,6 +174,27 @@ async def get_info(conn: Connection, tenant_id: str, env: str, name: str) -> Sec
     return SecretInfo(head.name, head.version, head.updated_at, head.updated_by)
 
 
+# Built once: constructing a statement costs more than running it on SQLite. The head and the wanted
+# version (the current one unless a version is given) in one statement.
+_reveal_query = (
+    sa.select(secret_versions)
+    .join(
+        secrets,
+        sa.and_(
+            secrets.c.tenant_id == secret_versions.c.tenant_id,
+            secrets.c.env == secret_versions.c.env,
+            secrets.c.name == secret_versions.c.name,
+        ),
+    )
+    .where(
+        secret_versions.c.tenant_id == sa.bindparam("tenant_id"),
+        secret_versions.c.env == sa.bindparam("env"),
+        secret_versions.c.name == sa.bindparam("name"),
+        secret_versions.c.version == sa.func.coalesce(sa.bindparam("version", type_=sa.Integer()), secrets.c.version),
+    )
+)
+
+
 async def reveal(
     conn: Connection, keyring: Keyring, tenant_id: str, env: str, name: str, version: int | None = None
 ) -> tuple[SecretInfo, str]:
@@ -183,15 +204,8 @@ async def reveal(
         NotFound: no such secret or version (versions beyond the kept ones are gone).
         DecryptionFailed: the stored row does not authenticate.
     """
-    v, s = secret_versions.c, secrets.c
-    # One statement: the head and the wanted version (the current one unless asked otherwise).
-    query = (
-        sa.select(secret_versions)
-        .join(secrets, sa.and_(s.tenant_id == v.tenant_id, s.env == v.env, s.name == v.name))
-        .where(v.tenant_id == tenant_id, v.env == env, v.name == name)
-        .where(v.version == (s.version if version is None else version))
-    )
-    row = (await conn.execute(query)).first()
+    params = {"tenant_id": tenant_id, "env": env, "name": name, "version": version}
+    row = (await conn.execute(_reveal_query, params)).first()
     if row is None:
         await get_environment(conn, tenant_id, env)
         if await _head(conn, tenant_id, env, name) is None:
