@@ -74,15 +74,17 @@ def _scalemule(env: dict[str, str], *argv: str) -> str:
 
 
 def initialise(data_dir: Path) -> str:
-    """Create a store in ``data_dir`` with ``scalemule init`` and the config value and secret the
-    measured operations read; returns the owner's key (secrets_reveal needs secrets:reveal)."""
+    """Create a store in ``data_dir`` with ``scalemule init``, the config value and secret the measured
+    operations read, and an admin agent (secrets_reveal needs secrets:reveal) with a tenant-bound key,
+    as an agent is normally given; returns that key."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCALEMULE_")}
     env["SCALEMULE_DATA_DIR"] = str(data_dir)
-    owner_key = str(json.loads(_scalemule(env, "init", "--json", "--tenant", "bench"))["owner_key"])
-    env["SCALEMULE_API_KEY"] = owner_key
+    env["SCALEMULE_API_KEY"] = str(json.loads(_scalemule(env, "init", "--json", "--tenant", "bench"))["owner_key"])
     _scalemule(env, "call", "config_set", "env=dev", "key=vision.model", 'value="menu-reader-large"')
     _scalemule(env, "call", "secrets_set", "env=dev", "name=IMAGE_API_KEY", "value=sk-bench-0000")
-    return owner_key
+    agent = json.loads(_scalemule(env, "call", "agents_create", "name=bench-admin", "role=admin"))
+    made = json.loads(_scalemule(env, "call", "keys_create", "name=bench", f"principal_id={agent['principal']['id']}"))
+    return str(made["token"])
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -111,13 +113,13 @@ async def measure(calls: int, warmup: int, workdir: Path) -> dict[str, list[floa
     data_dir = workdir / "data"
     bare_script = workdir / "bare_server.py"
     bare_script.write_text(BARE_SERVER, encoding="utf-8")
-    owner_key = initialise(data_dir)
+    agent_key = initialise(data_dir)
     info = types.Implementation(name="scalemule-bench", version="1.0")
     bare = StdioServerParameters(command=sys.executable, args=[str(bare_script)])
     scalemule = StdioServerParameters(
         command=scalemule_executable(),
         args=["serve"],
-        env={"SCALEMULE_API_KEY": owner_key, "SCALEMULE_DATA_DIR": str(data_dir)},
+        env={"SCALEMULE_API_KEY": agent_key, "SCALEMULE_DATA_DIR": str(data_dir)},
     )
     rounds: list[tuple[str, Client, str, dict[str, Any]]] = []
     samples: dict[str, list[float]] = {}

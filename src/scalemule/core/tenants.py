@@ -118,20 +118,22 @@ async def membership_by_id(conn: Connection, *, principal_id: str, tenant_id: st
     return None if row is None else (tenant_of(row), row.role)
 
 
+# Built once: every call by a key not bound to a tenant resolves its tenant with it.
+_memberships_query = (
+    sa.select(tenants, memberships.c.role)
+    .join(memberships, memberships.c.tenant_id == tenants.c.id)
+    .where(memberships.c.principal_id == sa.bindparam("principal_id"), tenants.c.slug > sa.bindparam("after"))
+    .order_by(tenants.c.slug)
+    .limit(sa.bindparam("limit"))
+)
+
+
 async def memberships_of(
     conn: Connection, *, principal_id: str, after_slug: str | None = None, limit: int = 1000
 ) -> list[tuple[Tenant, str]]:
     """The tenants the principal belongs to with its role in each, ordered by slug."""
-    query = (
-        sa.select(tenants, memberships.c.role)
-        .join(memberships, memberships.c.tenant_id == tenants.c.id)
-        .where(memberships.c.principal_id == principal_id)
-        .order_by(tenants.c.slug)
-        .limit(limit)
-    )
-    if after_slug is not None:
-        query = query.where(tenants.c.slug > after_slug)
-    return [(tenant_of(r), r.role) for r in (await conn.execute(query)).all()]
+    params = {"principal_id": principal_id, "after": after_slug or "", "limit": limit}
+    return [(tenant_of(r), r.role) for r in (await conn.execute(_memberships_query, params)).all()]
 
 
 async def add_member(conn: Connection, *, tenant_id: str, principal_id: str, role: str) -> None:
