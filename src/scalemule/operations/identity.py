@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from scalemule.core import identity, tenants
-from scalemule.core.access import AUTHENTICATED, ROLES, Tenant, check_can_grant, unknown_permissions
+from scalemule.core.access import AUTHENTICATED, ROLES, KeyInfo, Tenant, check_can_grant, unknown_permissions
 from scalemule.core.errors import InvalidArgument, NotFound, PermissionDenied
 from scalemule.core.identity import KeyRecord
 from scalemule.core.pages import paginate
@@ -44,6 +44,18 @@ class KeyView(Result):
     scopes: list[str] | None = Field(description="null: everything the principal's role grants")
     expires_at: datetime | None
 
+    @classmethod
+    def of(cls, info: KeyInfo) -> KeyView:
+        """View of ``info``."""
+        return cls(
+            id=info.id,
+            prefix=info.prefix,
+            principal_id=info.principal_id,
+            tenant_id=info.tenant_id,
+            scopes=None if info.scopes is None else sorted(info.scopes),
+            expires_at=info.expires_at,
+        )
+
 
 class KeyDetail(KeyView):
     """A key as listed to its managers."""
@@ -54,16 +66,11 @@ class KeyDetail(KeyView):
     revoked_at: datetime | None
 
     @classmethod
-    def of(cls, record: KeyRecord) -> KeyDetail:
+    def of_record(cls, record: KeyRecord) -> KeyDetail:
         """View of ``record``."""
         info = record.info
         return cls(
-            id=info.id,
-            prefix=info.prefix,
-            principal_id=info.principal_id,
-            tenant_id=info.tenant_id,
-            scopes=None if info.scopes is None else sorted(info.scopes),
-            expires_at=info.expires_at,
+            **KeyView.of(info).model_dump(),
             name=record.name,
             created_at=record.created_at,
             last_used_at=record.last_used_at,
@@ -115,16 +122,7 @@ async def whoami(call: Call, args: TenantArgs) -> WhoamiResult:
         tenant=None if call.tenant is None else TenantView.of(call.tenant),
         role=call.role,
         permissions=sorted(call.permissions),
-        key=None
-        if key is None
-        else KeyView(
-            id=key.id,
-            prefix=key.prefix,
-            principal_id=key.principal_id,
-            tenant_id=key.tenant_id,
-            scopes=None if key.scopes is None else sorted(key.scopes),
-            expires_at=key.expires_at,
-        ),
+        key=None if key is None else KeyView.of(key),
     )
 
 
@@ -414,15 +412,7 @@ async def keys_create(call: Call, args: KeysCreateArgs) -> KeyCreated:
         expires_at=identity.check_expiry_days(args.expires_in_days),
         created_by=call.principal.id,
     )
-    view = KeyView(
-        id=info.id,
-        prefix=info.prefix,
-        principal_id=info.principal_id,
-        tenant_id=info.tenant_id,
-        scopes=scopes,
-        expires_at=info.expires_at,
-    )
-    return KeyCreated(key=view, token=token)
+    return KeyCreated(key=KeyView.of(info), token=token)
 
 
 class KeysListArgs(TenantPageArgs):
@@ -445,7 +435,7 @@ async def keys_list(call: Call, args: KeysListArgs) -> KeysPage:
         ),
         lambda r: r.info.id,
     )
-    return KeysPage(items=[KeyDetail.of(r) for r in page], next_cursor=next_cursor)
+    return KeysPage(items=[KeyDetail.of_record(r) for r in page], next_cursor=next_cursor)
 
 
 class KeysRevokeArgs(TenantArgs):
@@ -462,4 +452,4 @@ class KeysRevokeArgs(TenantArgs):
 )
 async def keys_revoke(call: Call, args: KeysRevokeArgs) -> KeyDetail:
     """Revoke an API key at once; calls made with it then fail with unauthenticated."""
-    return KeyDetail.of(await identity.revoke_key(call.conn, tenant_id=call.tenant_id, key_id=args.key_id))
+    return KeyDetail.of_record(await identity.revoke_key(call.conn, tenant_id=call.tenant_id, key_id=args.key_id))
