@@ -13,8 +13,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from scalemule.db.sqlite import connector
-
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -47,10 +45,8 @@ def create_engine(url: str) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             raise ValueError("ScaleMule's SQLite store needs a file path, e.g. sqlite:////var/lib/scalemule/db")
-        creator = connector(parsed.database, SQLITE_BUSY_TIMEOUT_MS / 1000)
-        # One connection serves every unit of work: Database.transaction already admits one writer at
-        # a time, and SQLite has no use for more. Transactions always end in commit or rollback.
-        engine = create_async_engine(parsed, async_creator=creator, poolclass=StaticPool, pool_reset_on_return=None)
+        # Off the hot path (migrations, maintenance, tests): units of work use Database's inline connection.
+        engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine)
         return engine
     return create_async_engine(parsed, connect_args=connect_args, pool_size=10, max_overflow=20, pool_pre_ping=True)
@@ -61,7 +57,8 @@ def _configure_sqlite(engine: AsyncEngine | sa.Engine) -> None:
 
     @sa.event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # The connection is in autocommit mode; SQLAlchemy decides when transactions start (_on_begin).
+        # Autocommit at the driver: SQLAlchemy decides when transactions start (_on_begin).
+        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -73,9 +70,11 @@ def _configure_sqlite(engine: AsyncEngine | sa.Engine) -> None:
     def _on_begin(conn: sa.Connection) -> None:
         # Every unit of work may write (at least its audit event). Taking the write lock up front
         # avoids the read-then-upgrade deadlock that a deferred transaction hits under concurrency.
-        # Issued on the driver connection: it is a fixed statement with no result to process.
         driver = conn.connection.driver_connection
-        (driver if isinstance(driver, sqlite3.Connection) else driver._conn).execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+        if isinstance(driver, sqlite3.Connection):
+            driver.execute("BEGIN IMMEDIATE")  # the hot path: a fixed statement, no result to process
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Connection(Protocol):
@@ -112,7 +111,7 @@ class InlineConnection:
 def _sqlite_sync_engine(url: sa.URL) -> sa.Engine:
     engine = sa.create_engine(
         url.set(drivername="sqlite+pysqlite"),
-        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None, "check_same_thread": False},
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         poolclass=StaticPool,
         pool_reset_on_return=None,
     )
