@@ -37,7 +37,7 @@ from scalemule.db.engine import Connection
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import idempotency_keys
 from scalemule.operations import REGISTRY, Operation
-from scalemule.operations.base import AuditNote, Call, bounded, encodable, has_unencodable_text, recorded_args, redacted
+from scalemule.operations.base import AuditNote, Call, bounded, encodable, recorded_args, redacted
 from scalemule.runtime import Runtime
 
 log = logging.getLogger("scalemule")
@@ -205,11 +205,6 @@ class Dispatcher:
         )
 
     async def _run(self, call: Call, op: Operation, raw: Any) -> dict[str, Any]:
-        if has_unencodable_text(raw):
-            raise InvalidArgument(
-                f"invalid arguments for {op.name}: text holds a lone surrogate, which is not valid Unicode",
-                hint="Send UTF-8 text.",
-            )
         try:
             args = op.args_model.model_validate({} if raw is None else raw)
         except ValidationError as exc:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from pydantic import BaseModel
+import pytest
+from pydantic import BaseModel, JsonValue, ValidationError
 
 from scalemule.operations.base import (
     REDACTED,
@@ -8,7 +9,6 @@ from scalemule.operations.base import (
     SecretText,
     bounded,
     encodable,
-    has_unencodable_text,
     recorded_args,
     redacted,
 )
@@ -17,6 +17,10 @@ from scalemule.operations.base import (
 class Credential(BaseModel):
     label: str
     secret: SecretText
+
+
+class _Anything(Args):
+    value: JsonValue
 
 
 class SetArgs(Args):
@@ -89,7 +93,11 @@ def test_lone_surrogates_are_replaced_so_the_event_can_be_stored_and_hashed() ->
     assert encodable("żółw ✓") == "żółw ✓"
 
 
-def test_lone_surrogates_are_found_at_any_depth_and_in_keys() -> None:
-    assert has_unencodable_text({"a": [{"b": "\ud800"}]})
-    assert has_unencodable_text({"\udcff": 1})
-    assert not has_unencodable_text({"a": ["żółw", "\x00", 1, None, {"✓": 2.5}]})
+@pytest.mark.parametrize("value", [{"a": [{"b": "\ud800"}]}, {"\udcff": 1}, ["ok", "\x00"], {"k\x00": 1}])
+def test_lone_surrogates_and_nul_are_refused_at_any_depth_and_in_keys(value: object) -> None:
+    with pytest.raises(ValidationError):
+        _Anything.model_validate({"value": value})
+
+
+def test_other_text_at_any_depth_is_accepted() -> None:
+    assert _Anything.model_validate({"value": {"a": ["żółw", 1, None, {"✓": 2.5}]}})

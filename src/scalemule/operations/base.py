@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -59,30 +60,40 @@ class Sensitive:
 SecretText = Annotated[str, Sensitive()]
 
 
-def _without_nul(data: Any) -> Any:
-    # NUL cannot be stored in PostgreSQL text and is never meaningful in a name, key or value here.
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str) and "\x00" in item:
+def _storable_text(data: Any) -> Any:
+    # Every string, keys included, at any depth. NUL cannot be stored in PostgreSQL text and is never
+    # meaningful here; a lone surrogate (a JSON "\ud800" escape, or command-line bytes that are not
+    # UTF-8) is not Unicode and cannot be encoded for any store or hash.
+    for text in _strings(data):
+        if "\x00" in text:
             raise ValueError("NUL characters (\\u0000) are not accepted in any argument")
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+        if not text.isascii() and encodable(text) != text:
+            raise ValueError("text holds a lone surrogate, which is not valid Unicode: send UTF-8 text")
     return data
+
+
+def _strings(value: Any) -> Iterator[str]:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            pending += item.keys()
+            pending += item.values()
+        elif isinstance(item, list | tuple):
+            pending += item
 
 
 _INT64 = range(-(2**63), 2**63)
 
 
 class Args(BaseModel):
-    """Base of every argument model: unknown fields and NUL characters are refused."""
+    """Base of every argument model: unknown fields, NUL and lone surrogates are refused."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    _no_nul = model_validator(mode="before")(_without_nul)
+    _storable = model_validator(mode="before")(_storable_text)
 
     @model_validator(mode="after")
     def _integers_fit_a_column(self) -> Args:
@@ -219,22 +230,6 @@ def encodable(text: str) -> str:
     They arrive from a JSON ``"\\ud800"`` escape or from command-line bytes that are not UTF-8.
     """
     return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
-
-
-def has_unencodable_text(value: Any) -> bool:
-    """True when any string in ``value`` (keys included, at any depth) holds a lone surrogate."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            if not item.isascii() and encodable(item) != item:
-                return True
-        elif isinstance(item, dict):
-            pending += item.keys()
-            pending += item.values()
-        elif isinstance(item, list | tuple):
-            pending += item
-    return False
 
 
 def bounded(value: Any, *, depth: int = 0) -> Any:
