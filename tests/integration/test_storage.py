@@ -455,14 +455,13 @@ async def test_a_write_that_dies_before_commit_leaves_no_object_and_the_sweep_re
     orphans = await blob_refs(sworld)
     assert len(orphans) == 1
     runtime = sworld.dispatcher.runtime
-    operator = bootstrap.operator()
-    young = await sweep(runtime.db, runtime.blobs, actor=operator)
+    young = await sweep(runtime.db, runtime.blobs)
     assert (young.deleted, young.young) == (0, 1)
     assert await blob_refs(sworld) == orphans
     later = datetime.now(UTC) + timedelta(hours=2)
-    dry = await sweep(runtime.db, runtime.blobs, actor=operator, now=later, dry_run=True)
+    dry = await sweep(runtime.db, runtime.blobs, now=later, dry_run=True)
     assert dry.deleted == 1 and await blob_refs(sworld) == orphans
-    report = await sweep(runtime.db, runtime.blobs, actor=operator, now=later)
+    report = await sweep(runtime.db, runtime.blobs, now=later)
     assert report.deleted == 1
     assert await blob_refs(sworld) == []
 
@@ -475,7 +474,7 @@ async def test_the_sweep_removes_replaced_and_deleted_bytes_and_keeps_live_ones(
     assert len(await blob_refs(sworld)) == 3
     runtime = sworld.dispatcher.runtime
     later = datetime.now(UTC) + timedelta(hours=2)
-    report = await sweep(runtime.db, runtime.blobs, actor=bootstrap.operator(), now=later)
+    report = await sweep(runtime.db, runtime.blobs, now=later)
     assert (report.scanned, report.referenced, report.deleted) == (3, 1, 2)
     assert len(await blob_refs(sworld)) == 1
     assert (await sworld.ok("storage_get_object", sworld.agent, key="keep.txt"))["content"] == "v2"
@@ -488,7 +487,7 @@ async def test_the_sweep_leaves_blobs_of_tenants_it_does_not_know(sworld: World)
     await blobs_of(sworld).put("ten_unknown/00/abc", data())
     runtime = sworld.dispatcher.runtime
     later = datetime.now(UTC) + timedelta(hours=2)
-    report = await sweep(runtime.db, runtime.blobs, actor=bootstrap.operator(), now=later)
+    report = await sweep(runtime.db, runtime.blobs, now=later)
     assert (report.foreign, report.deleted) == (1, 0)
     assert await blob_refs(sworld) == ["ten_unknown/00/abc"]
 

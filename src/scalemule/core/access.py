@@ -6,6 +6,7 @@ Anything not granted is denied.
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -105,6 +106,11 @@ class Tenant:
     slug: str
     name: str
     created_at: datetime
+
+
+def operator() -> Principal:
+    """The local operator: whoever runs the CLI with direct access to the store."""
+    return Principal(id="operator", kind="operator", name=getpass.getuser())
 
 
 def effective_permissions(principal: Principal, role: str | None, scopes: Iterable[str] | None) -> frozenset[str]:

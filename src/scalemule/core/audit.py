@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
@@ -16,7 +17,8 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from scalemule.core.ids import new_id
+from scalemule.core.access import operator
+from scalemule.core.ids import new_id, utcnow
 from scalemule.db.engine import Connection
 from scalemule.db.tables import audit_events, audit_heads
 
@@ -71,6 +73,34 @@ class AuditEvent:
 
 
 _FIELDS = tuple(f.name for f in fields(AuditEvent))
+
+
+def operator_event(
+    operation: str,
+    args: dict[str, Any],
+    *,
+    started: float,
+    tenant_id: str | None = None,
+    target: str | None = None,
+    permission: str | None = None,
+) -> AuditEvent:
+    """The audit event of an operator command run from the CLI (init, key rotation, sweep)."""
+    who = operator()
+    return AuditEvent(
+        at=utcnow(),
+        operation=operation,
+        outcome="ok",
+        transport="cli",
+        duration_ms=(time.perf_counter() - started) * 1000,
+        args=args,
+        tenant_id=tenant_id,
+        actor_id=who.id,
+        actor_kind=who.kind,
+        actor_name=who.name,
+        permission=permission,
+        target=target,
+    )
+
 
 # The last head this process wrote per chain. Only a guess: the head is advanced with an UPDATE that
 # matches the guessed sequence number, and a miss (another process or replica appended, or the

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import getpass
+import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from scalemule.core import audit, identity, tenants
 from scalemule.core.access import Principal, Tenant
-from scalemule.core.audit import AuditEvent
 from scalemule.core.errors import FailedPrecondition
-from scalemule.core.ids import utcnow
 from scalemule.db.engine import Connection
 from scalemule.db.tables import tenants as tenants_table
 
@@ -27,17 +25,13 @@ class Bootstrap:
     agent_token: str
 
 
-def operator() -> Principal:
-    """The local operator: whoever runs the CLI with direct access to the store."""
-    return Principal(id="operator", kind="operator", name=getpass.getuser())
-
-
 async def initialize(conn: Connection, *, slug: str, owner_email: str) -> Bootstrap:
     """Create the first tenant with an owner user and an agent acting on the owner's behalf.
 
     Raises:
         FailedPrecondition: the store already has tenants (init runs once).
     """
+    started = time.perf_counter()
     existing = (await conn.execute(sa.select(sa.func.count()).select_from(tenants_table))).scalar_one()
     if existing:
         raise FailedPrecondition(
@@ -69,23 +63,8 @@ async def initialize(conn: Connection, *, slug: str, owner_email: str) -> Bootst
         expires_at=None,
         created_by=owner.id,
     )
-    who = operator()
-    await audit.append(
-        conn,
-        [
-            AuditEvent(
-                at=utcnow(),
-                operation="init",
-                outcome="ok",
-                transport="cli",
-                duration_ms=0.0,
-                args={"tenant": slug, "owner": owner_email},
-                tenant_id=tenant.id,
-                actor_id=who.id,
-                actor_kind=who.kind,
-                actor_name=who.name,
-                target=slug,
-            )
-        ],
+    event = audit.operator_event(
+        "init", {"tenant": slug, "owner": owner_email}, started=started, tenant_id=tenant.id, target=slug
     )
+    await audit.append(conn, [event])
     return Bootstrap(tenant, owner, agent, owner_token, agent_token)

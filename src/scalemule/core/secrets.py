@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import getpass
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,7 +10,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from scalemule.core import audit, crypto
-from scalemule.core.audit import AuditEvent
 from scalemule.core.config import check_key, get_environment
 from scalemule.core.crypto import Keyring, Sealed
 from scalemule.core.errors import Conflict, InvalidArgument, NotFound
@@ -277,6 +276,7 @@ async def rotate_master_key(db: Database, keyring: Keyring, *, batch: int = 200)
     fail; only then are older versions retired from the key file. With keys from the environment,
     the operator adds the new version there first and this re-wraps to the newest one present.
     """
+    started = time.perf_counter()
     version = keyring.add_version() if not keyring.from_environment else keyring.current()[0]
     total = 0
     while True:
@@ -285,22 +285,10 @@ async def rotate_master_key(db: Database, keyring: Keyring, *, batch: int = 200)
         total += done
         if done < batch:
             break
+    event = audit.operator_event(
+        "secrets_rotate_master_key", {"master_key_version": version, "rewrapped": total}, started=started
+    )
     async with db.transaction() as conn:
-        await audit.append(
-            conn,
-            [
-                AuditEvent(
-                    at=utcnow(),
-                    operation="secrets_rotate_master_key",
-                    outcome="ok",
-                    transport="cli",
-                    duration_ms=0.0,
-                    args={"master_key_version": version, "rewrapped": total},
-                    actor_id="operator",
-                    actor_kind="operator",
-                    actor_name=getpass.getuser(),
-                )
-            ],
-        )
+        await audit.append(conn, [event])
     keyring.retire_below(version)
     return version, total

@@ -18,8 +18,6 @@ import sqlalchemy as sa
 
 from scalemule.blobs import BlobEntry, BlobStore
 from scalemule.core import audit
-from scalemule.core.access import Principal
-from scalemule.core.audit import AuditEvent
 from scalemule.core.ids import utcnow
 from scalemule.db.engine import Database
 from scalemule.db.tables import storage_objects, tenants
@@ -74,7 +72,6 @@ async def sweep(
     db: Database,
     blobs: BlobStore,
     *,
-    actor: Principal,
     grace: timedelta = DEFAULT_GRACE,
     now: datetime | None = None,
     dry_run: bool = False,
@@ -107,18 +104,8 @@ async def sweep(
     if batch:
         await settle(batch)
     report = SweepReport(**counts)
+    args = {"grace_seconds": int(grace.total_seconds()), "dry_run": dry_run, **asdict(report)}
+    event = audit.operator_event("storage_sweep", args, started=started, permission="storage:write")
     async with db.transaction() as conn:
-        event = AuditEvent(
-            at=utcnow(),
-            operation="storage_sweep",
-            outcome="ok",
-            transport="cli",
-            duration_ms=(time.perf_counter() - started) * 1000,
-            args={"grace_seconds": int(grace.total_seconds()), "dry_run": dry_run, **asdict(report)},
-            actor_id=actor.id,
-            actor_kind=actor.kind,
-            actor_name=actor.name,
-            permission="storage:write",
-        )
         await audit.append(conn, [event])
     return report

@@ -258,8 +258,7 @@ def cmd_storage_sweep(args: argparse.Namespace, settings: Settings) -> int:
     async def body(runtime: Runtime) -> Any:
         await _require_schema(runtime)
         grace = timedelta(minutes=args.grace_minutes)
-        actor = bootstrap.operator()
-        return await sweep(runtime.db, runtime.blobs, actor=actor, grace=grace, dry_run=args.dry_run)
+        return await sweep(runtime.db, runtime.blobs, grace=grace, dry_run=args.dry_run)
 
     _print_json(asdict(anyio.run(_with_runtime, settings, body)))
     return 0
