@@ -319,9 +319,8 @@ class Plan(Result):
 
 @operation("config_promote", permission="config:write", toolset="config", target="to_env")
 async def config_promote(call: Call, args: PromoteArgs) -> Plan:
-    """Copy config (and missing secrets, by name) from one environment to another. dry_run=true (default)
-    returns the plan; applying needs write access to the target, admin or owner if it is protected.
-    """
+    """Copy differing config and missing secrets from one environment to another. dry_run (default)
+    returns the plan; a protected target needs admin or owner."""
     diff = await _diff(call, args.from_env, args.to_env)
     wanted = None if args.keys is None else set(args.keys)
     candidates = diff.only_in_from + diff.changed + (diff.secrets_in_both if wanted is not None else [])

@@ -111,10 +111,8 @@ class WhoamiResult(Result):
 
 @operation("whoami", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
 async def whoami(call: Call, args: TenantArgs) -> WhoamiResult:
-    """Show who you are: principal, tenant, role, effective permissions and the API key in use.
-
-    Call it first in a session. To test specific permissions use access_check.
-    """
+    """Who you are: principal, tenant, role, effective permissions and API key. Call it first;
+    access_check tests specific permissions."""
     key = call.key
     return WhoamiResult(
         principal=PrincipalView.of(call.principal),
@@ -243,10 +241,8 @@ class MembersAddArgs(TenantArgs):
 
 @operation("members_add", permission="members:manage", toolset="identity", target="email")
 async def members_add(call: Call, args: MembersAddArgs) -> MemberView:
-    """Add a user (by email) or an agent (by principal_id) to the tenant with a role.
-
-    Use members_set_role to change an existing member's role, agents_create for a new agent.
-    """
+    """Add a user (email) or agent (principal_id) to the tenant with a role. Existing member:
+    members_set_role; new agent: agents_create."""
     check_can_grant(call.permissions, args.role, action="grant")
     if args.email is not None:
         principal = await identity.find_user_by_email(call.conn, args.email)
@@ -332,10 +328,8 @@ class AgentView(Result):
 
 @operation("agents_create", permission="agents:manage", toolset="identity", target="name")
 async def agents_create(call: Call, args: AgentsCreateArgs) -> AgentView:
-    """Create an agent or service account owned by the tenant, acting on behalf of your user.
-
-    Then give it a key with keys_create(principal_id=...). To add a human, use members_add.
-    """
+    """Create an agent or service account in the tenant, acting for your user; then
+    keys_create(principal_id=...). Humans: members_add."""
     check_can_grant(call.permissions, args.role, action="grant")
     human = call.principal.id if call.principal.kind == "user" else call.principal.on_behalf_of
     agent = await identity.create_principal(
@@ -370,11 +364,8 @@ class KeyCreated(Result):
 
 @operation("keys_create", permission="keys:manage", toolset="identity", target="principal_id")
 async def keys_create(call: Call, args: KeysCreateArgs) -> KeyCreated:
-    """Issue an API key for yourself or for an agent/service of the tenant; the token is shown once.
-
-    Scopes can only narrow: a key never carries a permission its principal or you lack.
-    Use keys_list to see keys, keys_revoke to stop one.
-    """
+    """Issue an API key for yourself or the tenant's agent/service; the token is shown once. Scopes only
+    narrow. See keys_list, keys_revoke."""
     target_id = args.principal_id or call.principal.id
     if target_id == call.principal.id:
         allowed = call.permissions
