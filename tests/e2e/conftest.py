@@ -187,3 +187,8 @@ def http_server(deployment: Deployment, *serve_args: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+def mistyped(token: str) -> str:
+    """``token`` with its last character changed (never to itself)."""
+    return token[:-1] + ("x" if token[-1] != "x" else "y")

@@ -15,7 +15,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from scalemule.core import tokens
 from scalemule.dispatch import Invocation
-from tests.e2e.conftest import Deployment, http_server
+from tests.e2e.conftest import Deployment, http_server, mistyped
 
 pytestmark = pytest.mark.anyio
 
@@ -55,7 +55,7 @@ async def test_requests_without_a_live_bearer_token_get_401_with_a_challenge(dep
         "empty bearer": {"Authorization": "Bearer"},
         "other scheme": {"Authorization": f"Basic {deployment.agent_key}"},
         "malformed": {"Authorization": "Bearer smk_not-a-key"},
-        "mistyped": {"Authorization": f"Bearer {deployment.agent_key[:-1]}x"},
+        "mistyped": {"Authorization": f"Bearer {mistyped(deployment.agent_key)}"},
         "unknown": {"Authorization": f"Bearer {tokens.generate()}"},
         "revoked": {"Authorization": f"Bearer {made.result['token']}"},
     }

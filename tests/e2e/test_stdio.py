@@ -12,7 +12,7 @@ from mcp.shared.exceptions import MCPError
 
 from scalemule.dispatch import DEFAULT_TOOLSETS, Exposure, Invocation
 from scalemule.operations import REGISTRY
-from tests.e2e.conftest import SCALEMULE, Deployment
+from tests.e2e.conftest import SCALEMULE, Deployment, mistyped
 
 pytestmark = pytest.mark.anyio
 
@@ -105,7 +105,7 @@ async def test_a_key_revoked_while_the_server_runs_fails_the_next_call(deploymen
 async def test_the_stdio_server_refuses_to_start_without_a_valid_key(deployment: Deployment) -> None:
     cases = {
         "no key": deployment.env,
-        "mistyped key": deployment.env | {"SCALEMULE_API_KEY": deployment.agent_key[:-1] + "x"},
+        "mistyped key": deployment.env | {"SCALEMULE_API_KEY": mistyped(deployment.agent_key)},
     }
     done: dict[str, Any] = {}
 
