@@ -28,8 +28,7 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     def run(connection: sa.Connection) -> None:
         command.upgrade(alembic_config(connection), revision)
 
-    # SQLite: the engine's BEGIN IMMEDIATE hook does not apply to Alembic's own transaction handling,
-    # so migrations run on a plain connection and Alembic manages the transaction.
+    # All migrations run in one transaction (SQLite and PostgreSQL both have transactional DDL).
     async with engine.connect() as conn:
         await conn.run_sync(run)
         await conn.commit()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -167,8 +166,3 @@ async def serve_stdio(dispatcher: Dispatcher, api_key: str) -> None:
     server = build_server(dispatcher, lambda ctx: api_key, "stdio")
     async with stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())
-
-
-def log_to_stderr(message: str) -> None:
-    """Write a line for the operator; stdout is the protocol on stdio."""
-    print(message, file=sys.stderr, flush=True)
