@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from scalemule.core import audit
+from scalemule.core import audit, audit_rollups
 from scalemule.core.audit import AuditEvent
 from scalemule.core.pages import paginate
 from scalemule.operations.base import Call, Identifier, Name, PrincipalView, Result, TenantPageArgs
@@ -99,6 +99,9 @@ async def audit_query(call: Call, args: AuditQueryArgs) -> EventsPage:
 
     Every tool call and resource read is here, including denied and failed ones.
     """
+    if args.cursor is None:
+        # Calls recorded in aggregate (refused credentials, idle polls) show up before the first page.
+        await audit_rollups.flush(call.conn, chain=call.tenant_id)
     page, next_cursor = await paginate(
         args.cursor,
         args.limit,

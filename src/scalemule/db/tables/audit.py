@@ -47,6 +47,23 @@ audit_events = sa.Table(
     sa.CheckConstraint("outcome IN ('ok', 'error', 'denied', 'cancelled')", name="outcome"),
 )
 
+# Calls recorded in aggregate rather than one event each (refused credentials, idle polls): one row
+# per chain, minute and kind of call, folded into a single audit event once its minute has closed.
+audit_rollups = sa.Table(
+    "audit_rollups",
+    metadata,
+    sa.Column("chain", sa.String(40), primary_key=True),
+    sa.Column("window_start", UTCDateTime(), primary_key=True),
+    # SHA-256 of what tells such calls apart: operation, outcome, error code, actor, key and source.
+    sa.Column("bucket", sa.String(64), primary_key=True),
+    # The first such call's event (its row, less id, sequence and hashes): the folded event's template.
+    sa.Column("event", sa.JSON(), nullable=False),
+    sa.Column("count", sa.BigInteger(), nullable=False),
+    sa.Column("first_at", UTCDateTime(), nullable=False),
+    sa.Column("last_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "window_start"),
+)
+
 idempotency_keys = sa.Table(
     "idempotency_keys",
     metadata,
