@@ -257,7 +257,7 @@ class Dispatcher:
         principal, key = caller.principal, caller.key
         tenant_id = caller.note.tenant_id or (caller.tenant.id if caller.tenant is not None else None)
         tenant_id = tenant_id or _home_tenant(principal, key)
-        args = recorded_args(op.args_model, inv.arguments) if op is not None else {"_raw": bounded(inv.arguments)}
+        args = recorded_args(op.args_model if op is not None else None, inv.arguments)
         target = inv.resource
         if target is None and op is not None and op.target and isinstance(inv.arguments, Mapping):
             value = inv.arguments.get(op.target)

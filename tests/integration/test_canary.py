@@ -63,6 +63,10 @@ async def test_a_canary_set_over_mcp_appears_only_in_secrets_reveal(tmp_path: Pa
                 ("secrets_set", {"env": "dev", "name": "CANARY", "value": canary, "expected_version": 7}),
                 ("secrets_set", {"env": "dev", "name": "bad name!", "value": canary}),
                 ("secrets_set", {"env": "nope", "name": "CANARY", "value": canary}),
+                # What cannot be validated is recorded by name and size: an unknown tool, misspellings.
+                ("secrets_put", {"env": "dev", "name": "CANARY", "value": canary}),
+                ("secrets_set", {"env": "dev", "name": "CANARY", "Value": canary}),
+                ("keys_create", {"name": "k", "token": canary}),
                 ("secrets_list", {"env": "dev"}),
                 ("secrets_reveal", {"env": "dev", "name": "CANARY"}),
                 ("config_diff", {"from_env": "dev", "to_env": "staging"}),
@@ -112,6 +116,9 @@ async def test_a_canary_never_reaches_rows_or_logs_on_either_database(
     await world.ok("config_promote", world.agent, from_env="dev", to_env="staging", dry_run=False)
     await world.call("secrets_set", world.agent, env="dev", name="CANARY", value=canary, expected_version=9)
     await world.call("secrets_set", world.agent, env="dev", name="x\ny", value=canary)
+    assert await world.code("secrets_put", world.agent, env="dev", name="CANARY", value=canary) == "not_found"
+    assert await world.code("secrets_set", world.agent, env="dev", name="CANARY", Value=canary) == "invalid_argument"
+    assert await world.code("config_set", world.agent, env="dev", key="K", value=1, token=canary) == "invalid_argument"
     await world.ok("secrets_set", world.agent, env="dev", name="CANARY", value=canary + "-2")
     assert canary not in await _all_rows_text(store.url)
     assert canary not in caplog.text

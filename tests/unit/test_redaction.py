@@ -52,12 +52,40 @@ def test_invalid_input_is_recorded_without_its_sensitive_values() -> None:
     raw = {"value": {"nested": "canary-1"}, "inner": {"secret": ["canary-2"]}, "bogus": 1}
     recorded = recorded_args(SetArgs, raw)
     assert "canary" not in repr(recorded)
-    assert recorded["value"] == REDACTED and recorded["bogus"] == 1
+    assert recorded["value"] == REDACTED and recorded["bogus"] == "[not recorded: number]"
 
 
-def test_arguments_that_are_not_an_object_are_recorded_as_invalid() -> None:
-    assert recorded_args(SetArgs, ["a", 1]) == {"_invalid": ["a", 1]}
-    assert recorded_args(SetArgs, "text") == {"_invalid": "text"}
+def test_fields_the_model_does_not_declare_are_recorded_by_name_and_size_only() -> None:
+    raw = {"name": "DB", "Value": "canary-1", "token": ["canary-2"], "extra": {"a": "canary-3"}}
+    recorded = recorded_args(SetArgs, raw)
+    assert "canary" not in repr(recorded)
+    assert recorded == {
+        "name": "DB",
+        "Value": "[not recorded: string of 8 chars]",
+        "token": "[not recorded: array of 1 items]",
+        "extra": "[not recorded: object of 1 keys]",
+    }
+
+
+def test_unknown_fields_inside_nested_models_are_recorded_by_name_and_size_only() -> None:
+    recorded = recorded_args(SetArgs, {"name": "DB", "inner": {"label": "a", "Secret": "canary"}})
+    assert recorded["inner"] == {"label": "a", "Secret": "[not recorded: string of 6 chars]"}
+
+
+def test_arguments_of_an_unknown_operation_are_recorded_by_name_and_size_only() -> None:
+    recorded = recorded_args(None, {"value": "canary-secret", "ttl": 30, "on": True, "none": None})
+    assert recorded == {
+        "value": "[not recorded: string of 13 chars]",
+        "ttl": "[not recorded: number]",
+        "on": "[not recorded: boolean]",
+        "none": "[not recorded: null]",
+    }
+
+
+def test_arguments_that_are_not_an_object_are_recorded_as_invalid_without_their_values() -> None:
+    assert recorded_args(SetArgs, ["canary", 1]) == {"_invalid": "[not recorded: array of 2 items]"}
+    assert recorded_args(SetArgs, "canary") == {"_invalid": "[not recorded: string of 6 chars]"}
+    assert recorded_args(None, "canary") == {"_invalid": "[not recorded: string of 6 chars]"}
 
 
 def test_long_strings_are_cut_and_say_how_long_they_were() -> None:

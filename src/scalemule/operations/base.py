@@ -192,17 +192,36 @@ def _is_sensitive(model: type[BaseModel], field: str) -> bool:
 
 
 def redacted(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` (a dump of ``model``) with every Sensitive field replaced by a marker, at any depth."""
+    """``data`` (a dump of ``model``) with every Sensitive field replaced by a marker, at any depth.
+
+    A field ``model`` does not declare (a misspelling, a guess) may hold anything, a secret included:
+    only its name and size are kept (``unrecorded``).
+    """
     out: dict[str, Any] = {}
     for name, value in data.items():
         info = model.model_fields.get(name)
-        if _is_sensitive(model, name):
+        if info is None:
+            out[name] = unrecorded(value)
+        elif _is_sensitive(model, name):
             out[name] = REDACTED
-        elif info is not None and isinstance(value, dict | list):
+        elif isinstance(value, dict | list):
             out[name] = _redact_nested(info.annotation, value)
         else:
             out[name] = value
     return out
+
+
+def unrecorded(value: Any) -> str:
+    """What the audit log keeps of a value it cannot vouch for: its JSON type and size, never the value."""
+    if isinstance(value, str):
+        return f"[not recorded: string of {len(value)} chars]"
+    if isinstance(value, dict):
+        return f"[not recorded: object of {len(value)} keys]"
+    if isinstance(value, list | tuple):
+        return f"[not recorded: array of {len(value)} items]"
+    if value is None:
+        return "[not recorded: null]"
+    return f"[not recorded: {'boolean' if isinstance(value, bool) else 'number'}]"
 
 
 def _redact_nested(annotation: Any, value: Any) -> Any:
@@ -254,12 +273,16 @@ def bounded(value: Any, *, depth: int = 0) -> Any:
     return repr(value)[:256]
 
 
-def recorded_args(model: type[BaseModel], raw: Any) -> dict[str, Any]:
+def recorded_args(model: type[BaseModel] | None, raw: Any) -> dict[str, Any]:
     """Arguments as the audit log keeps them: Sensitive fields replaced, size bounded.
 
-    Works on raw input too, so calls with invalid arguments are recorded without leaking.
+    Works on raw input too, so calls with invalid arguments are recorded without leaking: what cannot
+    be checked against a model (every argument of an unknown operation, fields the model does not
+    declare, arguments that are not an object) is recorded by name and size only.
     """
     if not isinstance(raw, dict):
-        return {"_invalid": bounded(raw)}
+        return {"_invalid": unrecorded(raw)}
+    if model is None:
+        return {encodable(str(name))[:64]: unrecorded(value) for name, value in list(raw.items())[:50]}
     recorded: dict[str, Any] = bounded(redacted(model, raw), depth=-1)
     return recorded
