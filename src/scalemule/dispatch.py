@@ -19,7 +19,7 @@ import anyio
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from scalemule.core import audit, identity, tenants
+from scalemule.core import access, audit, identity, tenants
 from scalemule.core.access import AUTHENTICATED, KeyInfo, Principal, Tenant, effective_permissions
 from scalemule.core.audit import AuditEvent
 from scalemule.core.errors import (
@@ -191,7 +191,7 @@ class Dispatcher:
             if found is not None:
                 caller.tenant, caller.role = found
         permissions = effective_permissions(who.principal, caller.role, who.key.scopes)
-        if op.permission != AUTHENTICATED and op.permission not in permissions:
+        if op.permission != AUTHENTICATED and access.missing(permissions, op.permission):
             raise _denied(op, caller, permissions)
         return Call(
             conn=conn,

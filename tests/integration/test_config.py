@@ -75,6 +75,44 @@ async def test_writing_to_a_protected_environment_needs_admin_or_owner(world: Wo
     assert await world.code("envs_create", world.agent, name="qa") == "already_exists"
 
 
+async def test_access_check_with_an_environment_applies_the_protected_environment_rule(world: World) -> None:
+    asked = ["config:read", "config:write", "secrets:write"]
+    prod = await world.ok("access_check", world.agent, permissions=asked, env="prod")
+    assert prod == {
+        "allowed": False,
+        "granted": ["config:read"],
+        "missing": ["config:write", "secrets:write"],
+        "lacking": ["envs:write_protected"],
+        "role": "developer",
+        "env_protected": True,
+    }
+    dev = await world.ok("access_check", world.agent, permissions=asked, env="dev")
+    assert (dev["allowed"], dev["env_protected"], dev["lacking"]) == (True, False, [])
+    owner = await world.ok("access_check", world.owner, tenant="acme", permissions=asked, env="prod")
+    assert owner["allowed"] is True
+    assert await world.code("access_check", world.agent, permissions=asked, env="nope") == "not_found"
+
+
+async def test_a_key_scoped_without_envs_write_protected_cannot_write_to_a_protected_environment(
+    world: World,
+) -> None:
+    made = await world.ok(
+        "keys_create", world.owner, tenant="acme", name="no-prod", scopes=["config:read", "config:write"]
+    )
+    narrow = made["token"]
+    assert await world.code("config_set", narrow, env="prod", key="k", value=1) == "permission_denied"
+    check = await world.ok("access_check", narrow, permissions=["config:write"], env="prod")
+    assert (check["allowed"], check["lacking"]) == (False, ["envs:write_protected"])
+    await world.ok("config_set", narrow, env="dev", key="k", value=1)
+
+
+async def test_a_refused_protected_write_says_what_is_lacking_and_what_to_do(world: World) -> None:
+    outcome = await world.call("secrets_set", world.agent, env="prod", name="API_KEY", value="v")
+    assert outcome.error is not None and outcome.error.code == "permission_denied"
+    assert "envs:write_protected" in outcome.error.message
+    assert outcome.error.hint is not None and "secrets_set" in outcome.error.hint
+
+
 async def test_diff_lists_keys_only_in_one_side_and_changed_values(world: World) -> None:
     await world.ok("config_set", world.agent, env="dev", key="a", value=1)
     await world.ok("config_set", world.agent, env="dev", key="b", value=2)

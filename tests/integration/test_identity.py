@@ -65,7 +65,14 @@ async def test_whoami_shows_a_user_its_only_tenant_and_the_right_to_create_tenan
 
 async def test_access_check_names_the_permissions_granted_and_missing(world: World) -> None:
     check = await world.ok("access_check", world.agent, permissions=["secrets:read", "secrets:reveal"])
-    assert check == {"allowed": False, "granted": ["secrets:read"], "missing": ["secrets:reveal"], "role": "developer"}
+    assert check == {
+        "allowed": False,
+        "granted": ["secrets:read"],
+        "missing": ["secrets:reveal"],
+        "lacking": ["secrets:reveal"],
+        "role": "developer",
+        "env_protected": None,
+    }
     check = await world.ok("access_check", world.agent, permissions=["config:write"])
     assert check["allowed"] is True and check["missing"] == []
 

@@ -1,7 +1,9 @@
-"""Who may do what: permissions, built-in roles, principals and the rule that combines them.
+"""Who may do what: permissions, built-in roles, principals and the rules that combine them.
 
 Effective permissions = (role permissions in the tenant + the principal kind's own), narrowed to key scopes.
-Anything not granted is denied.
+An action needs its operation's permission, plus more where it lands matters (``needs``). Anything not
+granted is denied. Every rule is here, as data, so ``access_check`` reports exactly the decision a call
+gets.
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ PERMISSIONS: dict[str, str] = {
     "jobs:write": "enqueue, cancel and retry jobs",
     "jobs:work": "claim and finish jobs as a worker",
     "audit:read": "read the tenant's audit log",
+    "envs:write_protected": "write config and secrets in protected environments, and create them",
 }
+
+# Where an action lands can ask for more than its operation's permission: these writes into a
+# protected environment (prod by default) also need PROTECTED_WRITE.
+PROTECTED_WRITE = "envs:write_protected"
+GUARDED_BY_PROTECTION = frozenset({"config:write", "secrets:write"})
 
 _READ = {
     "tenants:read",
@@ -117,6 +125,29 @@ def effective_permissions(principal: Principal, role: str | None, scopes: Iterab
     """The permissions a call may use: role and kind permissions, narrowed to key scopes (None: no narrowing)."""
     granted = KIND_PERMISSIONS[principal.kind] | (ROLES[role] if role else frozenset())
     return granted if scopes is None else granted & frozenset(scopes)
+
+
+def needs(permission: str, *, protected_env: bool = False) -> tuple[str, ...]:
+    """Every permission an action needs: ``permission`` itself, and PROTECTED_WRITE for a write that
+    lands in a protected environment."""
+    if protected_env and permission in GUARDED_BY_PROTECTION:
+        return (permission, PROTECTED_WRITE)
+    return (permission,)
+
+
+def missing(held: frozenset[str], permission: str, *, protected_env: bool = False) -> list[str]:
+    """The permissions an action needs that ``held`` lacks; empty when it is allowed."""
+    return [p for p in needs(permission, protected_env=protected_env) if p not in held]
+
+
+def advice(lacking: Iterable[str]) -> str:
+    """What to do about lacking ``lacking``: the next step a denial names."""
+    if PROTECTED_WRITE in lacking:
+        return (
+            "Writes to a protected environment need an owner or admin: prepare the change in another "
+            "environment and ask one to apply it (config_promote for config; secrets_set for a secret)."
+        )
+    return "Use access_check or whoami to see what you may do, or ask an owner or admin."
 
 
 def unknown_permissions(names: Iterable[str]) -> list[str]:

@@ -11,8 +11,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from scalemule.core import access
 from scalemule.core.access import KeyInfo, Principal, Tenant
-from scalemule.core.errors import FailedPrecondition
+from scalemule.core.errors import FailedPrecondition, PermissionDenied
 from scalemule.core.tenants import SLUG_PATTERN
 from scalemule.db.engine import Connection
 from scalemule.runtime import Runtime
@@ -157,6 +158,25 @@ class Call:
         if self.tenant is None:
             raise FailedPrecondition("this operation needs a tenant", hint="Pass tenant=<slug>.")
         return self.tenant.id
+
+    def allows(self, permission: str, *, protected_env: bool = False) -> bool:
+        """True when the caller may act with ``permission`` (in a protected environment, if so)."""
+        return not access.missing(self.permissions, permission, protected_env=protected_env)
+
+    def require(self, permission: str, *, doing: str, protected_env: bool = False) -> None:
+        """Refuse an action whose rule (``access.needs``) asks for more than the call's operation.
+
+        Raises:
+            PermissionDenied: naming what the caller lacks and the next step.
+        """
+        lacking = access.missing(self.permissions, permission, protected_env=protected_env)
+        if lacking:
+            where = f" in tenant '{self.tenant.slug}'" if self.tenant is not None else ""
+            raise PermissionDenied(
+                f"{self.principal.kind} '{self.principal.name}' lacks {', '.join(map(repr, lacking))}{where}"
+                f" (role {self.role!r}) to {doing}",
+                hint=access.advice(lacking),
+            )
 
 
 class PrincipalView(Result):

@@ -10,7 +10,6 @@ from pydantic import Field, JsonValue, StringConstraints
 
 from scalemule.core import config, secrets
 from scalemule.core.config import Entry, Environment
-from scalemule.core.errors import PermissionDenied
 from scalemule.core.pages import paginate
 from scalemule.operations.base import Call, Result, SecretText, TenantArgs, TenantPageArgs
 from scalemule.operations.registry import Resource, operation
@@ -52,19 +51,16 @@ class EntryView(Result):
         )
 
 
-async def writable_env(call: Call, name: str) -> Environment:
-    """The environment ``name`` if the caller may write to it: protected ones need admin or owner.
+async def writable_env(call: Call, name: str, permission: str = "config:write") -> Environment:
+    """The environment ``name`` if the caller may write to it with ``permission``.
 
     Raises:
         NotFound: no such environment.
-        PermissionDenied: protected, and the caller's role is below admin.
+        PermissionDenied: it is protected and the caller lacks ``envs:write_protected``.
     """
     env = await config.get_environment(call.conn, call.tenant_id, config.check_env_name(name))
-    if env.protected and call.role not in ("owner", "admin"):
-        raise PermissionDenied(
-            f"environment '{env.name}' is protected: writing to it needs the admin or owner role (you are {call.role})",
-            hint="Prepare the change in another environment and ask an admin to config_promote it.",
-        )
+    kind = "protected environment" if env.protected else "environment"
+    call.require(permission, protected_env=env.protected, doing=f"write to {kind} '{env.name}'")
     return env
 
 
@@ -92,16 +88,14 @@ async def envs_list(call: Call, args: TenantArgs) -> EnvsPage:
 
 class EnvsCreateArgs(TenantArgs):
     name: EnvName = Field(description="e.g. 'qa': lowercase, digits, hyphens")
-    protected: bool = Field(default=False, description="writes need admin or owner")
+    protected: bool = Field(default=False, description="writes need envs:write_protected (owner, admin)")
 
 
 @operation("envs_create", permission="config:write", toolset="config", target="name")
 async def envs_create(call: Call, args: EnvsCreateArgs) -> EnvView:
-    """Create an environment. A protected one (writes need admin/owner) needs the admin or owner role."""
-    if args.protected and call.role not in ("owner", "admin"):
-        raise PermissionDenied(
-            "creating a protected environment needs the admin or owner role", hint="Create it unprotected."
-        )
+    """Create an environment. Writing to a protected one, or creating it, needs envs:write_protected
+    (owners and admins)."""
+    call.require("config:write", protected_env=args.protected, doing="create a protected environment")
     env = await config.create_environment(
         call.conn, call.tenant_id, args.name, protected=args.protected, created_by=call.principal.id
     )
@@ -261,7 +255,7 @@ async def _diff(call: Call, from_env: str, to_env: str) -> Diff:
         if source[k].value != target[k].value
     ]
     in_both: list[Change] = []
-    with_secrets = "secrets:read" in call.permissions
+    with_secrets = call.allows("secrets:read")
     if with_secrets:
         s_from = {s.name: s for s in await secrets.list_secrets(call.conn, call.tenant_id, from_env, limit=100_000)}
         s_to = {s.name: s for s in await secrets.list_secrets(call.conn, call.tenant_id, to_env, limit=100_000)}
@@ -320,7 +314,7 @@ class Plan(Result):
 @operation("config_promote", permission="config:write", toolset="config", target="to_env")
 async def config_promote(call: Call, args: PromoteArgs) -> Plan:
     """Copy differing config and missing secrets from one environment to another. dry_run (default)
-    returns the plan; a protected target needs admin or owner."""
+    returns the plan; a protected target needs envs:write_protected (owners and admins)."""
     diff = await _diff(call, args.from_env, args.to_env)
     wanted = None if args.keys is None else set(args.keys)
     candidates = diff.only_in_from + diff.changed + (diff.secrets_in_both if wanted is not None else [])
@@ -335,10 +329,8 @@ async def config_promote(call: Call, args: PromoteArgs) -> Plan:
             left_alone=diff.only_in_to,
         )
     await writable_env(call, args.to_env)
-    if any(s.kind == "secret" for s in steps) and "secrets:write" not in call.permissions:
-        raise PermissionDenied(
-            "this plan copies secrets, which needs 'secrets:write'", hint="Pass keys= without secrets."
-        )
+    if any(s.kind == "secret" for s in steps):
+        await writable_env(call, args.to_env, "secrets:write")
     for step in steps:
         if step.kind == "config":
             entry = await config.get(call.conn, call.tenant_id, args.from_env, step.name)
@@ -440,7 +432,7 @@ async def config_snapshot(call: Call, args: ExportArgs) -> Snapshot:
     env = await readable_env(call, args.env)
     entries = await config.list_entries(call.conn, call.tenant_id, args.env, limit=100_000)
     metas = None
-    if "secrets:read" in call.permissions:
+    if call.allows("secrets:read"):
         infos = await secrets.list_secrets(call.conn, call.tenant_id, args.env, limit=100_000)
         metas = [
             SecretMeta(name=i.name, version=i.version, updated_at=i.updated_at, updated_by=i.updated_by) for i in infos

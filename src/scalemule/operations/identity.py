@@ -7,8 +7,16 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from scalemule.core import identity, tenants
-from scalemule.core.access import AUTHENTICATED, ROLES, KeyInfo, Tenant, check_can_grant, unknown_permissions
+from scalemule.core import config, identity, tenants
+from scalemule.core.access import (
+    AUTHENTICATED,
+    ROLES,
+    KeyInfo,
+    Tenant,
+    check_can_grant,
+    missing,
+    unknown_permissions,
+)
 from scalemule.core.errors import InvalidArgument, NotFound, PermissionDenied
 from scalemule.core.identity import KeyRecord
 from scalemule.core.pages import paginate
@@ -126,26 +134,36 @@ async def whoami(call: Call, args: TenantArgs) -> WhoamiResult:
 
 class AccessCheckArgs(TenantArgs):
     permissions: list[Identifier] = Field(min_length=1, max_length=50, description="e.g. ['secrets:reveal']")
+    env: Identifier | None = Field(default=None, description="Also apply this environment's rules, e.g. 'prod'.")
 
 
 class AccessCheckResult(Result):
     allowed: bool = Field(description="true when every permission asked for is held")
     granted: list[str]
     missing: list[str]
+    lacking: list[str] = Field(description="what you would need for the missing ones")
     role: str | None
+    env_protected: bool | None = Field(description="null without env")
 
 
 @operation("access_check", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
 async def access_check(call: Call, args: AccessCheckArgs) -> AccessCheckResult:
-    """Check whether you hold given permissions in a tenant, before attempting a call.
-
-    Use whoami for the full list.
-    """
+    """Check whether you hold given permissions in a tenant (and, with env, may use them there) before
+    attempting a call. Use whoami for the full list."""
     if unknown := unknown_permissions(args.permissions):
         raise InvalidArgument(f"unknown permissions: {', '.join(unknown)}", hint="See docs/security.md for the list.")
-    granted = [p for p in args.permissions if p in call.permissions]
-    missing = [p for p in args.permissions if p not in call.permissions]
-    return AccessCheckResult(allowed=not missing, granted=granted, missing=missing, role=call.role)
+    protected = None
+    if args.env is not None:
+        protected = (await config.get_environment(call.conn, call.tenant_id, config.check_env_name(args.env))).protected
+    lacking = {p: missing(call.permissions, p, protected_env=bool(protected)) for p in args.permissions}
+    return AccessCheckResult(
+        allowed=not any(lacking.values()),
+        granted=[p for p, lack in lacking.items() if not lack],
+        missing=[p for p, lack in lacking.items() if lack],
+        lacking=sorted({x for lack in lacking.values() for x in lack}),
+        role=call.role,
+        env_protected=protected,
+    )
 
 
 # --- tenants ---------------------------------------------------------------------------------

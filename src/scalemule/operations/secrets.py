@@ -47,7 +47,7 @@ async def secrets_set(call: Call, args: SecretsSetArgs) -> SecretView:
 
     For non-secret settings use config_set.
     """
-    await writable_env(call, args.env)
+    await writable_env(call, args.env, "secrets:write")
     info = await secrets.set_secret(
         call.conn,
         call.runtime.keyring,
@@ -115,6 +115,6 @@ async def secrets_reveal(call: Call, args: SecretsRevealArgs) -> Revealed:
 @operation("secrets_delete", permission="secrets:write", toolset="secrets", destructive=True, target="name")
 async def secrets_delete(call: Call, args: SecretNameArgs) -> SecretView:
     """Delete a secret and all its kept versions. Irreversible."""
-    await writable_env(call, args.env)
+    await writable_env(call, args.env, "secrets:write")
     check_key(args.name, what="secret name")
     return SecretView.of(await secrets.delete_secret(call.conn, call.tenant_id, args.env, args.name))

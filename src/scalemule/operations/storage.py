@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from scalemule.core import object_rules, storage
-from scalemule.core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from scalemule.core.errors import FailedPrecondition, InvalidArgument
 from scalemule.core.ids import utcnow
 from scalemule.core.pages import decode_cursor, encode_cursor
 from scalemule.core.signed_urls import DEFAULT_EXPIRY_SECONDS, MAX_EXPIRY_SECONDS, Grant
@@ -323,11 +323,7 @@ async def storage_create_signed_url(call: Call, args: SignedUrlArgs) -> SignedUr
     urls = object_urls(call.runtime)
     base = Grant(args.method, call.tenant_id, key, expires_at, call.principal.id, call.key.id if call.key else None)
     if args.method == "PUT":
-        if "storage:write" not in call.permissions:
-            raise PermissionDenied(
-                f"{call.principal.kind} '{call.principal.name}' lacks 'storage:write' for a PUT URL",
-                hint="Ask for a GET URL, or ask an owner or admin for storage:write.",
-            )
+        call.require("storage:write", doing="sign a PUT URL")
         content_type = None if args.content_type is None else object_rules.check_content_type(args.content_type)
         grant = replace(base, content_type=content_type)
         return SignedUrl(url=urls.url(grant), method="PUT", expires_at=grant.expires, sha256=None, size=None)
