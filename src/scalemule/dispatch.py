@@ -57,6 +57,8 @@ class Invocation:
     request_id: str | None = None
     # Set for MCP resource reads: the URI read, recorded as the audit target.
     resource: str | None = None
+    # True for MCP prompts/list and prompts/get, served by operations that are not tools.
+    prompt: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,8 +167,8 @@ class Dispatcher:
                 f"no resource at {inv.resource[:200]!r}",
                 hint="See resources/templates/list for the URIs served.",
             )
-        # Operations that are not tools are served as MCP resources and to the operator's CLI.
-        if op is None or (not op.tool and inv.resource is None and inv.transport != "cli"):
+        # Operations that are not tools are served as MCP resources and prompts, and to the operator's CLI.
+        if op is None or (not op.tool and inv.resource is None and not inv.prompt and inv.transport != "cli"):
             raise NotFound(f"no tool named {name[:64]!r}", hint="List tools with tools/list or 'scalemule tools'.")
         # Toolsets choose tools; resources are served whatever the toolsets (all are read-only).
         if not (self.exposure.allows(op) or (inv.resource is not None and op.read_only)):

@@ -141,3 +141,34 @@ async def test_the_stdio_server_runs_on_postgresql(postgres_deployment: Deployme
         ("agents_create", "ok"),
         ("tenants_create", "denied"),
     ]
+
+
+async def test_prompts_are_listed_and_fetched_through_the_audited_path(deployment: Deployment) -> None:
+    async with deployment.stdio(deployment.agent_key, name="prompt-client", version="1") as client:
+        listed = (await client.list_prompts()).prompts
+        fetched = await client.get_prompt("set_up_app_backend", {"app": "menugen"})
+        with pytest.raises(MCPError) as missing_argument:
+            await client.get_prompt("set_up_app_backend", {})
+        with pytest.raises(MCPError) as unknown:
+            await client.get_prompt("no_such_prompt", {})
+        as_tool = await client.call_tool("prompts_get", {"name": "set_up_app_backend"})
+
+    assert {p.name for p in listed} == {"set_up_app_backend", "ship_config_to_prod", "investigate_agent"}
+    setup = next(p for p in listed if p.name == "set_up_app_backend")
+    assert setup.title and setup.arguments and setup.arguments[0].name == "app" and setup.arguments[0].required
+    (message,) = fetched.messages
+    assert message.role == "user" and "menugen" in message.content.text  # type: ignore[union-attr]
+    assert missing_argument.value.error.message.startswith("invalid_argument: ")
+    assert unknown.value.error.message.startswith("not_found: ")
+    # Prompts are not tools.
+    assert as_tool.is_error and _text(as_tool).startswith("not_found: ")
+
+    async with deployment.beside() as (_, probe):
+        mine = [e for e in await probe.audit_events() if e["client_name"] == "prompt-client"]
+    assert [(e["operation"], e["outcome"]) for e in mine] == [
+        ("prompts_list", "ok"),
+        ("prompts_get", "ok"),
+        ("prompts_get", "error"),
+        ("prompts_get", "error"),
+        ("prompts_get", "error"),
+    ]

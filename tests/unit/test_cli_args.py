@@ -41,7 +41,13 @@ def test_toolsets_are_all_default_or_a_list_of_known_names() -> None:
     assert parse_toolsets("all") is None
     assert parse_toolsets("default") == DEFAULT_TOOLSETS
     assert parse_toolsets("identity, audit") == {"identity", "audit"}
-    assert parse_toolsets("default,docs") == DEFAULT_TOOLSETS | {"docs"}
+    assert parse_toolsets("default,audit") == DEFAULT_TOOLSETS | {"audit"}
+
+
+@pytest.mark.parametrize("name", ["docs", "prompts"])
+def test_a_group_that_serves_no_tool_is_not_a_toolset(name: str) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_toolsets(name)
 
 
 def test_an_unknown_toolset_is_an_invalid_argument() -> None:

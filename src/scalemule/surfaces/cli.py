@@ -45,7 +45,8 @@ def parse_toolsets(value: str) -> frozenset[str] | None:
     names = frozenset(v.strip() for v in value.split(",") if v.strip())
     if "default" in names:
         names = (names - {"default"}) | DEFAULT_TOOLSETS
-    known = {op.toolset for op in REGISTRY.values()} | DEFAULT_TOOLSETS
+    # Only toolsets that serve a tool can be chosen: docs and prompts are served whatever the toolsets.
+    known = {op.toolset for op in REGISTRY.values() if op.tool}
     if unknown := sorted(names - known):
         raise InvalidArgument(
             f"unknown toolsets: {', '.join(unknown)}", hint=f"Known: {', '.join(sorted(known))}, default, all."

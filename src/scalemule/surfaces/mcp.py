@@ -58,7 +58,12 @@ def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport:
     tools = [tool_definition(op) for op in dispatcher.exposed() if op.tool]
 
     async def invoke(
-        ctx: ServerRequestContext[Any, Any], operation: str, arguments: Any, resource: str | None = None
+        ctx: ServerRequestContext[Any, Any],
+        operation: str,
+        arguments: Any,
+        resource: str | None = None,
+        *,
+        prompt: bool = False,
     ) -> Outcome:
         params = ctx.session.client_params
         client = params.client_info if params is not None else None
@@ -77,6 +82,7 @@ def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport:
                 session_id=session_id,
                 request_id=None if ctx.request_id is None else str(ctx.request_id),
                 resource=resource,
+                prompt=prompt,
             )
         )
 
@@ -149,6 +155,36 @@ def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport:
         )
         return types.ReadResourceResult(contents=[content])
 
+    async def list_prompts(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
+        outcome = await invoke(ctx, "prompts_list", {}, prompt=True)
+        if outcome.error is not None:
+            raise MCPError(code=types.INVALID_PARAMS, message=outcome.error.text)
+        assert outcome.result is not None
+        return types.ListPromptsResult(
+            prompts=[
+                types.Prompt(
+                    name=p["name"],
+                    title=p["title"],
+                    description=p["description"],
+                    arguments=[types.PromptArgument(**a) for a in p["arguments"]],
+                )
+                for p in outcome.result["items"]
+            ]
+        )
+
+    async def get_prompt(
+        ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult:
+        arguments = {"name": params.name, "arguments": params.arguments or {}}
+        outcome = await invoke(ctx, "prompts_get", arguments, prompt=True)
+        if outcome.error is not None:
+            raise MCPError(code=types.INVALID_PARAMS, message=outcome.error.text)
+        assert outcome.result is not None
+        message = types.PromptMessage(role="user", content=types.TextContent(text=outcome.result["text"]))
+        return types.GetPromptResult(description=outcome.result["description"], messages=[message])
+
     return Server(
         "scalemule",
         version=__version__,
@@ -158,6 +194,8 @@ def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport:
         on_list_resources=list_resources,
         on_list_resource_templates=list_templates,
         on_read_resource=read_resource,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
     )
 
 
