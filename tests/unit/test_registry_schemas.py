@@ -70,3 +70,57 @@ def test_the_last_uri_variable_spans_slashes_and_is_percent_decoded() -> None:
         "tenant": "acme",
         "key": "menus/2024/a b.png",
     }
+
+
+# What clients with a single-type schema dialect need (the MCP Inspector's --strict portability rules):
+# no list of types anywhere, and no subschema that constrains nothing.
+_CONSTRAINING = {
+    "type", "enum", "const", "anyOf", "allOf", "oneOf", "not", "$ref", "properties", "items",
+    "additionalProperties", "minimum", "maximum", "pattern", "format", "required",
+}  # fmt: skip
+_SUBSCHEMA_MAPS = ("properties", "$defs", "patternProperties")
+_SUBSCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
+_SUBSCHEMAS = ("items", "additionalProperties", "not", "contains")
+
+
+def _portability_problems(schema: Any, path: str = "") -> list[str]:
+    if not isinstance(schema, dict):
+        return []
+    problems = []
+    if isinstance(schema.get("type"), list):
+        problems.append(f"{path}: type is a list {schema['type']}")
+    if not _CONSTRAINING & set(schema):
+        problems.append(f"{path}: constrains nothing")
+    children = [(f"{path}.{k}.{n}", s) for k in _SUBSCHEMA_MAPS for n, s in schema.get(k, {}).items()]
+    children += [(f"{path}.{k}[{i}]", s) for k in _SUBSCHEMA_LISTS for i, s in enumerate(schema.get(k, []))]
+    children += [(f"{path}.{k}", schema[k]) for k in _SUBSCHEMAS if isinstance(schema.get(k), dict)]
+    for child_path, child in children:
+        problems += _portability_problems(child, child_path)
+    return problems
+
+
+def test_every_published_schema_is_portable_to_single_type_dialects() -> None:
+    from scalemule.operations import REGISTRY
+
+    problems = [
+        f"{op.name}.{kind}{problem}"
+        for op in REGISTRY.values()
+        if op.tool
+        for kind, schema in (("inputSchema", op.input_schema), ("outputSchema", op.output_schema))
+        for problem in _portability_problems(schema)
+    ]
+    assert problems == []
+
+
+def test_any_json_value_is_spelled_as_single_typed_branches_and_still_accepts_every_value() -> None:
+    from pydantic import JsonValue
+
+    class _Json(BaseModel):
+        value: JsonValue
+
+    schema = compact_schema(_Json.model_json_schema())
+    for value in ("s", 1, 2.5, True, None, [1, "a"], {"k": [None]}):
+        jsonschema.validate({"value": value}, schema)
+        jsonschema.validate({"value": value}, shallow_schema(schema))
+    assert _portability_problems(schema) == []
+    assert _portability_problems(shallow_schema(schema)) == []

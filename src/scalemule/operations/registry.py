@@ -31,22 +31,32 @@ Handler = Callable[["Call", Any], Awaitable[BaseModel]]
 _ENFORCED_NOT_SHOWN = frozenset({"minLength", "maxLength", "maxItems", "minItems"})
 
 
+# Any JSON value, spelled as single-typed branches: a schema with no type at all, or with a list of
+# types, is rejected or loosened by clients that map tool schemas onto a single-type dialect.
+ANY_JSON: dict[str, Any] = {"anyOf": [{"type": t} for t in ("string", "number", "boolean", "object", "array", "null")]}
+
+
+def _typed(kinds: list[str]) -> dict[str, Any]:
+    unique = list(dict.fromkeys(kinds))
+    return {"type": unique[0]} if len(unique) == 1 else {"anyOf": [{"type": k} for k in unique]}
+
+
 def _inline_any(schema: Any, anything: set[str]) -> Any:
-    # pydantic names "any JSON value" as an empty $def; a bare {} says the same in fewer characters.
+    # pydantic names "any JSON value" as an empty $def: it is written out where it is used.
     if isinstance(schema, list):
         return [_inline_any(s, anything) for s in schema]
     if not isinstance(schema, dict):
         return schema
     if schema.get("$ref", "").removeprefix("#/$defs/") in anything:
         rest = {k: v for k, v in schema.items() if k != "$ref"}
-        return _inline_any(rest, anything)
+        return {**ANY_JSON, **_inline_any(rest, anything)}
     return {k: _inline_any(v, anything) for k, v in schema.items()}
 
 
 def compact_schema(schema: Any) -> Any:
     """Drop what costs an agent's context but tells it nothing: titles, null defaults, string length
-    bounds, ``null`` in the type of arguments that may simply be omitted, and the ``anyOf [X, null]``
-    spelling of nullable scalars (becomes ``type: [X, "null"]``)."""
+    bounds, and ``null`` in the type of arguments that may simply be omitted. Every type stays a
+    single ``type`` (unions are ``anyOf`` branches), which every client's schema dialect accepts."""
     if isinstance(schema, dict) and "$defs" in schema:
         anything = {name for name, definition in schema["$defs"].items() if definition == {}}
         if anything:
@@ -68,14 +78,6 @@ def compact_schema(schema: Any) -> Any:
             out[key] = {name: compact_schema(sub) for name, sub in value.items()}
         else:
             out[key] = compact_schema(value)
-    options = out.get("anyOf")
-    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
-        other = next(o for o in options if o != {"type": "null"})
-        if set(other) <= {"type", "format", "maxLength", "minLength", "pattern", "minimum", "maximum"} and isinstance(
-            other.get("type"), str
-        ):
-            del out["anyOf"]
-            out = {**other, **out, "type": [other["type"], "null"]}
     if isinstance(out.get("properties"), dict):
         required = set(out.get("required", ()))
         out["properties"] = {
@@ -104,19 +106,13 @@ def _without_description(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _shallow_type(prop: dict[str, Any]) -> dict[str, Any]:
-    kinds: list[str] = []
-    for option in prop.get("anyOf", [prop]):
-        if "$ref" in option:
-            kinds.append("object")
-        elif "type" in option:
-            kinds += option["type"] if isinstance(option["type"], list) else [option["type"]]
-        else:
-            kinds = []  # any JSON value
-            break
-    shallow: dict[str, Any] = {}
-    if kinds:
-        unique = list(dict.fromkeys(kinds))
-        shallow["type"] = unique[0] if len(unique) == 1 else unique
+    if prop.get("anyOf") == ANY_JSON["anyOf"]:
+        shallow = dict(ANY_JSON)
+    else:
+        kinds: list[str] = []
+        for option in prop.get("anyOf", [prop]):
+            kinds += ["object"] if "$ref" in option else [option["type"]]
+        shallow = _typed(kinds)
     if "description" in prop:
         shallow["description"] = prop["description"]
     return shallow
