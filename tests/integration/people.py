@@ -29,7 +29,7 @@ async def user_with_key(world: World, email: str) -> tuple[str, str]:
 async def join(world: World, token: str, *, by: str, tenant: str = "acme", email: str, role: str) -> None:
     """Invite the holder of ``token`` (``email``) as ``by`` and accept with ``token``."""
     invited = await world.ok("members_add", by, tenant=tenant, email=email, role=role)
-    await world.ok("invitations_respond", token, invitation_id=invited["invitation_id"], accept=True)
+    await world.ok("invitations_respond", token, invitation_id=invited["invitation"]["id"], accept=True)
 
 
 async def member_with_key(world: World, email: str, role: str) -> tuple[str, str]:
@@ -52,12 +52,11 @@ async def run_while_blocked(
     async def run_call() -> None:
         result.append(await call())
 
-    async with anyio.create_task_group() as tasks:
-        async with runtime.db.transaction() as a:
-            pid = (await a.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
-            await hold(a)
-            tasks.start_soon(run_call)
-            await _blocked_by(runtime, pid)
+    async with anyio.create_task_group() as tasks, runtime.db.transaction() as a:
+        pid = (await a.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+        await hold(a)
+        tasks.start_soon(run_call)
+        await _blocked_by(runtime, pid)
     return result[0]
 
 

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from scalemule.core import identity
+from scalemule.core.access import KeyTerms
 from scalemule.db.engine import Connection
 from scalemule.db.tables import api_keys
 from scalemule.settings import Settings
@@ -100,6 +101,33 @@ async def test_a_key_minted_while_its_parent_is_being_revoked_is_refused(world: 
     async with world.dispatcher.runtime.db.transaction() as conn:
         names = (await conn.execute(sa.select(api_keys.c.name).where(api_keys.c.revoked_at.is_(None)))).scalars()
         assert "late" not in set(names)
+
+
+async def test_a_revocation_waiting_on_a_concurrent_mint_revokes_the_minted_key_too(
+    world: World, store: Settings
+) -> None:
+    if store.database_url is None:
+        pytest.skip("SQLite runs one unit of work at a time (its writer lock): there is no interleaving to force")
+    parent = await world.ok("keys_create", world.agent, name="parent")
+    child = await world.ok("keys_create", parent["token"], name="child")
+    async with world.dispatcher.runtime.db.transaction() as conn:
+        child_info = (await identity.get_key(conn, audience=None, key_id=child["key"]["id"])).info
+    minted: list[str] = []
+
+    async def mint_below(conn: Connection) -> None:
+        terms = KeyTerms(tenant_id=child_info.tenant_id, scopes=frozenset({"config:read"}), expires_at=None)
+        _, token = await identity.mint_key(
+            conn, parent=child_info, principal_id=child_info.principal_id, name="late", terms=terms, created_by="t"
+        )
+        minted.append(token)
+
+    revoke = await run_while_blocked(
+        world.dispatcher.runtime,
+        mint_below,
+        lambda: world.ok("keys_revoke", world.agent, key_id=parent["key"]["id"]),
+    )
+    assert revoke["revoked_keys"] == 3
+    assert await world.code("whoami", minted[0]) == "unauthenticated"
 
 
 # --- hole 2: every key is listable and revocable by its principal -------------------------------

@@ -73,7 +73,7 @@ class KeyDetail(KeyView):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
-    parent_key_id: str | None = Field(description="The key that minted this one")
+    parent_key_id: str | None
 
     @classmethod
     def of_record(cls, record: KeyRecord) -> KeyDetail:
@@ -103,8 +103,8 @@ class WhoamiResult(Result):
 
 @operation("whoami", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
 async def whoami(call: Call, args: TenantArgs) -> WhoamiResult:
-    """Who you are: principal, tenant, role, effective permissions and API key. Call it first;
-    access_check tests specific permissions."""
+    """Who you are: principal, tenant, role, permissions, key. Call it first; access_check tests
+    given permissions."""
     key = call.key
     return WhoamiResult(
         principal=PrincipalView.of(call.principal),
@@ -121,7 +121,7 @@ class AccessCheckArgs(TenantArgs):
 
 
 class AccessCheckResult(Result):
-    allowed: bool = Field(description="true when every permission asked for is held")
+    allowed: bool
     granted: list[str]
     missing: list[str]
     role: str | None
@@ -129,10 +129,7 @@ class AccessCheckResult(Result):
 
 @operation("access_check", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
 async def access_check(call: Call, args: AccessCheckArgs) -> AccessCheckResult:
-    """Check whether you hold given permissions in a tenant, before attempting a call.
-
-    Use whoami for the full list.
-    """
+    """Check whether you hold given permissions in a tenant before trying a call; whoami lists all."""
     if unknown := unknown_permissions(args.permissions):
         raise InvalidArgument(f"unknown permissions: {', '.join(unknown)}", hint="See docs/security.md for the list.")
     granted = [p for p in args.permissions if p in call.permissions]
@@ -144,7 +141,7 @@ async def access_check(call: Call, args: AccessCheckArgs) -> AccessCheckResult:
 
 
 class TenantsCreateArgs(Args):
-    slug: Slug = Field(description="Lowercase letters, digits, inner hyphens; unique among your tenants.")
+    slug: Slug
     name: Name
     idempotency_key: IdempotencyKey | None = None
 
@@ -156,10 +153,7 @@ class TenantRole(Result):
 
 @operation("tenants_create", permission="tenants:create", toolset="identity", target="slug")
 async def tenants_create(call: Call, args: TenantsCreateArgs) -> TenantRole:
-    """Create a tenant (an isolated workspace) with you as its owner. Users only; agents ask a user.
-
-    Use tenants_list to find tenants you already belong to; invitations_list for tenants you are invited to.
-    """
+    """Create a tenant (an isolated workspace) owned by you. Users only. Yours: tenants_list."""
     tenant = await tenants.create_tenant(call.conn, slug=args.slug, name=args.name, owner=call.principal)
     call.audit.tenant_id = tenant.id  # the new tenant's log starts with its creation
     return TenantRole(tenant=TenantView.of(tenant), role="owner")
@@ -172,7 +166,7 @@ class TenantsPage(Result):
 
 @operation("tenants_list", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
 async def tenants_list(call: Call, args: PageArgs) -> TenantsPage:
-    """List the tenants you belong to, with your role in each. Use tenants_get for one tenant."""
+    """List the tenants you belong to and your role in each; tenants_get shows one."""
     bound = call.key.tenant_id if call.key is not None else None
 
     async def fetch(after: str | None, n: int) -> list[tuple[Tenant, str]]:
@@ -194,7 +188,7 @@ async def tenants_list(call: Call, args: PageArgs) -> TenantsPage:
     resources=(Resource("scalemule://tenants/{tenant}", "A tenant and your role in it"),),
 )
 async def tenants_get(call: Call, args: TenantArgs) -> TenantRole:
-    """Show a tenant and your role in it. Use tenants_list to see all your tenants."""
+    """Show a tenant and your role in it; tenants_list shows all yours."""
     assert call.tenant is not None and call.role is not None
     return TenantRole(tenant=TenantView.of(call.tenant), role=call.role)
 
@@ -236,12 +230,12 @@ class KeysCreateArgs(TenantArgs):
     scopes: list[Identifier] | None = Field(
         default=None,
         max_length=50,
-        description="Narrow the key to these permissions (default: all you may give).",
+        description="Narrows the key (default: all you may give).",
     )
     principal_id: Identifier | None = Field(
         default=None, description="An agent or service of this tenant; default: you."
     )
-    expires_in_days: int | None = Field(default=None, ge=1, le=3650, description="Default: your key's expiry.")
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
     bind_tenant: bool = Field(default=True, description="Key works only in this tenant.")
     idempotency_key: IdempotencyKey | None = None
 
@@ -273,8 +267,8 @@ async def _key_target(call: Call, target_id: str) -> frozenset[str]:
 
 @operation("keys_create", permission="keys:manage", toolset="identity", target="principal_id")
 async def keys_create(call: Call, args: KeysCreateArgs) -> KeyCreated:
-    """Issue an API key for yourself or the tenant's agent/service; the token is shown once. It never
-    outreaches your key (binding, scopes, expiry). See keys_list, keys_revoke."""
+    """Issue an API key for yourself or this tenant's agent/service, never wider, longer-lived or less
+    bound than yours; the token is shown once."""
     target_id = args.principal_id or call.principal.id
     terms = child_key_terms(
         call.key,
@@ -307,8 +301,8 @@ def _audience(call: Call) -> KeyAudience:
 
 @operation("keys_list", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
 async def keys_list(call: Call, args: KeysListArgs) -> KeysPage:
-    """List API keys you may revoke (metadata, never tokens): your own, and with keys:manage those of
-    the tenant's members whose role you could grant."""
+    """List keys you may revoke: yours, and with keys:manage those of members whose role you could
+    grant."""
     page, next_cursor = await paginate(
         args.cursor,
         args.limit,
@@ -324,8 +318,9 @@ class KeysRevokeArgs(TenantArgs):
     key_id: Identifier
 
 
-class KeyRevoked(KeyDetail):
-    revoked_keys: int = Field(description="Keys this call revoked: the key and keys minted from it")
+class KeyRevoked(Result):
+    key: KeyDetail
+    revoked_keys: int
 
 
 @operation(
@@ -337,7 +332,6 @@ class KeyRevoked(KeyDetail):
     target="key_id",
 )
 async def keys_revoke(call: Call, args: KeysRevokeArgs) -> KeyRevoked:
-    """Revoke an API key listed by keys_list, and every key minted from it, at once; calls made with
-    them then fail with unauthenticated."""
+    """Revoke a key (see keys_list) and every key minted from it, at once."""
     record, count = await identity.revoke_key(call.conn, audience=_audience(call), key_id=args.key_id)
-    return KeyRevoked(**KeyDetail.of_record(record).model_dump(), revoked_keys=count)
+    return KeyRevoked(key=KeyDetail.of_record(record), revoked_keys=count)

@@ -31,28 +31,34 @@ from scalemule.operations.registry import operation
 Role = Literal["owner", "admin", "developer", "viewer", "worker"]
 
 
+class PendingView(Result):
+    """A pending invitation as shown in a member listing."""
+
+    id: str
+    expires_at: datetime
+
+
 class MemberView(Result):
-    """A member of a tenant, or a person invited who has not answered yet."""
+    """A member of a tenant, or a person invited who has not answered yet (``invitation`` set)."""
 
     principal: PrincipalView
     email: str | None
     role: str
-    status: Literal["member", "invited"] = Field(description="invited: pending until expires_at")
     since: datetime
-    invitation_id: str | None = None
-    expires_at: datetime | None = None
+    invitation: PendingView | None
 
     @classmethod
     def of(cls, member: Member) -> MemberView:
         """View of ``member``."""
+        pending = None
+        if member.invitation_id is not None and member.expires_at is not None:
+            pending = PendingView(id=member.invitation_id, expires_at=member.expires_at)
         return cls(
             principal=PrincipalView.of(member.principal),
             email=member.email,
             role=member.role,
-            status="member" if member.invitation_id is None else "invited",
             since=member.created_at,
-            invitation_id=member.invitation_id,
-            expires_at=member.expires_at,
+            invitation=pending,
         )
 
 
@@ -63,8 +69,7 @@ class MembersPage(Result):
 
 @operation("members_list", permission="members:read", toolset="identity", read_only=True, idempotent=True)
 async def members_list(call: Call, args: TenantPageArgs) -> MembersPage:
-    """List the tenant's members (users, agents, services) with their roles, and pending invitations
-    (status 'invited')."""
+    """List the tenant's members and their roles, and people invited (with their invitation)."""
     page, next_cursor = await paginate(
         args.cursor,
         args.limit,
@@ -75,10 +80,10 @@ async def members_list(call: Call, args: TenantPageArgs) -> MembersPage:
 
 
 class MembersAddArgs(TenantArgs):
-    email: Email | None = Field(default=None, description="A person's email; the user is created if new.")
+    email: Email | None = Field(default=None, description="A person's email (user created if new).")
     principal_id: Identifier | None = Field(default=None, description="A user, or an agent of this tenant.")
     role: Role
-    name: Name | None = Field(default=None, description="Display name for a new user (default: the email).")
+    name: Name | None = Field(default=None, description="For a new user (default: the email).")
 
     @model_validator(mode="after")
     def _one_of(self) -> MembersAddArgs:
@@ -89,8 +94,8 @@ class MembersAddArgs(TenantArgs):
 
 @operation("members_add", permission="members:manage", toolset="identity", target="email")
 async def members_add(call: Call, args: MembersAddArgs) -> MemberView:
-    """Invite a person (email or user id; they accept with invitations_respond) or add this tenant's
-    agent at once. New agent: agents_create; existing member: members_set_role."""
+    """Invite a person by email or user id (they accept with invitations_respond); this tenant's agents
+    join directly. New agent: agents_create."""
     check_can_grant(call.permissions, args.role, action="grant")
     if args.email is not None:
         principal = await identity.find_user_by_email(call.conn, args.email)
@@ -165,8 +170,7 @@ async def members_set_role(call: Call, args: MembersSetRoleArgs) -> MemberView:
     target="principal_id",
 )
 async def members_remove(call: Call, args: MemberArgs) -> MemberView:
-    """Remove a member (its keys stop working here) or cancel a pending invitation. The last owner
-    cannot be removed. To stop one key: keys_revoke; to leave yourself: members_leave."""
+    """Remove a member or cancel an invitation (not the last owner). Yourself: members_leave."""
     if await tenants.role_in(call.conn, principal_id=args.principal_id, tenant_id=call.tenant_id) is None:
         invitation = await invitations.cancel(call.conn, tenant_id=call.tenant_id, principal_id=args.principal_id)
         if invitation is not None:
@@ -180,14 +184,19 @@ async def members_remove(call: Call, args: MemberArgs) -> MemberView:
     )
 
 
+class TenantLeft(Result):
+    tenant: TenantView
+    role: str = Field(description="The role you had")
+
+
 @operation("members_leave", permission=AUTHENTICATED, toolset="identity", destructive=True)
-async def members_leave(call: Call, args: TenantArgs) -> MemberView:
-    """Leave a tenant yourself; your keys stop working there. The last owner cannot leave. To remove
-    someone else: members_remove."""
+async def members_leave(call: Call, args: TenantArgs) -> TenantLeft:
+    """Leave a tenant yourself; the last owner cannot. To remove others: members_remove."""
     member = await tenants.remove_member(
         call.conn, tenant_id=call.tenant_id, principal_id=call.principal.id, leaving=True
     )
-    return MemberView.of(member)
+    assert call.tenant is not None
+    return TenantLeft(tenant=TenantView.of(call.tenant), role=member.role)
 
 
 # --- invitations -----------------------------------------------------------------------------
@@ -223,7 +232,7 @@ class InvitationsPage(Result):
 
 @operation("invitations_list", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
 async def invitations_list(call: Call, args: PageArgs) -> InvitationsPage:
-    """List your pending invitations to join tenants; answer with invitations_respond."""
+    """Your pending invitations to tenants; answer with invitations_respond."""
     check_acts_for_its_person(call.key, action="read invitations to other tenants")
     page, next_cursor = await paginate(
         args.cursor,
@@ -236,7 +245,7 @@ async def invitations_list(call: Call, args: PageArgs) -> InvitationsPage:
 
 class InvitationsRespondArgs(Args):
     invitation_id: Identifier
-    accept: bool = Field(description="true: join with the invited role; false: decline")
+    accept: bool = Field(description="false: decline")
 
 
 class InvitationAnswer(Result):
@@ -246,7 +255,7 @@ class InvitationAnswer(Result):
 
 @operation("invitations_respond", permission=AUTHENTICATED, toolset="identity", target="invitation_id")
 async def invitations_respond(call: Call, args: InvitationsRespondArgs) -> InvitationAnswer:
-    """Accept or decline one of your invitations (see invitations_list). Accepting makes you a member."""
+    """Accept (join with the invited role) or decline an invitation from invitations_list."""
     check_acts_for_its_person(call.key, action="answer invitations to other tenants")
     invitation = await invitations.respond(
         call.conn, person=call.principal, invitation_id=args.invitation_id, accept=args.accept

@@ -264,7 +264,7 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
                 "keys_revoke", {"key_id": args.key_id}, started=started, tenant_id=home, target=args.key_id
             )
             await audit.append(conn, [event])
-        return {**KeyDetail.of_record(record).model_dump(mode="json"), "revoked_keys": count}
+        return {"key": KeyDetail.of_record(record).model_dump(mode="json"), "revoked_keys": count}
 
     _print_json(anyio.run(_with_runtime, settings, body))
     return 0
