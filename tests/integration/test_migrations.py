@@ -1,13 +1,21 @@
 from __future__ import annotations
 
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from scalemule.core.ids import utcnow
+from scalemule.db import migrate
 from scalemule.db.engine import create_engine
 from scalemule.db.tables import metadata
 from scalemule.settings import Settings
+from tests.conftest import POSTGRES_ADMIN_URL
 
 pytestmark = pytest.mark.anyio
 
@@ -23,3 +31,49 @@ async def test_migrations_build_exactly_the_declared_tables(store: Settings) -> 
             assert await conn.run_sync(diff) == []
     finally:
         await engine.dispose()
+
+
+@asynccontextmanager
+async def _empty_database(store: Settings) -> AsyncIterator[str]:
+    """The URL of an empty database of the store's kind, dropped afterwards."""
+    if store.database_url is None:
+        yield f"sqlite:///{store.data_dir / 'empty.db'}"
+        return
+    schema = f"sm_mig_{os.getpid()}_{secrets.token_hex(4)}"
+    admin = create_engine(POSTGRES_ADMIN_URL)
+    try:
+        async with admin.begin() as conn:
+            await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        yield f"{POSTGRES_ADMIN_URL}?search_path={schema}"
+    finally:
+        async with admin.begin() as conn:
+            await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        await admin.dispose()
+
+
+_ROWS_AT_0003 = [
+    "INSERT INTO tenants (id, slug, name, created_at) VALUES ('ten_1', 'acme', 'Acme', :at)",
+    "INSERT INTO principals (id, kind, name, email, created_at) VALUES ('usr_1', 'user', 'a', 'a@x', :at)",
+    "INSERT INTO principals (id, kind, name, tenant_id, created_at) VALUES ('agt_1', 'agent', 'b', 'ten_1', :at)",
+    "INSERT INTO memberships (tenant_id, principal_id, role, created_at) VALUES ('ten_1', 'usr_1', 'owner', :at)",
+    "INSERT INTO memberships (tenant_id, principal_id, role, created_at) VALUES ('ten_1', 'agt_1', 'worker', :at)",
+]
+
+
+async def test_upgrading_a_store_that_holds_tenants_keeps_every_row_and_names_memberships(store: Settings) -> None:
+    # Rebuilding the tenants table on SQLite must not cascade into the rows that reference it.
+    async with _empty_database(store) as url:
+        engine = create_engine(url)
+        try:
+            await migrate.upgrade(engine, "0003")
+            async with engine.begin() as conn:
+                for statement in _ROWS_AT_0003:
+                    await conn.execute(sa.text(statement), {"at": utcnow()})
+            await migrate.upgrade(engine)
+            async with engine.connect() as conn:
+                rows = await conn.execute(sa.text("SELECT principal_id, slug FROM memberships ORDER BY principal_id"))
+                assert [tuple(r) for r in rows] == [("agt_1", "acme"), ("usr_1", "acme")]
+                count = await conn.execute(sa.text("SELECT count(*) FROM principals"))
+                assert count.scalar_one() == 2
+        finally:
+            await engine.dispose()
