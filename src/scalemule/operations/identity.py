@@ -232,9 +232,7 @@ class KeysCreateArgs(TenantArgs):
         max_length=50,
         description="Narrows the key (default: all you may give).",
     )
-    principal_id: Identifier | None = Field(
-        default=None, description="An agent or service of this tenant; default: you."
-    )
+    principal_id: Identifier | None = Field(default=None, description="This tenant's agent or service; default: you.")
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
     bind_tenant: bool = Field(default=True, description="Key works only in this tenant.")
     idempotency_key: IdempotencyKey | None = None

@@ -69,7 +69,7 @@ class MembersPage(Result):
 
 @operation("members_list", permission="members:read", toolset="identity", read_only=True, idempotent=True)
 async def members_list(call: Call, args: TenantPageArgs) -> MembersPage:
-    """List the tenant's members and their roles, and people invited (with their invitation)."""
+    """List the tenant's members and roles, and people invited (with their invitation)."""
     page, next_cursor = await paginate(
         args.cursor,
         args.limit,
@@ -83,7 +83,7 @@ class MembersAddArgs(TenantArgs):
     email: Email | None = Field(default=None, description="A person's email (user created if new).")
     principal_id: Identifier | None = Field(default=None, description="A user, or an agent of this tenant.")
     role: Role
-    name: Name | None = Field(default=None, description="For a new user (default: the email).")
+    name: Name | None = Field(default=None, description="New user's name (default: email).")
 
     @model_validator(mode="after")
     def _one_of(self) -> MembersAddArgs:
@@ -94,8 +94,8 @@ class MembersAddArgs(TenantArgs):
 
 @operation("members_add", permission="members:manage", toolset="identity", target="email")
 async def members_add(call: Call, args: MembersAddArgs) -> MemberView:
-    """Invite a person by email or user id (they accept with invitations_respond); this tenant's agents
-    join directly. New agent: agents_create."""
+    """Invite a person by email or user id; returns the invitation they accept with
+    invitations_respond. Agents of this tenant (agents_create) join directly."""
     check_can_grant(call.permissions, args.role, action="grant")
     if args.email is not None:
         principal = await identity.find_user_by_email(call.conn, args.email)
