@@ -16,7 +16,7 @@ import pytest
 from scalemule.core import tokens
 from scalemule.operations import REGISTRY
 from scalemule.surfaces import cli, schemas
-from tests.e2e.conftest import SCALEMULE, Deployment, clean_env, run_cli
+from tests.e2e.conftest import SCALEMULE, Deployment, _deploy, clean_env, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,3 +161,46 @@ def test_schemas_check_fails_on_a_stale_or_stray_file_and_schemas_repairs_it(tmp
     assert cli.main(["schemas", "--root", str(tmp_path)]) == 0
     assert schemas.drift(tmp_path) == []
     assert not (tmp_path / "tool_schemas" / "retired_tool.json").exists()
+
+
+def _operator_revokes_keys(deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.MonkeyPatch.context() as env:
+        for name in list(os.environ):
+            if name.startswith("SCALEMULE_"):
+                env.delenv(name)
+        for name, value in deployment.env.items():
+            env.setenv(name, value)
+        owner = _main(capsys, "call", "whoami", "--api-key", deployment.owner_key)[1]
+        agent_key = _main(capsys, "call", "whoami", "--api-key", deployment.agent_key)[1]["key"]["id"]
+        code, mine = _main(capsys, "keys", "list", "--principal", owner["principal"]["id"])
+        assert code == 0 and [k["id"] for k in mine["items"]] == [owner["key"]["id"]] and mine["next_cursor"] is None
+        code, bound = _main(capsys, "keys", "list", "--tenant", owner["tenant"]["id"])
+        assert code == 0 and [k["id"] for k in bound["items"]] == [agent_key]
+        code, revoked = _main(capsys, "keys", "revoke", agent_key)
+        assert code == 0 and revoked["key"]["revoked_at"] and revoked["revoked_keys"] == 1
+        assert (
+            _main(capsys, "call", "whoami", "--api-key", deployment.agent_key)[1]["error"]["code"] == "unauthenticated"
+        )
+        code, page = _main(capsys, "call", "audit_query", "operation=keys_revoke", "--api-key", deployment.owner_key)
+        assert code == 0
+        (event,) = page["items"]
+        assert event["actor"]["kind"] == "operator" and event["target"] == agent_key
+        # A person's own unbound key too: no tool could stop it for them once it leaked.
+        assert _main(capsys, "keys", "revoke", owner["key"]["id"])[0] == 0
+        assert (
+            _main(capsys, "call", "whoami", "--api-key", deployment.owner_key)[1]["error"]["code"] == "unauthenticated"
+        )
+        code, out = _main(capsys, "keys", "revoke", "key_missing")
+        assert code == 1 and out["error"]["code"] == "not_found"
+
+
+def test_the_operator_lists_and_revokes_any_key_with_an_audit_event(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _operator_revokes_keys(_deploy(tmp_path, None, "ops"), capsys)
+
+
+def test_the_operator_revokes_keys_on_postgresql_too(
+    postgres_deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _operator_revokes_keys(postgres_deployment, capsys)

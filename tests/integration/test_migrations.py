@@ -3,8 +3,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from pathlib import Path
+from contextlib import asynccontextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -12,6 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from scalemule.core.access import PROTECTED_WRITE, ROLES
+from scalemule.core.ids import utcnow
 from scalemule.db import migrate
 from scalemule.db.engine import create_engine
 from scalemule.db.tables import api_keys, metadata, principals
@@ -34,56 +34,82 @@ async def test_migrations_build_exactly_the_declared_tables(store: Settings) -> 
         await engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A database URL with no tables at all: a SQLite file, or a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.db'}"
+@asynccontextmanager
+async def _empty_database(store: Settings) -> AsyncIterator[str]:
+    """The URL of an empty database of the store's kind, dropped afterwards."""
+    if store.database_url is None:
+        yield f"sqlite:///{store.data_dir / 'empty.db'}"
         return
-    if request.getfixturevalue("postgres_url") is None:
-        pytest.skip(os.environ.get("SCALEMULE_TEST_POSTGRES_SKIP", "PostgreSQL unreachable"))
-    schema = f"sm_empty_{secrets.token_hex(6)}"
+    schema = f"sm_mig_{os.getpid()}_{secrets.token_hex(4)}"
     admin = create_engine(POSTGRES_ADMIN_URL)
     try:
         async with admin.begin() as conn:
             await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
         yield f"{POSTGRES_ADMIN_URL}?search_path={schema}"
+    finally:
         async with admin.begin() as conn:
             await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    finally:
         await admin.dispose()
 
 
-async def test_keys_minted_by_owners_and_admins_keep_writing_to_protected_environments(empty_url: str) -> None:
-    engine = create_engine(empty_url)
-    now = datetime.now(UTC)
+_ROWS_AT_0003 = [
+    "INSERT INTO tenants (id, slug, name, created_at) VALUES ('ten_1', 'acme', 'Acme', :at)",
+    "INSERT INTO principals (id, kind, name, email, created_at) VALUES ('usr_1', 'user', 'a', 'a@x', :at)",
+    "INSERT INTO principals (id, kind, name, tenant_id, created_at) VALUES ('agt_1', 'agent', 'b', 'ten_1', :at)",
+    "INSERT INTO memberships (tenant_id, principal_id, role, created_at) VALUES ('ten_1', 'usr_1', 'owner', :at)",
+    "INSERT INTO memberships (tenant_id, principal_id, role, created_at) VALUES ('ten_1', 'agt_1', 'worker', :at)",
+]
+
+
+async def test_upgrading_a_store_that_holds_tenants_keeps_every_row_and_names_memberships(store: Settings) -> None:
+    # Rebuilding the tenants table on SQLite must not cascade into the rows that reference it.
+    async with _empty_database(store) as url:
+        engine = create_engine(url)
+        try:
+            await migrate.upgrade(engine, "0003")
+            async with engine.begin() as conn:
+                for statement in _ROWS_AT_0003:
+                    await conn.execute(sa.text(statement), {"at": utcnow()})
+            await migrate.upgrade(engine)
+            async with engine.connect() as conn:
+                rows = await conn.execute(sa.text("SELECT principal_id, slug FROM memberships ORDER BY principal_id"))
+                assert [tuple(r) for r in rows] == [("agt_1", "acme"), ("usr_1", "acme")]
+                count = await conn.execute(sa.text("SELECT count(*) FROM principals"))
+                assert count.scalar_one() == 2
+        finally:
+            await engine.dispose()
+
+
+async def test_keys_minted_by_owners_and_admins_keep_writing_to_protected_environments(store: Settings) -> None:
     admin_scopes = sorted(ROLES["admin"] - {PROTECTED_WRITE})
     developer_scopes = sorted(ROLES["developer"])
-    try:
-        await migrate.upgrade(engine, "0005")
-        async with engine.begin() as conn:
-            await conn.execute(
-                principals.insert().values(
-                    id="usr_1", kind="user", name="a", email="a@example.com", created_at=now, tenant_id=None
-                )
-            )
-            for key_id, scopes in (("key_admin", admin_scopes), ("key_dev", developer_scopes), ("key_all", None)):
+    async with _empty_database(store) as url:
+        engine = create_engine(url)
+        try:
+            await migrate.upgrade(engine, "0008-1")  # just before the permission existed
+            async with engine.begin() as conn:
                 await conn.execute(
-                    api_keys.insert().values(
-                        id=key_id,
-                        principal_id="usr_1",
-                        name=key_id,
-                        prefix=key_id,
-                        token_sha256=key_id.encode().ljust(32, b"\0"),
-                        scopes=scopes,
-                        created_at=now,
+                    principals.insert().values(
+                        id="usr_1", kind="user", name="a", email="a@example.com", created_at=utcnow()
                     )
                 )
-        await migrate.upgrade(engine)
-        async with engine.connect() as conn:
-            stored = dict((await conn.execute(sa.select(api_keys.c.id, api_keys.c.scopes))).all())
-    finally:
-        await engine.dispose()
+                for key_id, scopes in (("key_admin", admin_scopes), ("key_dev", developer_scopes), ("key_all", None)):
+                    await conn.execute(
+                        api_keys.insert().values(
+                            id=key_id,
+                            principal_id="usr_1",
+                            name=key_id,
+                            prefix=key_id,
+                            token_sha256=key_id.encode().ljust(32, b"\0"),
+                            scopes=scopes,
+                            created_at=utcnow(),
+                        )
+                    )
+            await migrate.upgrade(engine)
+            async with engine.connect() as conn:
+                stored = dict((await conn.execute(sa.select(api_keys.c.id, api_keys.c.scopes))).all())
+        finally:
+            await engine.dispose()
     assert stored["key_admin"] == sorted([*admin_scopes, PROTECTED_WRITE])
     assert stored["key_dev"] == developer_scopes
     assert stored["key_all"] is None

@@ -1,17 +1,25 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from scalemule.core.access import (
     KIND_PERMISSIONS,
     PERMISSIONS,
     ROLES,
+    KeyInfo,
+    KeyTerms,
     Principal,
+    Tenant,
     check_can_grant,
+    child_key_terms,
     effective_permissions,
+    grantable_roles,
+    key_audience,
     unknown_permissions,
 )
-from scalemule.core.errors import PermissionDenied
+from scalemule.core.errors import InvalidArgument, PermissionDenied
 
 USER = Principal(id="usr_1", kind="user", name="alice@example.com")
 AGENT = Principal(id="agt_1", kind="agent", name="bot", tenant_id="ten_1", on_behalf_of="usr_1")
@@ -70,3 +78,62 @@ def test_granting_a_role_within_the_callers_permissions_is_allowed() -> None:
 
 def test_unknown_permissions_are_reported_in_the_order_given() -> None:
     assert unknown_permissions(["config:read", "nope:x", "secrets:reveal", "Config:Read"]) == ["nope:x", "Config:Read"]
+
+
+# --- keys: what a key may mint, whose keys a caller may manage -----------------------------------
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _key(tenant_id: str | None, expires_at: datetime | None = None) -> KeyInfo:
+    return KeyInfo(
+        id="key_p", prefix="smk_x", principal_id="usr_1", tenant_id=tenant_id, scopes=None, expires_at=expires_at
+    )
+
+
+def _terms(parent: KeyInfo | None, **overrides: object) -> KeyTerms:
+    arguments: dict[str, object] = {
+        "tenant_id": "ten_1",
+        "bind_tenant": True,
+        "allowed": ROLES["developer"],
+        "scopes": None,
+        "expires_in_days": None,
+        "now": NOW,
+    }
+    return child_key_terms(parent, **{**arguments, **overrides})  # type: ignore[arg-type]
+
+
+def test_a_bound_key_mints_only_keys_bound_to_its_tenant() -> None:
+    with pytest.raises(PermissionDenied):
+        _terms(_key("ten_1"), bind_tenant=False)
+    assert _terms(_key("ten_1")).tenant_id == "ten_1"
+    assert _terms(_key(None), bind_tenant=False).tenant_id is None
+
+
+def test_a_minted_keys_scopes_stay_within_what_the_call_may_give() -> None:
+    assert _terms(_key(None)).scopes == ROLES["developer"]
+    assert _terms(_key(None), scopes=["config:read"]).scopes == {"config:read"}
+    with pytest.raises(PermissionDenied):
+        _terms(_key(None), scopes=["secrets:reveal"])
+    with pytest.raises(InvalidArgument):
+        _terms(_key(None), scopes=["secrets:steal"])
+
+
+def test_a_minted_key_expires_no_later_than_its_parent() -> None:
+    limit = NOW + timedelta(days=7)
+    assert _terms(_key(None, limit)).expires_at == limit
+    assert _terms(_key(None, limit), expires_in_days=7).expires_at == limit
+    with pytest.raises(PermissionDenied):
+        _terms(_key(None, limit), expires_in_days=8)
+    assert _terms(_key(None)).expires_at is None
+    assert _terms(None, expires_in_days=30).expires_at == NOW + timedelta(days=30)
+
+
+def test_key_managers_reach_the_keys_of_roles_they_could_grant() -> None:
+    tenant = Tenant(id="ten_1", slug="acme", name="Acme", created_at=NOW)
+    developer = key_audience(AGENT, _key("ten_1"), tenant, ROLES["developer"])
+    assert developer.tenant_id == "ten_1" and developer.own_tenant_id == "ten_1"
+    assert developer.roles == {"developer", "viewer", "worker"}
+    assert grantable_roles(ROLES["owner"]) == set(ROLES)
+    viewer = key_audience(USER, _key(None), tenant, ROLES["viewer"])
+    assert viewer.tenant_id is None and viewer.roles == frozenset() and viewer.own_tenant_id is None

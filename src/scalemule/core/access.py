@@ -11,8 +11,10 @@ from __future__ import annotations
 import getpass
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
+
+from scalemule.core.errors import InvalidArgument, PermissionDenied
 
 PrincipalKind = Literal["user", "agent", "service", "operator"]
 
@@ -155,17 +157,140 @@ def unknown_permissions(names: Iterable[str]) -> list[str]:
     return [n for n in names if n not in PERMISSIONS]
 
 
+def can_grant(caller: frozenset[str], role: str) -> bool:
+    """True when the caller holds every permission ``role`` carries: it may grant that role, and
+    manage members holding it and their keys."""
+    return ROLES[role] <= caller
+
+
+def grantable_roles(caller: frozenset[str]) -> frozenset[str]:
+    """The roles the caller could grant (see ``can_grant``)."""
+    return frozenset(role for role in ROLES if can_grant(caller, role))
+
+
 def check_can_grant(caller: frozenset[str], role: str, *, action: str) -> None:
     """Refuse to hand out a role that carries permissions the caller does not hold itself.
 
     Raises:
         PermissionDenied: the role would escalate the caller's own rights.
     """
-    from scalemule.core.errors import PermissionDenied
-
     missing = sorted(ROLES[role] - caller)
     if missing:
         raise PermissionDenied(
             f"cannot {action} role '{role}': it carries {', '.join(missing)}, which you do not hold",
             hint="Pick a role within your own permissions, or ask an owner.",
+        )
+
+
+# --- API keys: who may see and stop a key, and what a key may mint ------------------------------
+
+
+@dataclass(frozen=True)
+class KeyAudience:
+    """The keys a caller may list and revoke.
+
+    Attributes:
+        principal_id: the caller; its own keys are always in the audience.
+        own_tenant_id: the caller's key binding. A tenant-bound key reaches only its principal's keys
+            bound to that tenant, so a leaked bound key cannot stop its owner's personal key.
+        tenant_id: the tenant whose keys the caller manages (it holds ``keys:manage`` there), or None.
+        roles: there, the member roles whose keys it may manage: those it could grant. Keys of the
+            tenant's principals that are not members (any more) are manageable too.
+    """
+
+    principal_id: str
+    own_tenant_id: str | None
+    tenant_id: str | None
+    roles: frozenset[str]
+
+
+def key_audience(
+    principal: Principal, key: KeyInfo | None, tenant: Tenant | None, permissions: frozenset[str]
+) -> KeyAudience:
+    """Whose keys the caller may list and revoke: its own, and with ``keys:manage`` in the tenant the
+    keys of the tenant's principals whose role it could grant (what creating their keys needs)."""
+    manages = tenant is not None and "keys:manage" in permissions
+    return KeyAudience(
+        principal_id=principal.id,
+        own_tenant_id=key.tenant_id if key is not None else None,
+        tenant_id=tenant.id if manages and tenant is not None else None,
+        roles=grantable_roles(permissions) if manages else frozenset(),
+    )
+
+
+@dataclass(frozen=True)
+class KeyTerms:
+    """What a new key may be: its binding, scopes and expiry, never beyond the key that mints it."""
+
+    tenant_id: str | None
+    scopes: frozenset[str]
+    expires_at: datetime | None
+
+
+def child_key_terms(
+    parent: KeyInfo | None,
+    *,
+    tenant_id: str,
+    bind_tenant: bool,
+    allowed: frozenset[str],
+    scopes: Iterable[str] | None,
+    expires_in_days: int | None,
+    now: datetime,
+) -> KeyTerms:
+    """The terms of a key minted by ``parent`` (None: the operator) in ``tenant_id``.
+
+    A key never has more reach than the key that minted it: bound at least as tightly, scoped within
+    ``allowed`` (the minting call's effective permissions, or the target's role within them), and
+    expiring no later. Without ``expires_in_days`` it inherits the parent's expiry.
+
+    Raises:
+        PermissionDenied: an unbound key asked of a tenant-bound key, scopes beyond ``allowed``, or an
+            expiry after the parent's.
+        InvalidArgument: unknown scope names, or days outside 1..3650.
+    """
+    if parent is not None and parent.tenant_id is not None and not bind_tenant:
+        raise PermissionDenied(
+            "a tenant-bound key can only mint keys bound to the same tenant",
+            hint="Drop bind_tenant=false, or use a key that is not bound to a tenant.",
+        )
+    if scopes is not None:
+        if unknown := unknown_permissions(scopes):
+            raise InvalidArgument(
+                f"unknown permissions: {', '.join(unknown)}", hint="See docs/security.md for the list."
+            )
+        if beyond := sorted(set(scopes) - allowed):
+            raise PermissionDenied(
+                f"scopes {', '.join(beyond)} exceed what this key's principal may be given",
+                hint="Scopes can only narrow; drop those or ask an owner.",
+            )
+    limit = parent.expires_at if parent is not None else None
+    expires_at = limit
+    if expires_in_days is not None:
+        if not 1 <= expires_in_days <= 3650:
+            raise InvalidArgument(
+                "expires_in_days must be between 1 and 3650", hint="Omit it for a key that never expires."
+            )
+        expires_at = now + timedelta(days=expires_in_days)
+        if limit is not None and expires_at > limit:
+            raise PermissionDenied(
+                f"a key cannot outlive the key that mints it, which expires at {limit.isoformat()}",
+                hint="Omit expires_in_days to inherit that expiry, or ask for fewer days.",
+            )
+    return KeyTerms(
+        tenant_id=tenant_id if bind_tenant else None,
+        scopes=allowed if scopes is None else frozenset(scopes),
+        expires_at=expires_at,
+    )
+
+
+def check_acts_for_its_person(key: KeyInfo | None, *, action: str) -> None:
+    """Refuse a tenant-bound key an act that reaches beyond its tenant (answering invitations).
+
+    Raises:
+        PermissionDenied: the key is bound to a tenant.
+    """
+    if key is not None and key.tenant_id is not None:
+        raise PermissionDenied(
+            f"a tenant-bound key cannot {action}: it acts only in its own tenant",
+            hint="Use your personal key (one not bound to a tenant).",
         )

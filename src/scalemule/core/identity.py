@@ -1,4 +1,9 @@
-"""Principals and API keys: authenticate a token, create agents and keys, list and revoke keys."""
+"""Principals and API keys: authenticate a token, create agents and keys, list and revoke keys.
+
+Keys form trees: a key minted with another records it as its parent, and revoking a key revokes its
+descendants. Minting and revoking lock the key's ancestors root first, so a key minted while an
+ancestor is being revoked is either seen by the revocation or refused (see ``_lock_lineage``).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from scalemule.core import tokens
-from scalemule.core.access import KeyInfo, Principal, PrincipalKind, Tenant
-from scalemule.core.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from scalemule.core.access import KeyAudience, KeyInfo, KeyTerms, Principal, PrincipalKind, Tenant
+from scalemule.core.errors import AlreadyExists, NotFound, Unauthenticated
 from scalemule.core.ids import new_id, utcnow
 from scalemule.db.engine import Connection
 from scalemule.db.errors import constraint_errors
@@ -66,6 +71,7 @@ class KeyRecord:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    parent_key_id: str | None = None
 
 
 def principal_of(row: Any) -> Principal:
@@ -186,8 +192,12 @@ async def create_key(
     scopes: Iterable[str] | None,
     expires_at: datetime | None,
     created_by: str | None,
+    parent_key_id: str | None = None,
 ) -> tuple[KeyInfo, str]:
-    """Mint a key; returns its info and the token, which is never retrievable again."""
+    """Insert a key; returns its info and the token, which is never retrievable again.
+
+    Keys minted with another key go through ``mint_key``, which enforces and records the lineage.
+    """
     token = tokens.generate()
     info = KeyInfo(
         id=new_id("key"),
@@ -209,74 +219,138 @@ async def create_key(
             expires_at=expires_at,
             created_at=utcnow(),
             created_by=created_by,
+            parent_key_id=parent_key_id,
         )
     )
     return info, token
 
 
-def _tenant_keys(tenant_id: str) -> sa.Select[Any]:
-    # A tenant's keys: those bound to it, and unbound keys of principals the tenant owns.
-    return (
-        sa.select(api_keys)
-        .join(principals, principals.c.id == api_keys.c.principal_id)
-        .where(
-            sa.or_(
-                api_keys.c.tenant_id == tenant_id,
-                sa.and_(api_keys.c.tenant_id.is_(None), principals.c.tenant_id == tenant_id),
+async def mint_key(
+    conn: Connection, *, parent: KeyInfo, principal_id: str, name: str, terms: KeyTerms, created_by: str
+) -> tuple[KeyInfo, str]:
+    """Mint a key with ``parent`` on the terms ``access.child_key_terms`` allowed, recording the lineage.
+
+    Raises:
+        Unauthenticated: ``parent`` (or a key above it) was revoked or expired while this call ran.
+    """
+    for row in await _lock_lineage(conn, parent.id):
+        if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= utcnow()):
+            raise Unauthenticated(
+                f"API key {parent.prefix}… was revoked or expired while this call ran", hint=_NEXT_STEP
             )
-        )
+    return await create_key(
+        conn,
+        principal_id=principal_id,
+        tenant_id=terms.tenant_id,
+        name=name,
+        scopes=sorted(terms.scopes),
+        expires_at=terms.expires_at,
+        created_by=created_by,
+        parent_key_id=parent.id,
     )
 
 
+async def _lock_lineage(conn: Connection, key_id: str) -> list[Any]:
+    """Lock ``key_id`` and every key above it, root first; returns their rows.
+
+    Minting with a key and revoking a key both take these locks before writing. A revocation therefore
+    waits for any mint below the revoked key to commit, and its recursive update (a new statement, so
+    a new snapshot on PostgreSQL) sees the minted key; a mint that waited sees the revocation. Root
+    first keeps the lock order the same everywhere (no deadlock). On SQLite units of work are
+    serialised and FOR UPDATE is not rendered.
+    """
+    up = sa.select(api_keys.c.id, api_keys.c.parent_key_id, sa.literal(0).label("depth"))
+    up_cte = up.where(api_keys.c.id == key_id).cte("lineage", recursive=True)
+    up_cte = up_cte.union_all(
+        sa.select(api_keys.c.id, api_keys.c.parent_key_id, up_cte.c.depth + 1).where(
+            api_keys.c.id == up_cte.c.parent_key_id
+        )
+    )
+    chain = (await conn.execute(sa.select(up_cte.c.id).order_by(up_cte.c.depth.desc()))).scalars().all()
+    lock = sa.select(api_keys.c.id, api_keys.c.revoked_at, api_keys.c.expires_at).with_for_update()
+    return [(await conn.execute(lock.where(api_keys.c.id == ancestor))).one() for ancestor in chain]
+
+
+def _visible_keys(audience: KeyAudience | None) -> sa.Select[Any]:
+    # The keys in the audience (access.key_audience); None: every key (the local operator).
+    query = sa.select(api_keys).join(principals, principals.c.id == api_keys.c.principal_id)
+    if audience is None:
+        return query
+    own = api_keys.c.principal_id == audience.principal_id
+    if audience.own_tenant_id is not None:
+        own = sa.and_(own, api_keys.c.tenant_id == audience.own_tenant_id)
+    if audience.tenant_id is None:
+        return query.where(own)
+    tenant_id = audience.tenant_id
+    # The tenant's keys: those bound to it, and unbound keys of the agents and services it owns. A
+    # person's unbound keys span all their tenants: they are theirs alone.
+    of_tenant = sa.or_(
+        api_keys.c.tenant_id == tenant_id,
+        sa.and_(api_keys.c.tenant_id.is_(None), principals.c.tenant_id == tenant_id),
+    )
+    manageable = sa.or_(memberships.c.role.is_(None), memberships.c.role.in_(sorted(audience.roles)))
+    return query.outerjoin(
+        memberships,
+        sa.and_(memberships.c.principal_id == api_keys.c.principal_id, memberships.c.tenant_id == tenant_id),
+    ).where(sa.or_(own, sa.and_(of_tenant, manageable)))
+
+
+def _record(row: Any) -> KeyRecord:
+    return KeyRecord(_key_info(row), row.name, row.created_at, row.last_used_at, row.revoked_at, row.parent_key_id)
+
+
 async def list_keys(
-    conn: Connection, *, tenant_id: str, principal_id: str | None, after_id: str | None, limit: int
+    conn: Connection,
+    *,
+    audience: KeyAudience | None,
+    principal_id: str | None,
+    tenant_id: str | None = None,
+    after_id: str | None,
+    limit: int,
 ) -> list[KeyRecord]:
-    """Keys of the tenant (optionally one principal's), ordered by id, ``limit`` at most."""
-    query = _tenant_keys(tenant_id).order_by(api_keys.c.id).limit(limit)
+    """Keys in ``audience`` (None: all), optionally one principal's or bound to one tenant, by id."""
+    query = _visible_keys(audience).order_by(api_keys.c.id).limit(limit)
     if principal_id is not None:
         query = query.where(api_keys.c.principal_id == principal_id)
+    if tenant_id is not None:
+        query = query.where(api_keys.c.tenant_id == tenant_id)
     if after_id is not None:
         query = query.where(api_keys.c.id > after_id)
-    rows = (await conn.execute(query)).all()
-    return [KeyRecord(_key_info(r), r.name, r.created_at, r.last_used_at, r.revoked_at) for r in rows]
+    return [_record(r) for r in (await conn.execute(query)).all()]
 
 
-async def get_key(conn: Connection, *, tenant_id: str, key_id: str) -> KeyRecord:
-    """One of the tenant's keys.
+async def get_key(conn: Connection, *, audience: KeyAudience | None, key_id: str) -> KeyRecord:
+    """One key in ``audience`` (None: any key).
 
     Raises:
-        NotFound: no such key in this tenant.
+        NotFound: no such key, or one the caller may not manage (the same answer).
     """
-    row = (await conn.execute(_tenant_keys(tenant_id).where(api_keys.c.id == key_id))).first()
+    row = (await conn.execute(_visible_keys(audience).where(api_keys.c.id == key_id))).first()
     if row is None:
-        raise NotFound(f"no API key {key_id!r} in this tenant", hint="List the tenant's keys with keys_list.")
-    return KeyRecord(_key_info(row), row.name, row.created_at, row.last_used_at, row.revoked_at)
-
-
-async def revoke_key(conn: Connection, *, tenant_id: str, key_id: str) -> KeyRecord:
-    """Revoke a key now; revoking twice keeps the first revocation time.
-
-    Raises:
-        NotFound: no such key in this tenant.
-    """
-    record = await get_key(conn, tenant_id=tenant_id, key_id=key_id)
-    if record.revoked_at is None:
-        now = utcnow()
-        await conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(revoked_at=now))
-        record = KeyRecord(record.info, record.name, record.created_at, record.last_used_at, now)
-    return record
-
-
-def check_expiry_days(days: int | None) -> datetime | None:
-    """The expiry time ``days`` from now, or None for a key that does not expire.
-
-    Raises:
-        InvalidArgument: days outside 1..3650.
-    """
-    if days is None:
-        return None
-    if not 1 <= days <= 3650:
-        raise InvalidArgument(
-            "expires_in_days must be between 1 and 3650", hint="Omit it for a key that never expires."
+        raise NotFound(
+            f"no API key {key_id!r} that you may manage", hint="List the keys you may manage with keys_list."
         )
-    return utcnow() + timedelta(days=days)
+    return _record(row)
+
+
+async def revoke_key(conn: Connection, *, audience: KeyAudience | None, key_id: str) -> tuple[KeyRecord, int]:
+    """Revoke a key now, and every key minted from it, transitively. Revoking twice keeps the first
+    revocation time.
+
+    Returns:
+        The key as revoked, and how many keys this call revoked (itself and descendants).
+
+    Raises:
+        NotFound: no such key in ``audience`` (None: any key).
+    """
+    await get_key(conn, audience=audience, key_id=key_id)
+    await _lock_lineage(conn, key_id)
+    tree = sa.select(api_keys.c.id).where(api_keys.c.id == key_id).cte("descendants", recursive=True)
+    tree = tree.union_all(sa.select(api_keys.c.id).where(api_keys.c.parent_key_id == tree.c.id))
+    # Read, then update by id (the driver reports no row count for a statement opening with WITH).
+    # With the lineage locked no key can be minted below this one in between.
+    ids = (await conn.execute(sa.select(tree.c.id))).scalars().all()
+    revoked = await conn.execute(
+        api_keys.update().where(api_keys.c.id.in_(ids), api_keys.c.revoked_at.is_(None)).values(revoked_at=utcnow())
+    )
+    return await get_key(conn, audience=None, key_id=key_id), int(revoked.rowcount)

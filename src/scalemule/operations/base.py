@@ -118,7 +118,8 @@ class PageArgs(Args):
     """Pagination arguments of a list operation."""
 
     limit: int = Field(default=50, ge=1, le=MAX_PAGE)
-    cursor: str | None = Field(default=None, max_length=1000, description="next_cursor of the previous page")
+    # Named like the next_cursor every list returns: the name says it, the tool list need not.
+    cursor: str | None = Field(default=None, max_length=1000)
 
 
 class TenantPageArgs(TenantArgs, PageArgs):

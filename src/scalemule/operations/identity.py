@@ -5,26 +5,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from scalemule.core import config, identity, tenants
 from scalemule.core.access import (
     AUTHENTICATED,
     ROLES,
+    KeyAudience,
     KeyInfo,
     Tenant,
     check_can_grant,
+    child_key_terms,
+    key_audience,
     missing,
     unknown_permissions,
 )
 from scalemule.core.errors import InvalidArgument, NotFound, PermissionDenied
 from scalemule.core.identity import KeyRecord
+from scalemule.core.ids import utcnow
 from scalemule.core.pages import paginate
-from scalemule.core.tenants import Member
 from scalemule.operations.base import (
     Args,
     Call,
-    Email,
     IdempotencyKey,
     Identifier,
     Name,
@@ -72,6 +74,7 @@ class KeyDetail(KeyView):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    parent_key_id: str | None
 
     @classmethod
     def of_record(cls, record: KeyRecord) -> KeyDetail:
@@ -83,25 +86,7 @@ class KeyDetail(KeyView):
             created_at=record.created_at,
             last_used_at=record.last_used_at,
             revoked_at=record.revoked_at,
-        )
-
-
-class MemberView(Result):
-    """A member of a tenant."""
-
-    principal: PrincipalView
-    email: str | None
-    role: str
-    since: datetime
-
-    @classmethod
-    def of(cls, member: Member) -> MemberView:
-        """View of ``member``."""
-        return cls(
-            principal=PrincipalView.of(member.principal),
-            email=member.email,
-            role=member.role,
-            since=member.created_at,
+            parent_key_id=record.parent_key_id,
         )
 
 
@@ -119,8 +104,8 @@ class WhoamiResult(Result):
 
 @operation("whoami", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
 async def whoami(call: Call, args: TenantArgs) -> WhoamiResult:
-    """Who you are: principal, tenant, role, effective permissions and API key. Call it first;
-    access_check tests specific permissions."""
+    """Who you are: principal, tenant, role, permissions, key. Call it first; access_check tests
+    given permissions."""
     key = call.key
     return WhoamiResult(
         principal=PrincipalView.of(call.principal),
@@ -138,7 +123,7 @@ class AccessCheckArgs(TenantArgs):
 
 
 class AccessCheckResult(Result):
-    allowed: bool = Field(description="true when every permission asked for is held")
+    allowed: bool
     granted: list[str]
     missing: list[str]
     lacking: list[str] = Field(description="what you would need for the missing ones")
@@ -148,8 +133,8 @@ class AccessCheckResult(Result):
 
 @operation("access_check", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
 async def access_check(call: Call, args: AccessCheckArgs) -> AccessCheckResult:
-    """Check whether you hold given permissions in a tenant (and, with env, may use them there) before
-    attempting a call. Use whoami for the full list."""
+    """Check whether you hold permissions in a tenant (with env, whether you may use them there) before
+    trying a call; whoami lists all."""
     if unknown := unknown_permissions(args.permissions):
         raise InvalidArgument(f"unknown permissions: {', '.join(unknown)}", hint="See docs/security.md for the list.")
     protected = None
@@ -170,7 +155,7 @@ async def access_check(call: Call, args: AccessCheckArgs) -> AccessCheckResult:
 
 
 class TenantsCreateArgs(Args):
-    slug: Slug = Field(description="Unique, lowercase: letters, digits, inner hyphens.")
+    slug: Slug
     name: Name
     idempotency_key: IdempotencyKey | None = None
 
@@ -182,10 +167,7 @@ class TenantRole(Result):
 
 @operation("tenants_create", permission="tenants:create", toolset="identity", target="slug")
 async def tenants_create(call: Call, args: TenantsCreateArgs) -> TenantRole:
-    """Create a tenant (an isolated workspace) with you as its owner. Users only; agents ask a user.
-
-    Use tenants_list to find tenants you already belong to.
-    """
+    """Create a tenant (an isolated workspace) owned by you. Users only. Yours: tenants_list."""
     tenant = await tenants.create_tenant(call.conn, slug=args.slug, name=args.name, owner=call.principal)
     call.audit.tenant_id = tenant.id  # the new tenant's log starts with its creation
     return TenantRole(tenant=TenantView.of(tenant), role="owner")
@@ -198,13 +180,14 @@ class TenantsPage(Result):
 
 @operation("tenants_list", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
 async def tenants_list(call: Call, args: PageArgs) -> TenantsPage:
-    """List the tenants you belong to, with your role in each. Use tenants_get for one tenant."""
+    """List the tenants you belong to and your role in each; tenants_get shows one."""
     bound = call.key.tenant_id if call.key is not None else None
 
     async def fetch(after: str | None, n: int) -> list[tuple[Tenant, str]]:
-        rows = await tenants.memberships_of(call.conn, principal_id=call.principal.id, after_slug=after, limit=n)
         # A tenant-bound key sees only its tenant.
-        return [(t, r) for t, r in rows if bound is None or t.id == bound]
+        return await tenants.memberships_of(
+            call.conn, principal_id=call.principal.id, bound_tenant_id=bound, after_slug=after, limit=n
+        )
 
     page, next_cursor = await paginate(args.cursor, args.limit, fetch, lambda row: row[0].slug)
     return TenantsPage(items=[TenantRole(tenant=TenantView.of(t), role=r) for t, r in page], next_cursor=next_cursor)
@@ -219,113 +202,9 @@ async def tenants_list(call: Call, args: PageArgs) -> TenantsPage:
     resources=(Resource("scalemule://tenants/{tenant}", "A tenant and your role in it"),),
 )
 async def tenants_get(call: Call, args: TenantArgs) -> TenantRole:
-    """Show a tenant and your role in it. Use tenants_list to see all your tenants."""
+    """Show a tenant and your role in it; tenants_list shows all yours."""
     assert call.tenant is not None and call.role is not None
     return TenantRole(tenant=TenantView.of(call.tenant), role=call.role)
-
-
-# --- members ---------------------------------------------------------------------------------
-
-
-class MembersPage(Result):
-    items: list[MemberView]
-    next_cursor: str | None
-
-
-@operation("members_list", permission="members:read", toolset="identity", read_only=True, idempotent=True)
-async def members_list(call: Call, args: TenantPageArgs) -> MembersPage:
-    """List the tenant's members (users, agents, services) and their roles."""
-    page, next_cursor = await paginate(
-        args.cursor,
-        args.limit,
-        lambda after, n: tenants.list_members(call.conn, tenant_id=call.tenant_id, after_id=after, limit=n),
-        lambda m: m.principal.id,
-    )
-    return MembersPage(items=[MemberView.of(m) for m in page], next_cursor=next_cursor)
-
-
-class MembersAddArgs(TenantArgs):
-    email: Email | None = Field(default=None, description="A user's email; the user is created if new.")
-    principal_id: Identifier | None = Field(default=None, description="An existing user or this tenant's agent.")
-    role: Role
-    name: Name | None = Field(default=None, description="Display name for a new user (default: the email).")
-
-    @model_validator(mode="after")
-    def _one_of(self) -> MembersAddArgs:
-        if (self.email is None) == (self.principal_id is None):
-            raise ValueError("give exactly one of email or principal_id")
-        return self
-
-
-@operation("members_add", permission="members:manage", toolset="identity", target="email")
-async def members_add(call: Call, args: MembersAddArgs) -> MemberView:
-    """Add a user (email) or agent (principal_id) to the tenant with a role. Existing member:
-    members_set_role; new agent: agents_create."""
-    check_can_grant(call.permissions, args.role, action="grant")
-    if args.email is not None:
-        principal = await identity.find_user_by_email(call.conn, args.email)
-        if principal is None:
-            principal = await identity.create_principal(
-                call.conn, kind="user", name=args.name or args.email, email=args.email
-            )
-    else:
-        assert args.principal_id is not None
-        found = await identity.get_principal(call.conn, args.principal_id)
-        if found is None or (found.kind != "user" and found.tenant_id != call.tenant_id):
-            raise NotFound(
-                f"no user or agent of this tenant with id {args.principal_id!r}",
-                hint="Add users by email; create agents with agents_create.",
-            )
-        principal = found
-    await tenants.add_member(call.conn, tenant_id=call.tenant_id, principal_id=principal.id, role=args.role)
-    return MemberView.of(await tenants.get_member(call.conn, tenant_id=call.tenant_id, principal_id=principal.id))
-
-
-class MemberArgs(TenantArgs):
-    principal_id: Identifier
-
-
-class MembersSetRoleArgs(MemberArgs):
-    role: Role
-
-
-async def _check_manageable(call: Call, principal_id: str) -> Member:
-    member = await tenants.get_member(call.conn, tenant_id=call.tenant_id, principal_id=principal_id)
-    check_can_grant(call.permissions, member.role, action="change a member holding")
-    return member
-
-
-@operation(
-    "members_set_role",
-    permission="members:manage",
-    toolset="identity",
-    idempotent=True,
-    target="principal_id",
-)
-async def members_set_role(call: Call, args: MembersSetRoleArgs) -> MemberView:
-    """Change a member's role. The last owner cannot be demoted."""
-    await _check_manageable(call, args.principal_id)
-    check_can_grant(call.permissions, args.role, action="grant")
-    member = await tenants.set_role(call.conn, tenant_id=call.tenant_id, principal_id=args.principal_id, role=args.role)
-    return MemberView.of(member)
-
-
-@operation(
-    "members_remove",
-    permission="members:manage",
-    toolset="identity",
-    destructive=True,
-    target="principal_id",
-)
-async def members_remove(call: Call, args: MemberArgs) -> MemberView:
-    """Remove a member from the tenant; its keys stop working here. The last owner cannot be removed.
-
-    To only stop one key, use keys_revoke.
-    """
-    await _check_manageable(call, args.principal_id)
-    return MemberView.of(
-        await tenants.remove_member(call.conn, tenant_id=call.tenant_id, principal_id=args.principal_id)
-    )
 
 
 # --- agents ----------------------------------------------------------------------------------
@@ -365,11 +244,9 @@ class KeysCreateArgs(TenantArgs):
     scopes: list[Identifier] | None = Field(
         default=None,
         max_length=50,
-        description="Narrow the key to these permissions (default: all you may give).",
+        description="Narrows the key (default: all you may give).",
     )
-    principal_id: Identifier | None = Field(
-        default=None, description="An agent or service of this tenant; default: you."
-    )
+    principal_id: Identifier | None = Field(default=None, description="This tenant's agent or service; default: you.")
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
     bind_tenant: bool = Field(default=True, description="Key works only in this tenant.")
     idempotency_key: IdempotencyKey | None = None
@@ -380,46 +257,43 @@ class KeyCreated(Result):
     token: SecretText = Field(description="The API key. Shown once: store it now.")
 
 
+async def _key_target(call: Call, target_id: str) -> frozenset[str]:
+    # The permissions a key for ``target_id`` may carry: the caller's own for itself, else the role
+    # of one of the tenant's agents or services, which the caller must be able to grant.
+    if target_id == call.principal.id:
+        return call.permissions
+    target = await identity.get_principal(call.conn, target_id)
+    if target is None or target.kind not in ("agent", "service") or target.tenant_id != call.tenant_id:
+        raise NotFound(
+            f"no agent or service {target_id!r} in this tenant",
+            hint="Keys for others go to the tenant's agents and services; users create their own.",
+        )
+    role = await tenants.role_in(call.conn, principal_id=target_id, tenant_id=call.tenant_id)
+    if role is None:
+        raise PermissionDenied(
+            f"{target.kind} '{target.name}' is not a member of this tenant", hint="members_add it first."
+        )
+    check_can_grant(call.permissions, role, action="issue a key for a member holding")
+    return ROLES[role]
+
+
 @operation("keys_create", permission="keys:manage", toolset="identity", target="principal_id")
 async def keys_create(call: Call, args: KeysCreateArgs) -> KeyCreated:
-    """Issue an API key for yourself or the tenant's agent/service; the token is shown once. Scopes only
-    narrow. See keys_list, keys_revoke."""
+    """Issue an API key for yourself or this tenant's agent/service, never wider, longer-lived or less
+    bound than yours; the token is shown once."""
     target_id = args.principal_id or call.principal.id
-    if target_id == call.principal.id:
-        allowed = call.permissions
-    else:
-        target = await identity.get_principal(call.conn, target_id)
-        if target is None or target.kind not in ("agent", "service") or target.tenant_id != call.tenant_id:
-            raise NotFound(
-                f"no agent or service {target_id!r} in this tenant",
-                hint="Keys for others go to the tenant's agents and services; users create their own.",
-            )
-        role = await tenants.role_in(call.conn, principal_id=target_id, tenant_id=call.tenant_id)
-        if role is None:
-            raise PermissionDenied(
-                f"{target.kind} '{target.name}' is not a member of this tenant", hint="members_add it first."
-            )
-        check_can_grant(call.permissions, role, action="issue a key for a member holding")
-        allowed = ROLES[role]
-    if args.scopes is not None:
-        if unknown := unknown_permissions(args.scopes):
-            raise InvalidArgument(
-                f"unknown permissions: {', '.join(unknown)}", hint="See docs/security.md for the list."
-            )
-        if beyond := sorted(set(args.scopes) - allowed):
-            raise PermissionDenied(
-                f"scopes {', '.join(beyond)} exceed what this key's principal may be given",
-                hint="Scopes can only narrow; drop those or ask an owner.",
-            )
-    scopes = sorted(allowed if args.scopes is None else set(args.scopes))
-    info, token = await identity.create_key(
-        call.conn,
-        principal_id=target_id,
-        tenant_id=call.tenant_id if args.bind_tenant else None,
-        name=args.name,
-        scopes=scopes,
-        expires_at=identity.check_expiry_days(args.expires_in_days),
-        created_by=call.principal.id,
+    terms = child_key_terms(
+        call.key,
+        tenant_id=call.tenant_id,
+        bind_tenant=args.bind_tenant,
+        allowed=await _key_target(call, target_id),
+        scopes=args.scopes,
+        expires_in_days=args.expires_in_days,
+        now=utcnow(),
+    )
+    assert call.key is not None  # dispatch authenticated the call with a key
+    info, token = await identity.mint_key(
+        call.conn, parent=call.key, principal_id=target_id, name=args.name, terms=terms, created_by=call.principal.id
     )
     return KeyCreated(key=KeyView.of(info), token=token)
 
@@ -433,14 +307,19 @@ class KeysPage(Result):
     next_cursor: str | None
 
 
-@operation("keys_list", permission="keys:manage", toolset="identity", read_only=True, idempotent=True)
+def _audience(call: Call) -> KeyAudience:
+    return key_audience(call.principal, call.key, call.tenant, call.permissions)
+
+
+@operation("keys_list", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
 async def keys_list(call: Call, args: KeysListArgs) -> KeysPage:
-    """List the tenant's API keys (metadata only, never tokens), optionally for one principal."""
+    """List keys you may revoke: yours, and with keys:manage those of members whose role you could
+    grant."""
     page, next_cursor = await paginate(
         args.cursor,
         args.limit,
         lambda after, n: identity.list_keys(
-            call.conn, tenant_id=call.tenant_id, principal_id=args.principal_id, after_id=after, limit=n
+            call.conn, audience=_audience(call), principal_id=args.principal_id, after_id=after, limit=n
         ),
         lambda r: r.info.id,
     )
@@ -451,14 +330,20 @@ class KeysRevokeArgs(TenantArgs):
     key_id: Identifier
 
 
+class KeyRevoked(Result):
+    key: KeyDetail
+    revoked_keys: int
+
+
 @operation(
     "keys_revoke",
-    permission="keys:manage",
+    permission=AUTHENTICATED,
     toolset="identity",
     destructive=True,
     idempotent=True,
     target="key_id",
 )
-async def keys_revoke(call: Call, args: KeysRevokeArgs) -> KeyDetail:
-    """Revoke an API key at once; calls made with it then fail with unauthenticated."""
-    return KeyDetail.of_record(await identity.revoke_key(call.conn, tenant_id=call.tenant_id, key_id=args.key_id))
+async def keys_revoke(call: Call, args: KeysRevokeArgs) -> KeyRevoked:
+    """Revoke a key (see keys_list) and every key minted from it, at once."""
+    record, count = await identity.revoke_key(call.conn, audience=_audience(call), key_id=args.key_id)
+    return KeyRevoked(key=KeyDetail.of_record(record), revoked_keys=count)

@@ -6,17 +6,20 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from scalemule import __version__
-from scalemule.core import bootstrap, crypto, identity, secrets
+from scalemule.core import audit, bootstrap, crypto, identity, secrets
 from scalemule.core.errors import InvalidArgument, ScaleMuleError
+from scalemule.core.pages import paginate
 from scalemule.db import migrate
 from scalemule.dispatch import DEFAULT_TOOLSETS, Dispatcher, Exposure, Invocation
 from scalemule.operations import REGISTRY
+from scalemule.operations.identity import KeyDetail
 from scalemule.runtime import Runtime
 from scalemule.settings import Settings
 from scalemule.surfaces import schemas
@@ -250,6 +253,42 @@ def cmd_rotate_master_key(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    async def body(runtime: Runtime) -> dict[str, Any]:
+        await _require_schema(runtime)
+        started = time.perf_counter()
+        async with runtime.db.transaction() as conn:
+            record, count = await identity.revoke_key(conn, audience=None, key_id=args.key_id)
+            owner = await identity.get_principal(conn, record.info.principal_id)
+            home = record.info.tenant_id or (owner.tenant_id if owner is not None else None)
+            event = audit.operator_event(
+                "keys_revoke", {"key_id": args.key_id}, started=started, tenant_id=home, target=args.key_id
+            )
+            await audit.append(conn, [event])
+        return {"key": KeyDetail.of_record(record).model_dump(mode="json"), "revoked_keys": count}
+
+    _print_json(anyio.run(_with_runtime, settings, body))
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def body(runtime: Runtime) -> dict[str, Any]:
+        await _require_schema(runtime)
+        async with runtime.db.transaction() as conn:
+            page, cursor = await paginate(
+                args.cursor,
+                args.limit,
+                lambda after, n: identity.list_keys(
+                    conn, audience=None, principal_id=args.principal, tenant_id=args.tenant, after_id=after, limit=n
+                ),
+                lambda r: r.info.id,
+            )
+        return {"items": [KeyDetail.of_record(r).model_dump(mode="json") for r in page], "next_cursor": cursor}
+
+    _print_json(anyio.run(_with_runtime, settings, body))
+    return 0
+
+
 def cmd_storage_sweep(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import asdict
     from datetime import timedelta
@@ -330,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
         "rotate-master-key", help="re-wrap every data key under a new master key version (online)"
     )
     p.set_defaults(run=cmd_rotate_master_key)
+
+    keys_parser = sub.add_parser("keys", help="API keys, as the local operator").add_subparsers(
+        dest="keys_command", required=True
+    )
+    p = keys_parser.add_parser("revoke", help="revoke a key and every key minted from it (audited)")
+    p.add_argument("key_id")
+    p.set_defaults(run=cmd_keys_revoke)
+    p = keys_parser.add_parser("list", help="list keys (metadata only) across the store")
+    p.add_argument("--principal", help="only this principal's keys")
+    p.add_argument("--tenant", help="only keys bound to this tenant id (slugs name tenants per member)")
+    p.add_argument("--limit", type=int, default=100, choices=range(1, 1001), metavar="1-1000")
+    p.add_argument("--cursor", help="next_cursor of the previous page")
+    p.set_defaults(run=cmd_keys_list)
 
     storage_parser = sub.add_parser("storage", help="object storage maintenance").add_subparsers(
         dest="storage_command", required=True

@@ -1,4 +1,4 @@
-"""Tenants, principals, memberships and API keys."""
+"""Tenants, principals, memberships, invitations and API keys."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ tenants = sa.Table(
     "tenants",
     metadata,
     sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("slug", sa.String(64), nullable=False, unique=True),
+    # Not unique: a slug names a tenant among those a principal belongs to (memberships.slug), so
+    # creating one never reveals which slugs other people use.
+    sa.Column("slug", sa.String(64), nullable=False),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("created_by", sa.String(40), nullable=True),
@@ -43,8 +45,27 @@ memberships = sa.Table(
     metadata,
     sa.Column("tenant_id", sa.String(40), sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("principal_id", sa.String(40), sa.ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True),
+    # The tenant's slug, copied (slugs never change): unique per principal, so a slug names exactly
+    # one of the tenants a principal belongs to.
+    sa.Column("slug", sa.String(64), nullable=False),
     sa.Column("role", sa.String(32), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("principal_id", "slug"),
+)
+
+# Pending invitations only: answering or cancelling one deletes it (the audit log keeps the story),
+# so the unique constraint allows one pending invitation per person and tenant.
+invitations = sa.Table(
+    "invitations",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("principal_id", sa.String(40), sa.ForeignKey("principals.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("role", sa.String(32), nullable=False),
+    sa.Column("invited_by", sa.String(40), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("tenant_id", "principal_id"),
     sa.Index(None, "principal_id"),
 )
 
@@ -64,5 +85,9 @@ api_keys = sa.Table(
     sa.Column("last_used_at", UTCDateTime(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("created_by", sa.String(40), nullable=True),
+    # The key that minted this one (NULL for keys made by init or the operator). Revoking a key
+    # revokes its descendants; see core.identity.revoke_key.
+    sa.Column("parent_key_id", sa.String(40), sa.ForeignKey("api_keys.id"), nullable=True),
     sa.Index(None, "principal_id"),
+    sa.Index(None, "parent_key_id"),
 )
