@@ -56,8 +56,7 @@ async def opened(settings: Settings) -> AsyncIterator[World]:
     runtime = Runtime.open(settings)
     try:
         dispatcher = Dispatcher(runtime, Exposure(toolsets=None))
-        async with runtime.db.transaction() as conn:
-            made = await bootstrap.initialize(conn, slug="acme", owner_email="alice@example.com")
+        made = await bootstrap.initialize(runtime.db, slug="acme", owner_email="alice@example.com")
         crypto.create_key_file(settings.data_dir)
         yield World(dispatcher, made)
     finally:

@@ -44,7 +44,7 @@ def _ensure_dir(path: Path) -> None:
         return
     _ensure_dir(path.parent)
     try:
-        path.mkdir()
+        path.mkdir(mode=0o700)  # the data directory's contents are the operator's alone
     except FileExistsError:
         return
     _fsync_dir(path.parent)

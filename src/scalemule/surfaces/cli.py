@@ -106,13 +106,17 @@ async def _require_schema(runtime: Runtime) -> None:
         )
 
 
+def private_dir(path: Path) -> None:
+    """Create the data directory readable by its owner only (0700); an existing one is left as it is."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
 
     async def body(runtime: Runtime) -> bootstrap.Bootstrap:
         await migrate.upgrade(runtime.db.engine)
-        async with runtime.db.transaction() as conn:
-            return await bootstrap.initialize(conn, slug=args.tenant, owner_email=args.owner)
+        return await bootstrap.initialize(runtime.db, slug=args.tenant, owner_email=args.owner)
 
     made = anyio.run(_with_runtime, settings, body)
     crypto.create_key_file(settings.data_dir)
@@ -143,7 +147,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.database_url:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
 
     async def body(runtime: Runtime) -> None:
         await migrate.upgrade(runtime.db.engine)
