@@ -22,10 +22,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _store_state(data_dir: Path) -> tuple[list[str], list[str], bytes]:
-    """Files of the data directory, the SQLite dump, and the master key."""
+    """Files of the data directory, the SQLite dump less the audit log, and the master key."""
     files = sorted(p.name for p in data_dir.iterdir() if not p.name.endswith(("-wal", "-shm")))
+    audit = ('INSERT INTO "audit_events"', 'INSERT INTO "audit_heads"')
     with sqlite3.connect(data_dir / "scalemule.db") as db:
-        dump = list(db.iterdump())
+        dump = [line for line in db.iterdump() if not line.startswith(audit)]
     return files, dump, (data_dir / "master.key").read_bytes()
 
 
@@ -62,7 +63,9 @@ def test_init_prints_the_tenant_both_keys_and_a_client_configuration(tmp_path: P
     assert stat.S_IMODE((data_dir / "master.key").stat().st_mode) == 0o600
 
 
-def test_init_on_an_initialised_store_fails_and_changes_nothing(deployment: Deployment, tmp_path: Path) -> None:
+def test_init_on_an_initialised_store_fails_changes_nothing_and_is_recorded(
+    deployment: Deployment, tmp_path: Path
+) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(deployment.settings.data_dir, copy)
     before = _store_state(copy)
@@ -71,6 +74,11 @@ def test_init_on_an_initialised_store_fails_and_changes_nothing(deployment: Depl
     assert json.loads(done.stdout)["error"]["code"] == "failed_precondition"
     assert deployment.owner_key not in done.stdout + done.stderr
     assert _store_state(copy) == before
+    with sqlite3.connect(copy / "scalemule.db") as db:
+        refused = db.execute(
+            "SELECT actor_kind, error_code, chain FROM audit_events WHERE operation = 'init' AND outcome = 'error'"
+        ).fetchall()
+    assert refused == [("operator", "failed_precondition", "-")]
 
 
 def test_a_failed_call_prints_the_error_contract_and_exits_non_zero(deployment: Deployment) -> None:

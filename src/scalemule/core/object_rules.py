@@ -10,6 +10,9 @@ import unicodedata
 from scalemule.core.errors import InvalidArgument
 
 MAX_KEY_BYTES = 1024
+# The bytes one call may carry (a put, a read, the object resource); larger objects go through signed
+# URLs. The HTTP surface derives its request body limit from it.
+MAX_INLINE_BYTES = 16 << 20
 MAX_METADATA_BYTES = 2048
 KEY_FORM = (
     "Keys are 1-1,024 bytes of UTF-8 like 'reports/2026/q1.pdf': '/'-separated segments, none empty, '.' or "

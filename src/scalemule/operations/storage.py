@@ -19,7 +19,7 @@ from scalemule.core.storage import StoredObject, WriteRequest
 from scalemule.operations.base import Call, IdempotencyKey, Result, Sensitive, TenantArgs, TenantPageArgs
 from scalemule.operations.registry import Resource, operation
 
-MAX_INLINE_BYTES = 16 << 20
+MAX_INLINE_BYTES = object_rules.MAX_INLINE_BYTES
 DEFAULT_MAX_BYTES = 64 << 10
 
 # Keys are checked by core.storage.check_key, whose refusal spells out the allowed form.

@@ -184,7 +184,7 @@ def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from scalemule.surfaces.mcp import serve_stdio
+    from scalemule.surfaces.stdio import serve_stdio
 
     exposure = Exposure(toolsets=parse_toolsets(args.toolsets), read_only=args.read_only)
 
