@@ -11,10 +11,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from scalemule.core import tokens
+from scalemule.dispatch import Dispatcher, Exposure, Invocation
 from scalemule.operations import REGISTRY
+from scalemule.runtime import Runtime
+from scalemule.settings import Settings
 from scalemule.surfaces import cli, schemas
 from tests.e2e.conftest import SCALEMULE, Deployment, clean_env, run_cli
 
@@ -169,3 +173,36 @@ def test_schemas_check_fails_on_a_stale_or_stray_file_and_schemas_repairs_it(tmp
     assert cli.main(["schemas", "--root", str(tmp_path)]) == 0
     assert schemas.drift(tmp_path) == []
     assert not (tmp_path / "tool_schemas" / "retired_tool.json").exists()
+
+
+def test_init_keeps_the_data_directory_and_every_file_in_it_private_under_umask_022(tmp_path: Path) -> None:
+    data_dir = tmp_path / "store"
+    previous = os.umask(0o022)
+    try:
+        done = run_cli("init", "--json", env=clean_env(SCALEMULE_DATA_DIR=str(data_dir)))
+        assert done.returncode == 0, done.stderr
+        agent = json.loads(done.stdout)["agent_key"]
+
+        async def use_the_store() -> dict[str, int]:
+            # An object on local disk, a signed URL, and the SQLite -wal/-shm files of an open store.
+            runtime = Runtime.open(Settings(data_dir=data_dir))
+            try:
+                dispatcher = Dispatcher(runtime, Exposure(toolsets=None))
+                for operation, arguments in (
+                    ("storage_put_object", {"key": "a/b.txt", "content": "private"}),
+                    ("storage_create_signed_url", {"key": "a/b.txt"}),
+                ):
+                    outcome = await dispatcher.call(Invocation(operation, arguments, agent, "cli"))
+                    assert outcome.error is None, outcome.error
+                return {str(p.relative_to(data_dir)): stat.S_IMODE(p.stat().st_mode) for p in data_dir.rglob("*")}
+            finally:
+                await runtime.close()
+
+        modes = anyio.run(use_the_store)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert {"scalemule.db", "scalemule.db-wal", "scalemule.db-shm", "master.key"} <= set(modes)
+    assert any(name.startswith("blobs/") and not (data_dir / name).is_dir() for name in modes)
+    wanted = {name: 0o700 if (data_dir / name).is_dir() else 0o600 for name in modes}
+    assert {name: oct(mode) for name, mode in modes.items() if mode != wanted[name]} == {}
