@@ -818,3 +818,21 @@ async def test_requests_with_bad_signed_url_tokens_are_tallied_not_recorded_one_
         assert await probe.tallied() == 40
         folded = [e for e in await probe.audit_events() if e["operation"].startswith("storage_url_")]
         assert {(e["outcome"], e["chain"], e["args"]["source"]) for e in folded} == {("denied", "-", "127.0.0.1")}
+
+
+async def test_signed_get_urls_of_either_backend_serve_a_stored_page_as_an_attachment(sworld: World) -> None:
+    await sworld.ok(
+        "storage_put_object", sworld.agent, key="x.html", content="<script>1</script>", content_type="text/html"
+    )
+    url = (await sworld.ok("storage_create_signed_url", sworld.agent, key="x.html"))["url"]
+    if url.startswith(sworld.dispatcher.runtime.settings.public_url):
+        _, headers, _ = await asgi(build_app(sworld.dispatcher), "GET", url)
+        disposition = headers["content-disposition"]
+    else:
+
+        def get() -> str:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                return str(response.headers.get("content-disposition", ""))
+
+        disposition = await anyio.to_thread.run_sync(get)
+    assert disposition.startswith("attachment;")

@@ -334,7 +334,11 @@ async def storage_create_signed_url(call: Call, args: SignedUrlArgs) -> SignedUr
     obj = await storage.head(call.conn, tenant_id=call.tenant_id, key=key)
     grant = replace(base, etag=obj.etag)
     direct = await call.runtime.blobs.presign_get(
-        obj.blob_ref, expires_in=args.expires_in_seconds, content_type=obj.content_type, filename=key.rsplit("/", 1)[-1]
+        obj.blob_ref,
+        expires_in=args.expires_in_seconds,
+        content_type=obj.content_type,
+        filename=key.rsplit("/", 1)[-1],
+        disposition=object_rules.disposition(obj.content_type),
     )
     return SignedUrl(
         url=direct or call.runtime.signed_url(grant),

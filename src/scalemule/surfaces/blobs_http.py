@@ -22,6 +22,7 @@ from urllib.parse import quote
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from scalemule.core import object_rules
 from scalemule.core.errors import InvalidArgument, PermissionDenied, ScaleMuleError
 from scalemule.core.storage_urls import ObjectUrls
 from scalemule.core.unit_of_work import network_source
@@ -43,29 +44,6 @@ STATUS = {
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 # On every response: stored bytes never run as the server's origin, whatever their type says.
 SAFETY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"content-security-policy", b"sandbox")]
-# Types a browser displays without running anything in them; all others are served as attachments.
-PASSIVE_TYPES = frozenset(
-    {
-        "image/png",
-        "image/jpeg",
-        "image/gif",
-        "image/webp",
-        "image/avif",
-        "image/bmp",
-        "application/pdf",
-        "text/plain",
-        "text/csv",
-        "application/json",
-        "application/octet-stream",
-    }
-)
-PASSIVE_PREFIXES = ("audio/", "video/")
-
-
-def disposition(content_type: str) -> str:
-    """``inline`` for a passive type, else ``attachment`` (HTML, SVG, XML, scripts, unknown types)."""
-    base = content_type.split(";", 1)[0].strip().lower()
-    return "inline" if base in PASSIVE_TYPES or base.startswith(PASSIVE_PREFIXES) else "attachment"
 
 
 def client_source(scope: Scope) -> str:
@@ -161,7 +139,7 @@ class SignedObjects:
             (b"repr-digest", f"sha-256=:{base64.b64encode(bytes.fromhex(obj.sha256)).decode()}:".encode()),
             (
                 b"content-disposition",
-                f"{disposition(obj.content_type)}; filename*=UTF-8''{quote(name, safe='')}".encode(),
+                f"{object_rules.disposition(obj.content_type)}; filename*=UTF-8''{quote(name, safe='')}".encode(),
             ),
             *SAFETY_HEADERS,
         ]
