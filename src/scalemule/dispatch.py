@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,8 +37,6 @@ from scalemule.db.tables import idempotency_keys
 from scalemule.operations import REGISTRY, Operation
 from scalemule.operations.base import AuditNote, Call, bounded, encodable, recorded_args, redacted
 from scalemule.runtime import Runtime
-
-log = logging.getLogger("scalemule")
 
 
 @dataclass(frozen=True)
@@ -135,6 +132,7 @@ class _Caller:
     @property
     def tallied(self) -> bool:
         """Whether the handler asked, through its AuditNote, for a successful call to be tallied."""
+        # AuditNote carries no such request yet; the flag it gains is read here and nowhere else.
         return False
 
     def event(self, outcome: audit.Outcome, error_code: str | None) -> AuditEvent:
