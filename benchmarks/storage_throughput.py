@@ -67,8 +67,7 @@ class Service:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         runtime = Runtime.open(settings)
         await migrate.upgrade(runtime.db.engine)
-        async with runtime.db.transaction() as conn:
-            made = await bootstrap.initialize(conn, slug="bench", owner_email="bench@example.com")
+        made = await bootstrap.initialize(runtime.db, slug="bench", owner_email="bench@example.com")
         return cls(runtime, made.tenant.id)
 
     async def put(self, key: str, data: bytes) -> None:

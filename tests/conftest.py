@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 import sqlalchemy as sa
 
-from scalemule.core import bootstrap, crypto
+from scalemule.core import audit_rollups, bootstrap, crypto
 from scalemule.db import migrate
 from scalemule.db.engine import create_engine
 from scalemule.db.tables import metadata
@@ -175,8 +175,7 @@ class World:
 @pytest.fixture
 async def world(dispatcher: Dispatcher) -> World:
     """Tenant 'acme' with owner alice@example.com and agent 'acme-agent' (developer)."""
-    async with dispatcher.runtime.db.transaction() as conn:
-        made = await bootstrap.initialize(conn, slug="acme", owner_email="alice@example.com")
+    made = await bootstrap.initialize(dispatcher.runtime.db, slug="acme", owner_email="alice@example.com")
     crypto.create_key_file(dispatcher.runtime.settings.data_dir)
     return World(dispatcher, made)
 
@@ -215,7 +214,14 @@ class StoreProbe:
             rows = await conn.execute(sa.select(events).order_by(events.c.chain, events.c.seq))
             return [dict(row._mapping) for row in rows]
 
-    async def event(self, event_id: str) -> dict[str, Any]:
+    async def tallied(self, error_code: str = "unauthenticated") -> int:
+        """How many calls with ``error_code`` were tallied, once every open bucket is folded into the log."""
+        async with self.runtime.db.transaction() as conn:
+            await audit_rollups.flush(conn)
+        events = await self.audit_events()
+        return sum(int(e["args"]["count"]) for e in events if e["error_code"] == error_code and "count" in e["args"])
+
+    async def event(self, event_id: str | None) -> dict[str, Any]:
         """One stored audit event by id."""
         events = metadata.tables["audit_events"]
         async with self.runtime.db.transaction() as conn:

@@ -1,46 +1,42 @@
 """The one path every call takes, whatever surface it comes from.
 
-authenticate -> resolve tenant -> authorize -> validate -> run handler in one transaction -> append the
-audit event in that same transaction -> commit. A failed or denied call is rolled back and its audit
-event written in a fresh transaction. Only here do errors become results.
+authenticate -> expose -> authorize (resolving the tenant) -> validate -> run the handler, all inside
+one audited unit of work (core.unit_of_work): its event is appended in the same transaction and
+committed with it; a failed or denied call is rolled back and recorded in a fresh transaction. Only
+here do errors become results.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import sqlalchemy as sa
 from pydantic import ValidationError
 
 from scalemule.core import access, audit, identity, tenants
-from scalemule.core.access import AUTHENTICATED, KeyInfo, Principal, Tenant, effective_permissions
+from scalemule.core.access import AUTHENTICATED, KIND_PERMISSIONS, KeyInfo, Principal, Tenant, effective_permissions
 from scalemule.core.audit import AuditEvent
 from scalemule.core.errors import (
     Conflict,
     FailedPrecondition,
-    Internal,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     ScaleMuleError,
-    Unauthenticated,
 )
 from scalemule.core.ids import utcnow
+from scalemule.core.unit_of_work import UnitOfWork
 from scalemule.db.engine import Connection
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import idempotency_keys
 from scalemule.operations import REGISTRY, Operation
 from scalemule.operations.base import AuditNote, Call, bounded, encodable, recorded_args, redacted
 from scalemule.runtime import Runtime
-
-log = logging.getLogger("scalemule")
 
 
 @dataclass(frozen=True)
@@ -59,6 +55,9 @@ class Invocation:
     resource: str | None = None
     # True for MCP prompts/list and prompts/get, served by operations that are not tools.
     prompt: bool = False
+    # Where a network client connects from (core.unit_of_work.network_source): refused calls are
+    # tallied per source.
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +67,11 @@ class ErrorBody:
     code: str
     message: str
     hint: str | None
+
+    @classmethod
+    def of(cls, error: ScaleMuleError) -> ErrorBody:
+        """The contract's form of ``error``."""
+        return cls(error.code, error.message, error.hint)
 
     @property
     def text(self) -> str:
@@ -81,7 +85,8 @@ class Outcome:
 
     result: dict[str, Any] | None
     error: ErrorBody | None
-    event_id: str
+    # None when the call was tallied rather than recorded alone (a refused credential).
+    event_id: str | None
 
 
 @dataclass(frozen=True)
@@ -105,11 +110,64 @@ DEFAULT_TOOLSETS = frozenset({"identity", "config", "secrets", "storage", "jobs"
 
 @dataclass
 class _Caller:
+    """What is known of a call so far: the trace its unit of work records (core.unit_of_work.Trace)."""
+
+    inv: Invocation
+    op: Operation | None
+    started: float = field(default_factory=time.perf_counter)
     principal: Principal | None = None
     key: KeyInfo | None = None
     tenant: Tenant | None = None
     role: str | None = None
     note: AuditNote = field(default_factory=AuditNote)
+
+    @property
+    def operation(self) -> str:
+        """The operation named by the call."""
+        return self.inv.operation
+
+    @property
+    def source(self) -> str:
+        """The client's network source, else the transport (stdio and the CLI have one client each)."""
+        return self.inv.source or self.inv.transport
+
+    @property
+    def tallied(self) -> bool:
+        """Whether the handler asked, through its AuditNote, for a successful call to be tallied."""
+        # AuditNote carries no such request yet; the flag it gains is read here and nowhere else.
+        return False
+
+    def event(self, outcome: audit.Outcome, error_code: str | None) -> AuditEvent:
+        """The call's audit event."""
+        inv, op, principal, key = self.inv, self.op, self.principal, self.key
+        tenant_id = self.note.tenant_id or (self.tenant.id if self.tenant is not None else None)
+        tenant_id = tenant_id or _home_tenant(principal, key)
+        args = recorded_args(op.args_model if op is not None else None, inv.arguments)
+        target = inv.resource
+        if target is None and op is not None and op.target and isinstance(inv.arguments, Mapping):
+            value = inv.arguments.get(op.target)
+            target = None if value is None else value if isinstance(value, str) else str(bounded(value))
+        return AuditEvent(
+            at=utcnow(),
+            operation=_clip(inv.operation, 64) or "",
+            outcome=outcome,
+            transport=inv.transport,
+            duration_ms=(time.perf_counter() - self.started) * 1000,
+            args=args,
+            tenant_id=tenant_id,
+            actor_id=principal.id if principal else None,
+            actor_kind=principal.kind if principal else None,
+            actor_name=principal.name if principal else None,
+            key_id=key.id if key else None,
+            on_behalf_of=principal.on_behalf_of if principal else None,
+            client_name=_clip(inv.client_name, 200),
+            client_version=_clip(inv.client_version, 100),
+            session_id=_clip(inv.session_id, 100),
+            request_id=_clip(inv.request_id, 100),
+            permission=op.permission if op is not None else None,
+            target=_clip(target, 1000),
+            error_code=error_code,
+        )
 
 
 class Dispatcher:
@@ -125,39 +183,42 @@ class Dispatcher:
 
     async def call(self, inv: Invocation) -> Outcome:
         """Run one invocation through the whole path; never raises for a caller's mistake."""
-        started = time.perf_counter()
-        op = REGISTRY.get(inv.operation)
-        caller = _Caller()
+        caller = _Caller(inv, REGISTRY.get(inv.operation))
+        work = UnitOfWork(self.runtime.db, caller)
         try:
-            async with self.runtime.db.transaction() as conn:
-                who = await identity.authenticate(conn, inv.credential)
-                caller.principal, caller.key = who.principal, who.key
-                op = self._exposed(inv)
-                call = await self._authorize(conn, op, inv, who, caller)
-                result = await self._run(call, op, inv.arguments)
-                event = await self._record(conn, inv, op, caller, started, "ok", None)
-            return Outcome(result=result, error=None, event_id=event.id)
-        except anyio.get_cancelled_exc_class():
-            # The client cancelled the request: the change is rolled back, and that is recorded.
-            with anyio.CancelScope(shield=True):
+            result = await work.run(lambda conn: self._pipeline(conn, caller))
+        except ScaleMuleError as error:
+            return Outcome(result=None, error=ErrorBody.of(error), event_id=work.event_id)
+        return Outcome(result=result, error=None, event_id=work.event_id)
+
+    async def screen(self, inv: Invocation, refusal: ScaleMuleError | None = None) -> ErrorBody | None:
+        """Check a request's credential before a surface reads it; None lets it on.
+
+        A refused credential comes back as ``unauthenticated`` (tallied, like any other); with a valid
+        one, ``refusal`` (a request the surface will not take) comes back, recorded as the caller's.
+        Nothing is recorded for a request let on: dispatch records the call it carries.
+        """
+        caller = _Caller(inv, REGISTRY.get(inv.operation))
+        work = UnitOfWork(self.runtime.db, caller)
+        try:
+            async with work.recorded():
                 async with self.runtime.db.transaction() as conn:
-                    await self._record(conn, inv, op, caller, started, "cancelled", None)
-            raise
-        except ScaleMuleError as exc:
-            error = exc
-        except Exception:
-            log.exception("internal error in %s", inv.operation)
-            error = Internal(
-                "an unexpected error occurred; nothing was changed",
-                hint="Retry; if it persists, report it with the audit event id.",
-            )
-        outcome: audit.Outcome = "denied" if isinstance(error, PermissionDenied | Unauthenticated) else "error"
-        async with self.runtime.db.transaction() as conn:
-            event = await self._record(conn, inv, op, caller, started, outcome, error.code)
-        hint = error.hint
-        if error.code == "internal":
-            hint = f"{hint} (audit event {event.id})"
-        return Outcome(result=None, error=ErrorBody(error.code, error.message, hint), event_id=event.id)
+                    who = await identity.authenticate(conn, inv.credential)
+                caller.principal, caller.key = who.principal, who.key
+                if refusal is not None:
+                    raise refusal
+        except ScaleMuleError as error:
+            return ErrorBody.of(error)
+        return None
+
+    async def _pipeline(self, conn: Connection, caller: _Caller) -> dict[str, Any]:
+        """authenticate -> expose -> authorize -> run; the unit of work records the outcome."""
+        inv = caller.inv
+        who = await identity.authenticate(conn, inv.credential)
+        caller.principal, caller.key = who.principal, who.key
+        op = self._exposed(inv)
+        call = await self._authorize(conn, op, inv, who, caller)
+        return await self._run(call, op, inv.arguments)
 
     def _exposed(self, inv: Invocation) -> Operation:
         name = inv.operation
@@ -192,7 +253,8 @@ class Dispatcher:
             found = await _resolve_tenant(conn, who, requested, required=tenant_needed)
             if found is not None:
                 caller.tenant, caller.role = found
-        permissions = effective_permissions(who.principal, caller.role, who.key.scopes)
+        bound = who.key.tenant_id is not None
+        permissions = effective_permissions(who.principal, caller.role, who.key.scopes, bound=bound)
         if op.permission != AUTHENTICATED and access.missing(permissions, op.permission):
             raise _denied(op, caller, permissions)
         return Call(
@@ -246,48 +308,6 @@ class Dispatcher:
             )
         return replay
 
-    async def _record(
-        self,
-        conn: Connection,
-        inv: Invocation,
-        op: Operation | None,
-        caller: _Caller,
-        started: float,
-        outcome: audit.Outcome,
-        error_code: str | None,
-    ) -> AuditEvent:
-        principal, key = caller.principal, caller.key
-        tenant_id = caller.note.tenant_id or (caller.tenant.id if caller.tenant is not None else None)
-        tenant_id = tenant_id or _home_tenant(principal, key)
-        args = recorded_args(op.args_model if op is not None else None, inv.arguments)
-        target = inv.resource
-        if target is None and op is not None and op.target and isinstance(inv.arguments, Mapping):
-            value = inv.arguments.get(op.target)
-            target = None if value is None else value if isinstance(value, str) else str(bounded(value))
-        event = AuditEvent(
-            at=utcnow(),
-            operation=_clip(inv.operation, 64) or "",
-            outcome=outcome,
-            transport=inv.transport,
-            duration_ms=(time.perf_counter() - started) * 1000,
-            args=args,
-            tenant_id=tenant_id,
-            actor_id=principal.id if principal else None,
-            actor_kind=principal.kind if principal else None,
-            actor_name=principal.name if principal else None,
-            key_id=key.id if key else None,
-            on_behalf_of=principal.on_behalf_of if principal else None,
-            client_name=_clip(inv.client_name, 200),
-            client_version=_clip(inv.client_version, 100),
-            session_id=_clip(inv.session_id, 100),
-            request_id=_clip(inv.request_id, 100),
-            permission=op.permission if op is not None else None,
-            target=_clip(target, 1000),
-            error_code=error_code,
-        )
-        (sealed,) = await audit.append(conn, [event])
-        return sealed
-
 
 async def _resolve_tenant(
     conn: Connection, who: identity.Authenticated, requested: Any, *, required: bool
@@ -328,23 +348,26 @@ async def _resolve_tenant(
 
 
 def _denied(op: Operation, caller: _Caller, permissions: Iterable[str]) -> PermissionDenied:
-    principal = caller.principal
+    principal, key = caller.principal, caller.key
     assert principal is not None
     where = f" in tenant '{caller.tenant.slug}'" if caller.tenant is not None else ""
-    by_key = (
-        caller.key is not None
-        and caller.key.scopes is not None
-        and op.permission in effective_permissions(principal, caller.role, None)
-    )
-    if by_key and caller.key is not None:
-        reason = f"its key {caller.key.prefix}… is not scoped for it"
+    bound = key is not None and key.tenant_id is not None
+    hint = "Use access_check or whoami to see what you may do, or ask an owner or admin."
+    if bound and op.permission in KIND_PERMISSIONS[principal.kind]:
+        reason = "its key is bound to a tenant, and this acts outside it"
+        hint = "Use your personal key (one not bound to a tenant)."
+    elif (
+        key is not None
+        and key.scopes is not None
+        and op.permission in effective_permissions(principal, caller.role, None, bound=bound)
+    ):
+        reason = f"its key {key.prefix}… is not scoped for it"
     elif not op.tenant_scoped:
         reason = f"{principal.kind}s do not hold it"
     else:
         reason = f"role {caller.role!r}"
     return PermissionDenied(
-        f"{principal.kind} '{principal.name}' lacks '{op.permission}'{where} ({reason}) for {op.name}",
-        hint="Use access_check or whoami to see what you may do, or ask an owner or admin.",
+        f"{principal.kind} '{principal.name}' lacks '{op.permission}'{where} ({reason}) for {op.name}", hint=hint
     )
 
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from scalemule.blobs import BlobStore, open_blob_store
 from scalemule.core.crypto import Keyring
+from scalemule.core.signed_urls import Grant, UrlSigner
+from scalemule.core.storage_urls import ObjectUrls
 from scalemule.db.engine import Database
 from scalemule.settings import Settings
+
+# Where the HTTP surface serves signed object URLs: ``<public_url>/blobs/<token>``.
+BLOBS_PATH = "/blobs/"
 
 
 @dataclass
@@ -28,6 +34,20 @@ class Runtime:
             keyring=Keyring(settings.data_dir),
             blobs=open_blob_store(settings),
         )
+
+    @cached_property
+    def object_urls(self) -> ObjectUrls:
+        """The signed-URL service over these stores and settings."""
+        return ObjectUrls(
+            db=self.db,
+            blobs=self.blobs,
+            signer=UrlSigner(self.keyring, self.settings.data_dir),
+            quota=self.settings.storage_quota_bytes,
+        )
+
+    def signed_url(self, grant: Grant) -> str:
+        """The URL under which the HTTP surface serves ``grant``."""
+        return f"{self.settings.public_url.rstrip('/')}{BLOBS_PATH}{self.object_urls.sign(grant)}"
 
     async def close(self) -> None:
         """Release pooled connections."""

@@ -11,10 +11,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from scalemule.core import tokens
+from scalemule.dispatch import Dispatcher, Exposure, Invocation
 from scalemule.operations import REGISTRY
+from scalemule.runtime import Runtime
+from scalemule.settings import Settings
 from scalemule.surfaces import cli, schemas
 from tests.e2e.conftest import SCALEMULE, Deployment, _deploy, clean_env, run_cli
 
@@ -22,10 +26,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _store_state(data_dir: Path) -> tuple[list[str], list[str], bytes]:
-    """Files of the data directory, the SQLite dump, and the master key."""
+    """Files of the data directory, the SQLite dump less the audit log, and the master key."""
     files = sorted(p.name for p in data_dir.iterdir() if not p.name.endswith(("-wal", "-shm")))
+    audit = ('INSERT INTO "audit_events"', 'INSERT INTO "audit_heads"')
     with sqlite3.connect(data_dir / "scalemule.db") as db:
-        dump = list(db.iterdump())
+        dump = [line for line in db.iterdump() if not line.startswith(audit)]
     return files, dump, (data_dir / "master.key").read_bytes()
 
 
@@ -62,7 +67,9 @@ def test_init_prints_the_tenant_both_keys_and_a_client_configuration(tmp_path: P
     assert stat.S_IMODE((data_dir / "master.key").stat().st_mode) == 0o600
 
 
-def test_init_on_an_initialised_store_fails_and_changes_nothing(deployment: Deployment, tmp_path: Path) -> None:
+def test_init_on_an_initialised_store_fails_changes_nothing_and_is_recorded(
+    deployment: Deployment, tmp_path: Path
+) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(deployment.settings.data_dir, copy)
     before = _store_state(copy)
@@ -71,6 +78,11 @@ def test_init_on_an_initialised_store_fails_and_changes_nothing(deployment: Depl
     assert json.loads(done.stdout)["error"]["code"] == "failed_precondition"
     assert deployment.owner_key not in done.stdout + done.stderr
     assert _store_state(copy) == before
+    with sqlite3.connect(copy / "scalemule.db") as db:
+        refused = db.execute(
+            "SELECT actor_kind, error_code, chain FROM audit_events WHERE operation = 'init' AND outcome = 'error'"
+        ).fetchall()
+    assert refused == [("operator", "failed_precondition", "-")]
 
 
 def test_a_failed_call_prints_the_error_contract_and_exits_non_zero(deployment: Deployment) -> None:
@@ -204,3 +216,36 @@ def test_the_operator_revokes_keys_on_postgresql_too(
     postgres_deployment: Deployment, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _operator_revokes_keys(postgres_deployment, capsys)
+
+
+def test_init_keeps_the_data_directory_and_every_file_in_it_private_under_umask_022(tmp_path: Path) -> None:
+    data_dir = tmp_path / "store"
+    previous = os.umask(0o022)
+    try:
+        done = run_cli("init", "--json", env=clean_env(SCALEMULE_DATA_DIR=str(data_dir)))
+        assert done.returncode == 0, done.stderr
+        agent = json.loads(done.stdout)["agent_key"]
+
+        async def use_the_store() -> dict[str, int]:
+            # An object on local disk, a signed URL, and the SQLite -wal/-shm files of an open store.
+            runtime = Runtime.open(Settings(data_dir=data_dir))
+            try:
+                dispatcher = Dispatcher(runtime, Exposure(toolsets=None))
+                for operation, arguments in (
+                    ("storage_put_object", {"key": "a/b.txt", "content": "private"}),
+                    ("storage_create_signed_url", {"key": "a/b.txt"}),
+                ):
+                    outcome = await dispatcher.call(Invocation(operation, arguments, agent, "cli"))
+                    assert outcome.error is None, outcome.error
+                return {str(p.relative_to(data_dir)): stat.S_IMODE(p.stat().st_mode) for p in data_dir.rglob("*")}
+            finally:
+                await runtime.close()
+
+        modes = anyio.run(use_the_store)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert {"scalemule.db", "scalemule.db-wal", "scalemule.db-shm", "master.key"} <= set(modes)
+    assert any(name.startswith("blobs/") and not (data_dir / name).is_dir() for name in modes)
+    wanted = {name: 0o700 if (data_dir / name).is_dir() else 0o600 for name in modes}
+    assert {name: oct(mode) for name, mode in modes.items() if mode != wanted[name]} == {}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -14,7 +16,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from scalemule.core import tokens
+from scalemule.core.object_rules import MAX_INLINE_BYTES
 from scalemule.dispatch import Invocation
+from scalemule.surfaces.http import MAX_REQUEST_BYTES
 from tests.e2e.conftest import Deployment, http_server, mistyped
 
 pytestmark = pytest.mark.anyio
@@ -111,3 +115,59 @@ async def test_each_request_acts_as_the_holder_of_its_own_bearer_token(deploymen
             group.start_soon(whoami, "owner", deployment.owner_key)
             group.start_soon(whoami, "agent", deployment.agent_key)
     assert seen == {"owner": "user", "agent": "agent"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_deployment(request: pytest.FixtureRequest) -> Deployment:
+    """The module's SQLite deployment, then a fresh PostgreSQL one."""
+    name = "deployment" if request.param == "sqlite" else "postgres_deployment"
+    deployment: Deployment = request.getfixturevalue(name)
+    return deployment
+
+
+async def test_requests_with_refused_bearer_tokens_are_tallied_per_source_not_recorded_one_event_each(
+    any_deployment: Deployment,
+) -> None:
+    deployment = any_deployment
+    async with deployment.beside() as (_, probe):
+        tallied = await probe.tallied()
+        before = await probe.audit_count()
+    with http_server(deployment) as url:
+        async with httpx2.AsyncClient(timeout=30) as http:
+            for token in [tokens.generate(), mistyped(deployment.agent_key), "smk_malformed"] * 10:
+                response = await http.post(url, json=INITIALIZE, headers=ACCEPT | {"Authorization": f"Bearer {token}"})
+                assert response.status_code == 401
+    async with deployment.beside() as (_, probe):
+        # Counted, not appended: at most the bucket of a minute that closed meanwhile was folded.
+        assert await probe.audit_count() <= before + 1
+        assert await probe.tallied() == tallied + 30
+        folded = [e for e in await probe.audit_events() if e["operation"] == "mcp_request"]
+    assert folded and {(e["transport"], e["outcome"], e["chain"]) for e in folded} == {("http", "denied", "-")}
+    assert {e["args"]["source"] for e in folded} == {"127.0.0.1"}
+
+
+async def test_a_put_of_the_documented_16_mib_passes_over_http(deployment: Deployment, url: str) -> None:
+    data = os.urandom(MAX_INLINE_BYTES)
+    arguments = {"key": "big/16mib.bin", "content": base64.b64encode(data).decode(), "encoding": "base64"}
+    async with _client(url, deployment.agent_key, "big-put") as client:
+        result = await client.call_tool("storage_put_object", arguments)
+    assert not result.is_error, result.content
+    assert result.structured_content is not None and result.structured_content["size"] == MAX_INLINE_BYTES
+
+
+async def test_a_body_over_the_limit_gets_a_json_rpc_error_naming_it_and_signed_put_urls_and_is_audited(
+    deployment: Deployment, url: str
+) -> None:
+    body = b"x" * (MAX_REQUEST_BYTES + 1)
+    headers = ACCEPT | {"Authorization": f"Bearer {deployment.agent_key}", "Mcp-Name": "storage_put_object"}
+    async with httpx2.AsyncClient(timeout=60) as http:
+        response = await http.post(url, content=body, headers=headers)
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == -32600 and error["data"]["code"] == "invalid_argument"
+    assert f"{MAX_REQUEST_BYTES:,}" in error["message"]
+    assert 'storage_create_signed_url(method="PUT")' in error["data"]["hint"]
+    async with deployment.beside() as (_, probe):
+        events = [e for e in await probe.audit_events() if e["error_code"] == "invalid_argument"]
+    refused = [e for e in events if e["operation"] == "storage_put_object" and e["transport"] == "http"]
+    assert refused and refused[-1]["actor_name"] == f"{deployment.slug}-agent"

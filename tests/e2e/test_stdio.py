@@ -172,3 +172,47 @@ async def test_prompts_are_listed_and_fetched_through_the_audited_path(deploymen
         ("prompts_get", "error"),
         ("prompts_get", "error"),
     ]
+
+
+def _request(request_id: int, arguments: str) -> str:
+    return (
+        f'{{"jsonrpc":"2.0","id":{request_id},"method":"tools/call",'
+        f'"params":{{"name":"whoami","arguments":{{"x":{arguments}}}}}}}'
+    )
+
+
+# Each line, and the JSON-RPC error (code, id) the server must answer it with.
+MALFORMED = {
+    "a lone surrogate escape": (_request(7, '"\\ud800"'), -32700, 7),
+    "nesting of 200 levels": (_request(8, "[" * 200 + "]" * 200), -32700, 8),
+    "a 5,000-digit integer": (_request(9, "9" * 5000), -32700, 9),
+    "invalid JSON": ('{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{', -32700, None),
+    "a batch array": ('[{"jsonrpc":"2.0","id":11,"method":"ping"}]', -32600, None),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+async def test_a_malformed_line_over_stdio_is_answered_with_a_json_rpc_error_not_left_hanging(
+    deployment: Deployment, case: str
+) -> None:
+    line, code, request_id = MALFORMED[case]
+    env = deployment.env | {"SCALEMULE_API_KEY": deployment.agent_key}
+    process = await anyio.open_process([SCALEMULE, "serve"], env=env)
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        # The malformed line, then a ping: the ping's answer proves the server read past the bad line.
+        await process.stdin.send(f'{line}\n{{"jsonrpc":"2.0","id":99,"method":"ping"}}\n'.encode())
+        replies: list[dict[str, Any]] = []
+        buffer = b""
+        with anyio.fail_after(30):
+            while len(replies) < 2:
+                buffer += await process.stdout.receive()
+                *complete, buffer = buffer.split(b"\n")
+                replies += [json.loads(piece) for piece in complete if piece.strip()]
+    finally:
+        await process.stdin.aclose()
+        with anyio.fail_after(30):
+            await process.wait()
+    refusal, pong = replies
+    assert (refusal["id"], refusal["error"]["code"]) == (request_id, code), refusal
+    assert pong == {"jsonrpc": "2.0", "id": 99, "result": {}}

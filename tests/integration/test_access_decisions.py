@@ -26,9 +26,9 @@ REFUSED = {"permission_denied", "unauthenticated"}
 SHAPES = ("bound", "unbound", "scoped", "expired", "revoked", "parent_revoked")
 
 
-def _order(op: Operation) -> tuple[bool, str]:
-    # Calls that may change the caller's own standing (a member leaving) run last.
-    return (not op.read_only, op.name)
+def _order(op: Operation) -> tuple[bool, bool, str]:
+    # Reads first, then writes; leaving the tenant ends the caller's membership, so it runs last.
+    return (op.name == "members_leave", not op.read_only, op.name)
 
 
 OPERATIONS = sorted(REGISTRY.values(), key=_order)

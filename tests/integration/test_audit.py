@@ -75,10 +75,30 @@ async def test_a_denied_call_is_recorded_as_denied_in_the_callers_tenant(world: 
     assert event["permission"] == "members:manage" and event["tenant_id"] == world.made.tenant.id
 
 
-async def test_a_call_without_a_key_is_recorded_without_an_actor(world: World, probe: StoreProbe) -> None:
-    outcome = await world.call("whoami", None)
-    event = await probe.event(outcome.event_id)
-    assert (event["outcome"], event["error_code"], event["actor_id"]) == ("denied", "unauthenticated", None)
+async def test_calls_with_refused_credentials_are_tallied_not_recorded_one_event_each(
+    world: World, probe: StoreProbe
+) -> None:
+    before = await probe.audit_count()
+    for token in [None, "smk_unknown", world.agent[:-1] + "x"] * 20:
+        outcome = await world.call("whoami", token)
+        assert outcome.error is not None and outcome.error.code == "unauthenticated"
+        assert outcome.event_id is None
+    # Counted in a bucket, not appended (a minute that closes meanwhile is folded into one event).
+    assert await probe.audit_count() <= before + 1
+    assert await probe.tallied() == 60
+    folded = [e for e in await probe.audit_events() if e["error_code"] == "unauthenticated"]
+    assert 1 <= len(folded) <= 2  # one per minute: the calls may straddle a minute boundary
+    for event in folded:
+        assert (event["outcome"], event["actor_id"], event["chain"]) == ("denied", None, "-")
+        assert event["args"]["source"] == "cli" and event["operation"] == "whoami"
+
+
+async def test_a_denied_call_by_a_known_caller_is_still_one_event_each(world: World, probe: StoreProbe) -> None:
+    before = await probe.audit_count()
+    for _ in range(3):
+        outcome = await world.call("members_add", world.agent, email="x@example.com", role="viewer")
+        assert (await probe.event(outcome.event_id))["error_code"] == "permission_denied"
+    assert await probe.audit_count() == before + 3
 
 
 async def test_the_token_keys_create_returns_never_reaches_the_audit_log(world: World, probe: StoreProbe) -> None:
@@ -100,6 +120,10 @@ async def test_sensitive_arguments_are_recorded_as_redacted_whatever_the_outcome
             canary = f"canary-{random.token_hex(8)}"
             arguments = {field: canary for field in fields} | {"unknown": canary[:3]}
             outcome = await world.call(name, token, **arguments)
+            if outcome.event_id is None:  # a refused credential: tallied, its first call's args kept
+                await probe.tallied()
+                assert canary not in repr(await probe.audit_events()), name
+                continue
             event = await probe.event(outcome.event_id)
             assert canary not in repr(event), name
             assert all(event["args"][field] == REDACTED for field in fields), name

@@ -15,6 +15,7 @@ import pytest
 
 from scalemule.operations import REGISTRY
 from tests.conftest import World
+from tests.integration.people import user_with_key
 
 pytestmark = pytest.mark.anyio
 
@@ -43,6 +44,14 @@ async def _tenants_through_a_bound_key(world: World) -> Listing:
         await world.ok("tenants_create", world.owner, slug=f"t{i}", name=f"T{i}")
     made = await world.ok("keys_create", world.owner, tenant="t2", name="bound to t2")
     return Listing(made["token"])
+
+
+async def _invitations(world: World) -> Listing:
+    bob, bob_key = await user_with_key(world, "bob@example.com")
+    for i in range(4):
+        await world.ok("tenants_create", world.owner, slug=f"t{i}", name=f"T{i}")
+        await world.ok("members_add", world.owner, tenant=f"t{i}", principal_id=bob, role="viewer")
+    return Listing(bob_key)
 
 
 async def _members(world: World) -> Listing:
@@ -89,6 +98,7 @@ async def _audit(world: World) -> Listing:
 
 SEEDERS: dict[str, list[Seeder]] = {
     "tenants_list": [_tenants, _tenants_through_a_bound_key],
+    "invitations_list": [_invitations],
     "members_list": [_members],
     "keys_list": [_keys],
     "config_list": [_config],

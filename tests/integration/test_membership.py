@@ -81,7 +81,9 @@ async def test_accepting_needs_the_inviter_to_still_be_able_to_grant_the_role(wo
     assert await world.code("invitations_respond", bob_key, **answer) == "failed_precondition"
 
 
-async def test_a_tenant_bound_key_cannot_answer_invitations(world: World, probe: StoreProbe) -> None:
+async def test_a_tenant_bound_key_can_neither_create_tenants_nor_answer_invitations(
+    world: World, probe: StoreProbe
+) -> None:
     bob, bob_key = await user_with_key(world, "bob@example.com")
     await world.ok("tenants_create", bob_key, slug="bobco", name="Bob Co")
     bound = await world.ok("keys_create", bob_key, name="bobco only")
@@ -90,7 +92,13 @@ async def test_a_tenant_bound_key_cannot_answer_invitations(world: World, probe:
     answer = {"invitation_id": invited["invitation"]["id"], "accept": True}
     assert await world.code("invitations_respond", bound["token"], **answer) == "permission_denied"
     assert await world.code("invitations_list", bound["token"]) == "permission_denied"
+    assert await world.code("tenants_create", bound["token"], slug="escape", name="Escape") == "permission_denied"
     assert await probe.rows() == before
+    # What the key holds says so: the kind's permissions act outside any tenant.
+    held = await world.ok("whoami", bound["token"])
+    assert not {"tenants:create", "tenants:join"} & set(held["permissions"])
+    personal = await world.ok("whoami", bob_key, tenant="bobco")
+    assert {"tenants:create", "tenants:join"} <= set(personal["permissions"])
 
 
 async def test_invitations_list_pages_through_every_pending_invitation(world: World) -> None:

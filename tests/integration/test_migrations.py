@@ -80,7 +80,7 @@ async def test_upgrading_a_store_that_holds_tenants_keeps_every_row_and_names_me
             await engine.dispose()
 
 
-async def test_keys_minted_by_owners_and_admins_keep_writing_to_protected_environments(store: Settings) -> None:
+async def test_keys_minted_before_new_permissions_keep_the_reach_they_had(store: Settings) -> None:
     admin_scopes = sorted(ROLES["admin"] - {PROTECTED_WRITE})
     developer_scopes = sorted(ROLES["developer"])
     async with _empty_database(store) as url:
@@ -93,7 +93,14 @@ async def test_keys_minted_by_owners_and_admins_keep_writing_to_protected_enviro
                         id="usr_1", kind="user", name="a", email="a@example.com", created_at=utcnow()
                     )
                 )
-                for key_id, scopes in (("key_admin", admin_scopes), ("key_dev", developer_scopes), ("key_all", None)):
+                personal = ["tenants:create", "config:read"]
+                shapes = (
+                    ("key_admin", admin_scopes),
+                    ("key_dev", developer_scopes),
+                    ("key_all", None),
+                    ("key_me", personal),
+                )
+                for key_id, scopes in shapes:
                     await conn.execute(
                         api_keys.insert().values(
                             id=key_id,
@@ -113,3 +120,4 @@ async def test_keys_minted_by_owners_and_admins_keep_writing_to_protected_enviro
     assert stored["key_admin"] == sorted([*admin_scopes, PROTECTED_WRITE])
     assert stored["key_dev"] == developer_scopes
     assert stored["key_all"] is None
+    assert stored["key_me"] == ["config:read", "tenants:create", "tenants:join"]

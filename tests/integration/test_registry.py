@@ -141,11 +141,19 @@ def _invocation(op: Operation, arguments: Any, token: str | None) -> Invocation:
 
 
 async def _call_each(world: World, probe: StoreProbe, arguments: Any, token: str | None) -> dict[str, tuple[str, str]]:
-    """Call every operation once; returns {name: (error code or 'ok', outcome)} and checks one event each."""
+    """Call every operation once; returns {name: (error code or 'ok', outcome)} and checks one event each.
+
+    A refused credential is tallied rather than recorded alone: its outcome reads ``tallied``.
+    """
     seen: dict[str, tuple[str, str]] = {}
     for op in REGISTRY.values():
+        tallied = await probe.tallied()
         before = await probe.audit_count()
         outcome = await world.dispatcher.call(_invocation(op, arguments, token))
+        if outcome.event_id is None:
+            assert outcome.error is not None and await probe.tallied() == tallied + 1, op.name
+            seen[op.name] = (outcome.error.code, "tallied")
+            continue
         assert await probe.audit_count() == before + 1, f"{op.name} did not record exactly one audit event"
         event = await probe.event(outcome.event_id)
         assert event["operation"] == op.name
@@ -154,21 +162,21 @@ async def _call_each(world: World, probe: StoreProbe, arguments: Any, token: str
 
 
 @pytest.mark.anyio
-async def test_every_operation_called_without_a_key_is_unauthenticated_and_audited_once(
+async def test_every_operation_called_without_a_key_is_unauthenticated_and_tallied_once(
     world: World, probe: StoreProbe
 ) -> None:
     seen = await _call_each(world, probe, {}, None)
-    assert seen == {name: ("unauthenticated", "denied") for name in REGISTRY}
+    assert seen == {name: ("unauthenticated", "tallied") for name in REGISTRY}
 
 
 @pytest.mark.anyio
-async def test_every_operation_called_with_a_revoked_key_is_unauthenticated_and_audited_once(
+async def test_every_operation_called_with_a_revoked_key_is_unauthenticated_and_tallied_once(
     world: World, probe: StoreProbe
 ) -> None:
     made = await world.ok("keys_create", world.owner, name="short-lived")
     await world.ok("keys_revoke", world.owner, key_id=made["key"]["id"])
     seen = await _call_each(world, probe, {}, made["token"])
-    assert seen == {name: ("unauthenticated", "denied") for name in REGISTRY}
+    assert seen == {name: ("unauthenticated", "tallied") for name in REGISTRY}
 
 
 @pytest.mark.anyio

@@ -27,7 +27,7 @@ from scalemule.blobs.base import CHUNK_SIZE
 from scalemule.core import bootstrap, crypto, storage
 from scalemule.core.signed_urls import UrlSigner
 from scalemule.core.storage_sweep import sweep
-from scalemule.db.tables import storage_objects, storage_usage
+from scalemule.db.tables import signed_url_uses, storage_objects, storage_usage
 from scalemule.dispatch import Dispatcher, Exposure, Invocation
 from scalemule.operations import REGISTRY
 from scalemule.operations.base import Call
@@ -36,7 +36,7 @@ from scalemule.settings import Settings
 from scalemule.surfaces.http import build_app
 from scalemule.surfaces.mcp import build_server
 from tests.blobs.conftest import S3Endpoint, s3_endpoint, s3_prefix  # noqa: F401  (s3_endpoint: a fixture)
-from tests.conftest import World
+from tests.conftest import StoreProbe, World
 
 pytestmark = pytest.mark.anyio
 
@@ -56,8 +56,7 @@ async def opened(settings: Settings) -> AsyncIterator[World]:
     runtime = Runtime.open(settings)
     try:
         dispatcher = Dispatcher(runtime, Exposure(toolsets=None))
-        async with runtime.db.transaction() as conn:
-            made = await bootstrap.initialize(conn, slug="acme", owner_email="alice@example.com")
+        made = await bootstrap.initialize(runtime.db, slug="acme", owner_email="alice@example.com")
         crypto.create_key_file(settings.data_dir)
         yield World(dispatcher, made)
     finally:
@@ -738,3 +737,102 @@ async def test_a_viewer_may_sign_get_urls_but_not_put_urls(sworld: World) -> Non
         "permission_denied"
     )
     assert await sworld.code("storage_put_object", key["token"], key="menu.txt", content="x") == "permission_denied"
+
+
+# --- signed URLs: safe serving, single-use PUTs, bounded records of bad tokens ----------------------
+
+ACTIVE_AND_PASSIVE = {
+    "page.html": ("text/html; charset=utf-8", "attachment"),
+    "logo.svg": ("image/svg+xml", "attachment"),
+    "app.js": ("text/javascript", "attachment"),
+    "feed.xml": ("application/xml", "attachment"),
+    "photo.png": ("image/png", "inline"),
+    "notes.txt": ("text/plain; charset=utf-8", "inline"),
+    "data.json": ("application/json", "inline"),
+    "report.pdf": ("application/pdf", "inline"),
+    "clip.mp4": ("video/mp4", "inline"),
+}
+
+
+async def test_a_signed_get_never_lets_stored_bytes_run_as_the_servers_origin(store: Settings) -> None:
+    async with opened(store) as world:
+        app = build_app(world.dispatcher)
+        for key, (content_type, shown) in ACTIVE_AND_PASSIVE.items():
+            payload = "<script>alert(document.cookie)</script>"
+            await world.ok("storage_put_object", world.agent, key=key, content=payload, content_type=content_type)
+            url = (await world.ok("storage_create_signed_url", world.agent, key=key))["url"]
+            status, headers, _ = await asgi(app, "GET", url)
+            assert status == 200, key
+            assert headers["x-content-type-options"] == "nosniff", key
+            assert "sandbox" in headers["content-security-policy"], key
+            assert headers["content-disposition"].split(";")[0] == shown, key
+
+
+async def test_a_signed_put_url_uploads_once_and_a_second_use_is_refused(store: Settings) -> None:
+    async with opened(store) as world:
+        signed = await world.ok("storage_create_signed_url", world.agent, key="once.txt", method="PUT")
+        status, _ = await fetch(world, signed["url"], "PUT", b"first")
+        assert status == 200
+        status, body = await fetch(world, signed["url"], "PUT", b"second")
+        assert status == 403 and json.loads(body)["error"]["code"] == "unauthenticated"
+        assert (await world.ok("storage_get_object", world.agent, key="once.txt"))["content"] == "first"
+
+
+async def test_concurrent_uploads_with_one_put_url_store_exactly_one(store: Settings) -> None:
+    async with opened(store) as world:
+        signed = await world.ok("storage_create_signed_url", world.agent, key="race.bin", method="PUT")
+        statuses: list[int] = []
+
+        async def upload(body: bytes) -> None:
+            statuses.append((await fetch(world, signed["url"], "PUT", body))[0])
+
+        async with anyio.create_task_group() as group:
+            for i in range(4):
+                group.start_soon(upload, bytes([i]) * 1000)
+        assert sorted(statuses) == [200, 403, 403, 403]
+
+
+async def test_the_sweep_forgets_used_put_urls_only_once_they_have_expired(store: Settings) -> None:
+    async with opened(store) as world:
+        runtime = world.dispatcher.runtime
+        signed = await world.ok("storage_create_signed_url", world.agent, key="s.txt", method="PUT")
+        assert (await fetch(world, signed["url"], "PUT", b"s"))[0] == 200
+        assert (await sweep(runtime.db, runtime.blobs)).spent_urls == 0
+        later = datetime.fromisoformat(signed["expires_at"]) + timedelta(seconds=1)
+        assert (await sweep(runtime.db, runtime.blobs, now=later)).spent_urls == 1
+        async with runtime.db.transaction() as conn:
+            assert (await conn.execute(sa.select(sa.func.count()).select_from(signed_url_uses))).scalar_one() == 0
+
+
+async def test_requests_with_bad_signed_url_tokens_are_tallied_not_recorded_one_event_each(store: Settings) -> None:
+    async with opened(store) as world:
+        probe = StoreProbe(world.dispatcher.runtime)
+        app = build_app(world.dispatcher)
+        base = world.dispatcher.runtime.settings.public_url
+        before = await probe.audit_count()
+        for i in range(40):
+            status, _, _ = await asgi(app, "GET" if i % 2 else "PUT", f"{base}/blobs/garbage{i}.sig")
+            assert status == 403
+        # Counted, not appended: at most the buckets of a minute that closed meanwhile were folded.
+        assert await probe.audit_count() <= before + 2
+        assert await probe.tallied() == 40
+        folded = [e for e in await probe.audit_events() if e["operation"].startswith("storage_url_")]
+        assert {(e["outcome"], e["chain"], e["args"]["source"]) for e in folded} == {("denied", "-", "127.0.0.1")}
+
+
+async def test_signed_get_urls_of_either_backend_serve_a_stored_page_as_an_attachment(sworld: World) -> None:
+    await sworld.ok(
+        "storage_put_object", sworld.agent, key="x.html", content="<script>1</script>", content_type="text/html"
+    )
+    url = (await sworld.ok("storage_create_signed_url", sworld.agent, key="x.html"))["url"]
+    if url.startswith(sworld.dispatcher.runtime.settings.public_url):
+        _, headers, _ = await asgi(build_app(sworld.dispatcher), "GET", url)
+        disposition = headers["content-disposition"]
+    else:
+
+        def get() -> str:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                return str(response.headers.get("content-disposition", ""))
+
+        disposition = await anyio.to_thread.run_sync(get)
+    assert disposition.startswith("attachment;")

@@ -100,8 +100,13 @@ class BlobStore(Protocol):
         """Remove what interrupted writes started before ``before`` left behind; returns how many."""
         ...
 
-    async def presign_get(self, ref: str, *, expires_in: int, content_type: str, filename: str) -> str | None:
-        """A URL the store itself serves the blob from, or None when it cannot sign one."""
+    async def presign_get(
+        self, ref: str, *, expires_in: int, content_type: str, filename: str, disposition: str = "inline"
+    ) -> str | None:
+        """A URL the store itself serves the blob from, or None when it cannot sign one.
+
+        ``disposition`` (``inline`` or ``attachment``) is the ``Content-Disposition`` it is served with.
+        """
         ...
 
     async def close(self) -> None:

@@ -44,7 +44,7 @@ def _ensure_dir(path: Path) -> None:
         return
     _ensure_dir(path.parent)
     try:
-        path.mkdir()
+        path.mkdir(mode=0o700)  # the data directory's contents are the operator's alone
     except FileExistsError:
         return
     _fsync_dir(path.parent)
@@ -193,7 +193,9 @@ class LocalBlobStore:
 
         return await anyio.to_thread.run_sync(clean)
 
-    async def presign_get(self, ref: str, *, expires_in: int, content_type: str, filename: str) -> str | None:
+    async def presign_get(
+        self, ref: str, *, expires_in: int, content_type: str, filename: str, disposition: str = "inline"
+    ) -> str | None:
         """None: local blobs are served by ScaleMule's HTTP surface under ``/blobs/``."""
         return None
 

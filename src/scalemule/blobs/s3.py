@@ -218,13 +218,15 @@ class S3BlobStore:
             params["KeyMarker"] = page.get("NextKeyMarker")
             params["UploadIdMarker"] = page.get("NextUploadIdMarker")
 
-    async def presign_get(self, ref: str, *, expires_in: int, content_type: str, filename: str) -> str | None:
+    async def presign_get(
+        self, ref: str, *, expires_in: int, content_type: str, filename: str, disposition: str = "inline"
+    ) -> str | None:
         """A SigV4 presigned GetObject URL: the bytes go from S3 to the client, not through ScaleMule."""
         params = {
             "Bucket": self.bucket,
             "Key": self._key(ref),
             "ResponseContentType": content_type,
-            "ResponseContentDisposition": f"inline; filename*=UTF-8''{quote(filename, safe='')}",
+            "ResponseContentDisposition": f"{disposition}; filename*=UTF-8''{quote(filename, safe='')}",
         }
         url = await self._run(
             lambda client: client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)

@@ -23,6 +23,7 @@ AUTHENTICATED = "authenticated"
 
 PERMISSIONS: dict[str, str] = {
     "tenants:create": "create new tenants (users only)",
+    "tenants:join": "see and answer invitations to join tenants (users only)",
     "tenants:read": "read the tenant's profile",
     "tenants:admin": "change or delete the tenant itself",
     "members:read": "list members and their roles",
@@ -66,7 +67,9 @@ _DEVELOP = _READ | {
     "jobs:write",
     "jobs:work",
 }
-_TENANT_PERMISSIONS = set(PERMISSIONS) - {"tenants:create"}
+# Held by a user itself, outside any tenant: never part of a role.
+_PERSONAL = frozenset({"tenants:create", "tenants:join"})
+_TENANT_PERMISSIONS = set(PERMISSIONS) - _PERSONAL
 
 ROLES: dict[str, frozenset[str]] = {
     "owner": frozenset(_TENANT_PERMISSIONS),
@@ -78,7 +81,7 @@ ROLES: dict[str, frozenset[str]] = {
 
 # Permissions a principal holds by its kind, outside any tenant.
 KIND_PERMISSIONS: dict[str, frozenset[str]] = {
-    "user": frozenset({"tenants:create"}),
+    "user": _PERSONAL,
     "agent": frozenset(),
     "service": frozenset(),
     "operator": frozenset(PERMISSIONS),
@@ -123,9 +126,15 @@ def operator() -> Principal:
     return Principal(id="operator", kind="operator", name=getpass.getuser())
 
 
-def effective_permissions(principal: Principal, role: str | None, scopes: Iterable[str] | None) -> frozenset[str]:
-    """The permissions a call may use: role and kind permissions, narrowed to key scopes (None: no narrowing)."""
-    granted = KIND_PERMISSIONS[principal.kind] | (ROLES[role] if role else frozenset())
+def effective_permissions(
+    principal: Principal, role: str | None, scopes: Iterable[str] | None, *, bound: bool = False
+) -> frozenset[str]:
+    """The permissions a call may use: role and kind permissions, narrowed to key scopes (None: no narrowing).
+
+    A key bound to a tenant acts only inside it, so it holds no kind permission: those act outside any
+    tenant (creating one, answering invitations to others).
+    """
+    granted = (frozenset() if bound else KIND_PERMISSIONS[principal.kind]) | (ROLES[role] if role else frozenset())
     return granted if scopes is None else granted & frozenset(scopes)
 
 
@@ -281,16 +290,3 @@ def child_key_terms(
         scopes=allowed if scopes is None else frozenset(scopes),
         expires_at=expires_at,
     )
-
-
-def check_acts_for_its_person(key: KeyInfo | None, *, action: str) -> None:
-    """Refuse a tenant-bound key an act that reaches beyond its tenant (answering invitations).
-
-    Raises:
-        PermissionDenied: the key is bound to a tenant.
-    """
-    if key is not None and key.tenant_id is not None:
-        raise PermissionDenied(
-            f"a tenant-bound key cannot {action}: it acts only in its own tenant",
-            hint="Use your personal key (one not bound to a tenant).",
-        )

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from scalemule.core import audit, identity, tenants
+from scalemule.core import identity, tenants, unit_of_work
 from scalemule.core.access import Principal, Tenant
 from scalemule.core.errors import FailedPrecondition
-from scalemule.db.engine import Connection
+from scalemule.db.engine import Connection, Database
 from scalemule.db.tables import tenants as tenants_table
 
 
@@ -25,13 +24,26 @@ class Bootstrap:
     agent_token: str
 
 
-async def initialize(conn: Connection, *, slug: str, owner_email: str) -> Bootstrap:
+async def initialize(db: Database, *, slug: str, owner_email: str) -> Bootstrap:
     """Create the first tenant with an owner user and an agent acting on the owner's behalf.
+
+    An operator command: recorded as the first event of the new tenant's chain (a refusal, in the
+    global chain).
 
     Raises:
         FailedPrecondition: the store already has tenants (init runs once).
     """
-    started = time.perf_counter()
+    work, trace = unit_of_work.operator(db, "init", {"tenant": slug, "owner": owner_email}, target=slug)
+
+    async def body(conn: Connection) -> Bootstrap:
+        made = await _create(conn, slug=slug, owner_email=owner_email)
+        trace.tenant_id = made.tenant.id
+        return made
+
+    return await work.run(body)
+
+
+async def _create(conn: Connection, *, slug: str, owner_email: str) -> Bootstrap:
     existing = (await conn.execute(sa.select(sa.func.count()).select_from(tenants_table))).scalar_one()
     if existing:
         raise FailedPrecondition(
@@ -63,8 +75,4 @@ async def initialize(conn: Connection, *, slug: str, owner_email: str) -> Bootst
         expires_at=None,
         created_by=owner.id,
     )
-    event = audit.operator_event(
-        "init", {"tenant": slug, "owner": owner_email}, started=started, tenant_id=tenant.id, target=slug
-    )
-    await audit.append(conn, [event])
     return Bootstrap(tenant, owner, agent, owner_token, agent_token)

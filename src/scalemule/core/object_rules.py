@@ -10,6 +10,27 @@ import unicodedata
 from scalemule.core.errors import InvalidArgument
 
 MAX_KEY_BYTES = 1024
+# Types a browser displays without running anything in them. Every other type (HTML, SVG, XML,
+# scripts, unknown ones) is served as an attachment, so stored bytes never run as a page.
+PASSIVE_TYPES = frozenset(
+    {
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/avif",
+        "image/bmp",
+        "application/pdf",
+        "text/plain",
+        "text/csv",
+        "application/json",
+        "application/octet-stream",
+    }
+)
+PASSIVE_PREFIXES = ("audio/", "video/")
+# The bytes one call may carry (a put, a read, the object resource); larger objects go through signed
+# URLs. The HTTP surface derives its request body limit from it.
+MAX_INLINE_BYTES = 16 << 20
 MAX_METADATA_BYTES = 2048
 KEY_FORM = (
     "Keys are 1-1,024 bytes of UTF-8 like 'reports/2026/q1.pdf': '/'-separated segments, none empty, '.' or "
@@ -141,3 +162,9 @@ def is_textual(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     kind, _, subtype = media.partition("/")
     return kind == "text" or subtype in _TEXT_SUBTYPES or subtype.endswith(("+json", "+xml", "+yaml"))
+
+
+def disposition(content_type: str) -> str:
+    """``inline`` for a passive type, else ``attachment``: how a signed GET URL serves the object."""
+    base = content_type.split(";", 1)[0].strip().lower()
+    return "inline" if base in PASSIVE_TYPES or base.startswith(PASSIVE_PREFIXES) else "attachment"

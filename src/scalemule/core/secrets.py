@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from scalemule.core import audit, crypto
+from scalemule.core import crypto, unit_of_work
 from scalemule.core.config import check_key, get_environment
 from scalemule.core.crypto import Keyring, Sealed
 from scalemule.core.errors import Conflict, InvalidArgument, NotFound
@@ -276,19 +275,17 @@ async def rotate_master_key(db: Database, keyring: Keyring, *, batch: int = 200)
     fail; only then are older versions retired from the key file. With keys from the environment,
     the operator adds the new version there first and this re-wraps to the newest one present.
     """
-    started = time.perf_counter()
-    version = keyring.add_version() if not keyring.from_environment else keyring.current()[0]
-    total = 0
-    while True:
-        async with db.transaction() as conn:
-            done = await rewrap_batch(conn, keyring, below=version, limit=batch)
-        total += done
-        if done < batch:
-            break
-    event = audit.operator_event(
-        "secrets_rotate_master_key", {"master_key_version": version, "rewrapped": total}, started=started
-    )
-    async with db.transaction() as conn:
-        await audit.append(conn, [event])
+    work, trace = unit_of_work.operator(db, "secrets_rotate_master_key")
+    async with work.recorded():
+        version = keyring.add_version() if not keyring.from_environment else keyring.current()[0]
+        total = 0
+        while True:
+            async with db.transaction() as conn:
+                done = await rewrap_batch(conn, keyring, below=version, limit=batch)
+            total += done
+            if done < batch:
+                break
+        trace.args = {"master_key_version": version, "rewrapped": total}
+        await work.commit()
     keyring.retire_below(version)
     return version, total

@@ -8,6 +8,9 @@ first use.
 
 Presenting a token is not enough: the signer's key must still be live and the signer must still hold
 the permission in the tenant, so revoking a key or a membership revokes its URLs served here.
+
+A PUT URL uploads once: its token carries a random nonce, recorded (with the URL's expiry) when the
+upload commits. A second use finds the nonce and is refused; the sweep drops rows of expired URLs.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from scalemule.core.crypto import Keyring
 from scalemule.core.errors import FailedPrecondition, PermissionDenied, Unauthenticated
 from scalemule.core.ids import utcnow
 from scalemule.db.engine import Connection
-from scalemule.db.tables import api_keys
+from scalemule.db.errors import constraint_errors
+from scalemule.db.tables import api_keys, signed_url_uses
 
 Method = Literal["GET", "PUT"]
 URL_KEY_FILE = "url-signing.key"
@@ -44,6 +48,7 @@ MAX_EXPIRY_SECONDS = 7 * 24 * 3600
 _FORMAT = 1
 _INFO = b"scalemule signed object URL v1"
 _NEXT = "Ask for a new URL with storage_create_signed_url."
+NONCE_CHARS = 32
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class Grant:
         expires_at: Unix seconds after which the URL is refused.
         etag: GET only: the version signed; the URL stops working when the object changes.
         content_type: PUT only: the content type to store (else the request's, else guessed).
+        nonce: PUT only: what makes the URL single-use (``new_nonce``).
     """
 
     method: Method
@@ -64,6 +70,7 @@ class Grant:
     key_id: str | None
     etag: str | None = None
     content_type: str | None = None
+    nonce: str | None = None
 
     @property
     def expires(self) -> datetime:
@@ -136,6 +143,8 @@ class UrlSigner:
             body["e"] = grant.etag
         if grant.content_type is not None:
             body["c"] = grant.content_type
+        if grant.nonce is not None:
+            body["n"] = grant.nonce
         payload = _b64(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
         return f"{payload}.{_b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest())}"
 
@@ -175,6 +184,10 @@ def _grant_of(body: dict[str, Any]) -> Grant:
         or not isinstance(expires_at, int)
     ):
         raise Unauthenticated("the signed URL is malformed", hint=_NEXT)
+    nonce = body.get("n")
+    if method == "PUT" and not (isinstance(nonce, str) and 0 < len(nonce) <= NONCE_CHARS):
+        # PUT URLs signed before they became single-use carry none: they are refused, not reusable.
+        raise Unauthenticated("this PUT URL carries no single-use nonce", hint=_NEXT)
     return Grant(
         method=method,
         tenant_id=tenant_id,
@@ -184,13 +197,14 @@ def _grant_of(body: dict[str, Any]) -> Grant:
         key_id=body.get("i"),
         etag=body.get("e"),
         content_type=body.get("c"),
+        nonce=nonce if method == "PUT" else None,
     )
 
 
 def _create_key_file(path: Path) -> None:
     # Written whole to a temporary file, then linked into place: a concurrent process either creates
     # the file first (and both use its key) or sees none, never a partial key.
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -238,3 +252,43 @@ async def authorize(conn: Connection, grant: Grant, permission: str) -> Signer:
     if permission not in permissions:
         raise PermissionDenied(f"whoever signed this URL no longer holds '{permission}'", hint=_NEXT)
     return Signer(principal, grant.key_id, permissions)
+
+
+def new_nonce() -> str:
+    """A fresh nonce for a PUT grant (128 random bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
+
+
+def _spent() -> Unauthenticated:
+    return Unauthenticated(
+        "this PUT URL was already used: each PUT URL uploads once",
+        hint="Ask for a new one with storage_create_signed_url(method='PUT').",
+    )
+
+
+async def check_unspent(conn: Connection, grant: Grant) -> None:
+    """Refuse a PUT grant whose URL was already used (checked before its body is read).
+
+    Raises:
+        Unauthenticated: the URL was used.
+    """
+    query = sa.select(signed_url_uses.c.nonce).where(signed_url_uses.c.nonce == grant.nonce)
+    if (await conn.execute(query)).first() is not None:
+        raise _spent()
+
+
+async def spend(conn: Connection, grant: Grant) -> None:
+    """Record the use of a PUT grant's URL, in the transaction that commits its upload.
+
+    Raises:
+        Unauthenticated: the URL was used already (a concurrent upload with it committed first).
+    """
+    row = {"nonce": grant.nonce, "tenant_id": grant.tenant_id, "expires_at": grant.expires, "used_at": utcnow()}
+    async with constraint_errors({"pk_signed_url_uses": _spent}):
+        await conn.execute(signed_url_uses.insert().values(**row))
+
+
+async def drop_spent(conn: Connection, *, before: datetime) -> int:
+    """Forget used PUT URLs that expired before ``before`` (they are refused as expired); returns how many."""
+    done = await conn.execute(signed_url_uses.delete().where(signed_url_uses.c.expires_at < before))
+    return int(done.rowcount)

@@ -9,15 +9,14 @@ deployment sharing the bucket, and deleting on a misconfiguration would be unrec
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
 from scalemule.blobs import BlobEntry, BlobStore
-from scalemule.core import audit
+from scalemule.core import signed_urls, unit_of_work
 from scalemule.core.ids import utcnow
 from scalemule.db.engine import Database
 from scalemule.db.tables import storage_objects, tenants
@@ -37,6 +36,7 @@ class SweepReport:
         foreign: blobs of tenants this database does not know, kept.
         deleted: unreferenced blobs removed (or, in a dry run, that would be).
         aborted: leftovers of interrupted writes removed (temporary files, multipart uploads).
+        spent_urls: records of used PUT URLs dropped because the URLs expired.
     """
 
     scanned: int = 0
@@ -45,6 +45,7 @@ class SweepReport:
     foreign: int = 0
     deleted: int = 0
     aborted: int = 0
+    spent_urls: int = 0
 
 
 async def _classify(db: Database, batch: Sequence[BlobEntry], cutoff: datetime) -> dict[str, list[BlobEntry]]:
@@ -76,11 +77,30 @@ async def sweep(
     now: datetime | None = None,
     dry_run: bool = False,
 ) -> SweepReport:
-    """Delete garbage blobs older than ``grace`` and abort interrupted writes; record one audit event.
+    """Delete garbage blobs older than ``grace``, abort interrupted writes and forget used PUT URLs
+    that expired; record one audit event (an operator command's unit of work).
 
     Safe to run while servers write, and from several processes at once.
+
+    Raises:
+        ScaleMuleError: the sweep failed (recorded; ``Internal`` for an unexpected fault).
     """
-    started = time.perf_counter()
+    work, trace = unit_of_work.operator(db, "storage_sweep", permission="storage:write")
+    async with work.recorded():
+        report = await _sweep(db, blobs, grace=grace, now=now, dry_run=dry_run)
+        trace.args = {"grace_seconds": int(grace.total_seconds()), "dry_run": dry_run, **asdict(report)}
+        async with work.transaction() as conn:
+            if not dry_run:
+                # A used PUT URL that has expired is refused as expired: its row is no longer needed.
+                dropped = await signed_urls.drop_spent(conn, before=now or utcnow())
+                report = replace(report, spent_urls=dropped)
+                trace.args["spent_urls"] = dropped
+    return report
+
+
+async def _sweep(
+    db: Database, blobs: BlobStore, *, grace: timedelta, now: datetime | None, dry_run: bool
+) -> SweepReport:
     cutoff = (now or utcnow()) - grace
     counts = {"scanned": 0, "referenced": 0, "young": 0, "foreign": 0, "deleted": 0, "aborted": 0}
     if not dry_run:
@@ -103,9 +123,4 @@ async def sweep(
             batch = []
     if batch:
         await settle(batch)
-    report = SweepReport(**counts)
-    args = {"grace_seconds": int(grace.total_seconds()), "dry_run": dry_run, **asdict(report)}
-    event = audit.operator_event("storage_sweep", args, started=started, permission="storage:write")
-    async with db.transaction() as conn:
-        await audit.append(conn, [event])
-    return report
+    return SweepReport(**counts)

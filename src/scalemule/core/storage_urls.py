@@ -1,75 +1,103 @@
 """Serving signed object URLs: the one path other than dispatch by which objects are read or written.
 
 The token is the credential, so these requests bypass API-key authentication; they are authorized
-again here (the signer must still hold the permission) and audited like dispatch: a write and its
-audit event commit in one transaction, and a refused or failed request is recorded in a fresh one.
+again here (the signer must still hold the permission) and recorded by the same audited unit of work
+as dispatch (``core.unit_of_work``): a write commits with its event, a refusal or failure is
+recorded in a fresh transaction, and a token that does not verify is tallied, never an event each.
+Which URL path serves them is the HTTP surface's business; this module signs, checks and serves bytes.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from scalemule.blobs import BlobStore
-from scalemule.core import audit, object_rules, storage
+from scalemule.core import audit, object_rules, signed_urls, storage
 from scalemule.core.audit import AuditEvent
-from scalemule.core.errors import Internal, NotFound, PermissionDenied, ScaleMuleError, Unauthenticated
+from scalemule.core.errors import NotFound, PermissionDenied, ScaleMuleError
 from scalemule.core.ids import utcnow
 from scalemule.core.signed_urls import Grant, Signer, UrlSigner, authorize
 from scalemule.core.storage import StoredObject, WriteRequest
-from scalemule.db.engine import Connection, Database
+from scalemule.core.unit_of_work import UnitOfWork
+from scalemule.db.engine import Database
 
-if TYPE_CHECKING:
-    from scalemule.runtime import Runtime
-
-log = logging.getLogger("scalemule")
-
-URL_PATH = "/blobs/"
 _FORM_DEFAULT = "application/x-www-form-urlencoded"
 
 
 @dataclass
 class _Trace:
-    """What is known of a request so far, for its audit event."""
+    """What is known of a request so far: the trace its unit of work records."""
 
     operation: str
     client: str | None
-    started: float
+    source: str
+    started: float = field(default_factory=time.perf_counter)
     grant: Grant | None = None
     signer: Signer | None = None
+    tallied: bool = False
+
+    def event(self, outcome: audit.Outcome, error_code: str | None) -> AuditEvent:
+        """The request's audit event: the signer as actor, the object key as target."""
+        grant, signer = self.grant, self.signer
+        principal = signer.principal if signer is not None else None
+        args: dict[str, object] = {}
+        if grant is not None:
+            args = {"key": grant.key, "method": grant.method, "expires_at": grant.expires.isoformat()}
+        return AuditEvent(
+            at=utcnow(),
+            operation=self.operation,
+            outcome=outcome,
+            transport="http",
+            duration_ms=(time.perf_counter() - self.started) * 1000,
+            args=args,
+            tenant_id=grant.tenant_id if grant is not None else None,
+            actor_id=principal.id if principal else (grant.principal_id if grant else None),
+            actor_kind=principal.kind if principal else None,
+            actor_name=principal.name if principal else None,
+            key_id=grant.key_id if grant is not None else None,
+            on_behalf_of=principal.on_behalf_of if principal else None,
+            client_name=None if self.client is None else self.client[:200],
+            permission="storage:read" if self.operation.endswith("get") else "storage:write",
+            target=None if grant is None else grant.key,
+            error_code=error_code,
+        )
 
 
 class ObjectUrls:
-    """Signs object URLs served by ScaleMule and serves them (GET and PUT) with audit."""
+    """Signs object URL tokens and serves them (GET and PUT), each request an audited unit of work."""
 
-    def __init__(self, *, db: Database, blobs: BlobStore, signer: UrlSigner, quota: int, public_url: str) -> None:
+    def __init__(self, *, db: Database, blobs: BlobStore, signer: UrlSigner, quota: int) -> None:
         self.db = db
         self.blobs = blobs
         self.signer = signer
         self.quota = quota
-        self.public_url = public_url.rstrip("/")
 
-    def url(self, grant: Grant) -> str:
-        """The URL under which ScaleMule's HTTP surface serves ``grant``."""
-        return f"{self.public_url}{URL_PATH}{self.signer.sign(grant)}"
+    def sign(self, grant: Grant) -> str:
+        """The token for ``grant``: the credential a signed URL carries."""
+        return self.signer.sign(grant)
 
-    async def open_get(self, token: str, *, client: str | None = None) -> Download:
+    async def open_get(self, token: str, *, client: str | None = None, source: str = "unknown") -> Download:
         """Authorize a signed GET and record it; the returned download streams verified bytes.
+
+        Args:
+            token: the token from the URL.
+            client: the user agent, recorded as the event's client.
+            source: where the request came from (``network_source``), for tallied refusals.
 
         Raises:
             Unauthenticated: the token is malformed, tampered with or expired.
             PermissionDenied: not a GET token, or its signer lost access.
             NotFound: the object was deleted or replaced since signing.
         """
-        trace = _Trace("storage_url_get", client, time.perf_counter())
-        try:
+        trace = _Trace("storage_url_get", client, source)
+        work = UnitOfWork(self.db, trace)
+        async with work.recorded():
             grant = trace.grant = self.signer.verify(token)
-            self._check(grant, "GET")
-            async with self.db.transaction() as conn:
+            _check(grant, "GET")
+            async with work.transaction() as conn:
                 trace.signer = await authorize(conn, grant, "storage:read")
                 obj = await storage.find(conn, tenant_id=grant.tenant_id, key=grant.key)
                 if obj is None or obj.etag != grant.etag:
@@ -77,10 +105,7 @@ class ObjectUrls:
                         "the object was deleted or replaced since this URL was signed",
                         hint="Ask for a new URL with storage_create_signed_url.",
                     )
-                await self._record(conn, trace, "ok", None)
-            return Download(self, obj, trace)
-        except Exception as exc:
-            raise await self.failed(trace, exc) from None
+        return Download(self.blobs, obj, work)
 
     async def put(
         self,
@@ -90,24 +115,26 @@ class ObjectUrls:
         content_type: str | None,
         content_length: int | None,
         client: str | None = None,
+        source: str = "unknown",
         refuse: ScaleMuleError | None = None,
     ) -> StoredObject:
-        """Store the request body as the object a signed PUT names, and record it.
+        """Store the request body as the object a signed PUT names, once, and record it.
 
-        The body streams to a fresh blob outside any transaction; metadata and the audit event then
-        commit together.
+        The body streams to a fresh blob outside any transaction; metadata, the URL's use and the
+        audit event then commit together.
 
         Raises:
-            Unauthenticated: the token is malformed, tampered with or expired.
+            Unauthenticated: the token is malformed, tampered with, expired or already used.
             PermissionDenied: not a PUT token, or its signer lost access.
             InvalidArgument: a malformed content type.
             QuotaExceeded: the body does not fit in the tenant's quota.
             ScaleMuleError: ``refuse``, when the surface does not take uploads (recorded all the same).
         """
-        trace = _Trace("storage_url_put", client, time.perf_counter())
-        try:
+        trace = _Trace("storage_url_put", client, source)
+        work = UnitOfWork(self.db, trace)
+        async with work.recorded():
             grant = trace.grant = self.signer.verify(token)
-            self._check(grant, "PUT")
+            _check(grant, "PUT")
             if refuse is not None:
                 raise refuse
             if content_type is not None and content_type.split(";")[0].strip().lower() == _FORM_DEFAULT:
@@ -115,6 +142,7 @@ class ObjectUrls:
             chosen = grant.content_type or content_type or object_rules.guess_content_type(grant.key, text=False)
             async with self.db.transaction() as conn:
                 trace.signer = await authorize(conn, grant, "storage:write")
+                await signed_urls.check_unspent(conn, grant)
                 request = WriteRequest(
                     tenant_id=grant.tenant_id,
                     key=object_rules.check_key(grant.key),
@@ -126,68 +154,28 @@ class ObjectUrls:
             if content_length is not None:
                 room.refuse(content_length, self.quota)
             blob = await storage.write_blob(self.blobs, grant.tenant_id, body, limit=room.limit)
-            async with self.db.transaction() as conn:
+            async with work.transaction() as conn:
                 trace.signer = await authorize(conn, grant, "storage:write")
+                await signed_urls.spend(conn, grant)
                 obj = await storage.commit(conn, self.blobs, request, blob, quota=self.quota)
-                await self._record(conn, trace, "ok", None)
-            return obj
-        except Exception as exc:
-            raise await self.failed(trace, exc) from None
+        return obj
 
-    def _check(self, grant: Grant, method: str) -> None:
-        grant.check_live()
-        if grant.method != method:
-            raise PermissionDenied(
-                f"this URL was signed for {grant.method}, not {method}",
-                hint=f"Use {grant.method}, or ask for a {method} URL with storage_create_signed_url.",
-            )
 
-    async def failed(self, trace: _Trace, exc: Exception) -> ScaleMuleError:
-        """Record a refused or failed request in a fresh transaction; returns the error to report."""
-        # This path stands in for dispatch, so it too turns any failure into an error and records it.
-        if isinstance(exc, ScaleMuleError):
-            error = exc
-        else:
-            log.error("internal error serving %s", trace.operation, exc_info=exc)
-            error = Internal("an unexpected error occurred; nothing was changed", hint="Retry later.")
-        outcome: audit.Outcome = "denied" if isinstance(error, PermissionDenied | Unauthenticated) else "error"
-        async with self.db.transaction() as conn:
-            await self._record(conn, trace, outcome, error.code)
-        return error
-
-    async def _record(self, conn: Connection, trace: _Trace, outcome: audit.Outcome, code: str | None) -> None:
-        grant, signer = trace.grant, trace.signer
-        principal = signer.principal if signer is not None else None
-        args: dict[str, object] = {}
-        if grant is not None:
-            args = {"key": grant.key, "method": grant.method, "expires_at": grant.expires.isoformat()}
-        event = AuditEvent(
-            at=utcnow(),
-            operation=trace.operation,
-            outcome=outcome,
-            transport="http",
-            duration_ms=(time.perf_counter() - trace.started) * 1000,
-            args=args,
-            tenant_id=grant.tenant_id if grant is not None else None,
-            actor_id=principal.id if principal else (grant.principal_id if grant else None),
-            actor_kind=principal.kind if principal else None,
-            actor_name=principal.name if principal else None,
-            key_id=grant.key_id if grant is not None else None,
-            on_behalf_of=principal.on_behalf_of if principal else None,
-            client_name=None if trace.client is None else trace.client[:200],
-            permission="storage:read" if trace.operation.endswith("get") else "storage:write",
-            target=None if grant is None else grant.key,
-            error_code=code,
+def _check(grant: Grant, method: str) -> None:
+    grant.check_live()
+    if grant.method != method:
+        raise PermissionDenied(
+            f"this URL was signed for {grant.method}, not {method}",
+            hint=f"Use {grant.method}, or ask for a {method} URL with storage_create_signed_url.",
         )
-        await audit.append(conn, [event])
 
 
 class Download:
     """An authorized signed GET: the object's metadata and its verified bytes."""
 
-    def __init__(self, urls: ObjectUrls, obj: StoredObject, trace: _Trace) -> None:
-        self._urls = urls
-        self._trace = trace
+    def __init__(self, blobs: BlobStore, obj: StoredObject, work: UnitOfWork) -> None:
+        self._blobs = blobs
+        self._work = work
         self.object = obj
 
     @property
@@ -202,19 +190,7 @@ class Download:
             Internal: the stored bytes fail verification (recorded as a failed read).
         """
         try:
-            async for piece in storage.stream(self._urls.blobs, self.object, offset, end):
+            async for piece in storage.stream(self._blobs, self.object, offset, end):
                 yield piece
         except ScaleMuleError as exc:
-            raise await self._urls.failed(self._trace, exc) from None
-
-
-def object_urls(runtime: Runtime) -> ObjectUrls:
-    """The signed-URL service over a runtime's stores and settings."""
-    settings = runtime.settings
-    return ObjectUrls(
-        db=runtime.db,
-        blobs=runtime.blobs,
-        signer=UrlSigner(runtime.keyring, settings.data_dir),
-        quota=settings.storage_quota_bytes,
-        public_url=settings.public_url,
-    )
+            raise await self._work.fail(exc) from None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
@@ -45,11 +48,20 @@ def create_engine(url: str) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             raise ValueError("ScaleMule's SQLite store needs a file path, e.g. sqlite:////var/lib/scalemule/db")
+        _create_private(Path(parsed.database))
         # Off the hot path (migrations, maintenance, tests): units of work use Database's inline connection.
         engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine)
         return engine
     return create_async_engine(parsed, connect_args=connect_args, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _create_private(path: Path) -> None:
+    # SQLite creates a missing database file 0644 under the usual umask, and gives its -wal and -shm
+    # files the database file's mode: creating it 0600 first keeps all three the owner's alone.
+    if path.parent.is_dir():
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _configure_sqlite(engine: AsyncEngine | sa.Engine) -> None:

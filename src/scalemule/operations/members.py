@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from scalemule.core import identity, invitations, tenants
-from scalemule.core.access import AUTHENTICATED, Principal, check_acts_for_its_person, check_can_grant
+from scalemule.core.access import AUTHENTICATED, Principal, check_can_grant
 from scalemule.core.errors import NotFound
 from scalemule.core.invitations import Invitation
 from scalemule.core.pages import paginate
@@ -230,10 +230,9 @@ class InvitationsPage(Result):
     next_cursor: str | None
 
 
-@operation("invitations_list", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
+@operation("invitations_list", permission="tenants:join", toolset="identity", read_only=True, idempotent=True)
 async def invitations_list(call: Call, args: PageArgs) -> InvitationsPage:
     """Your pending invitations to tenants; answer with invitations_respond."""
-    check_acts_for_its_person(call.key, action="read invitations to other tenants")
     page, next_cursor = await paginate(
         args.cursor,
         args.limit,
@@ -253,10 +252,9 @@ class InvitationAnswer(Result):
     accepted: bool
 
 
-@operation("invitations_respond", permission=AUTHENTICATED, toolset="identity", target="invitation_id")
+@operation("invitations_respond", permission="tenants:join", toolset="identity", target="invitation_id")
 async def invitations_respond(call: Call, args: InvitationsRespondArgs) -> InvitationAnswer:
     """Accept (join with the invited role) or decline an invitation from invitations_list."""
-    check_acts_for_its_person(call.key, action="answer invitations to other tenants")
     invitation = await invitations.respond(
         call.conn, person=call.principal, invitation_id=args.invitation_id, accept=args.accept
     )

@@ -14,13 +14,12 @@ from scalemule.core import object_rules, storage
 from scalemule.core.errors import FailedPrecondition, InvalidArgument
 from scalemule.core.ids import utcnow
 from scalemule.core.pages import decode_cursor, encode_cursor
-from scalemule.core.signed_urls import DEFAULT_EXPIRY_SECONDS, MAX_EXPIRY_SECONDS, Grant
+from scalemule.core.signed_urls import DEFAULT_EXPIRY_SECONDS, MAX_EXPIRY_SECONDS, Grant, new_nonce
 from scalemule.core.storage import StoredObject, WriteRequest
-from scalemule.core.storage_urls import object_urls
 from scalemule.operations.base import Call, IdempotencyKey, Result, Sensitive, TenantArgs, TenantPageArgs
 from scalemule.operations.registry import Resource, operation
 
-MAX_INLINE_BYTES = 16 << 20
+MAX_INLINE_BYTES = object_rules.MAX_INLINE_BYTES
 DEFAULT_MAX_BYTES = 64 << 10
 
 # Keys are checked by core.storage.check_key, whose refusal spells out the allowed form.
@@ -320,18 +319,27 @@ async def storage_create_signed_url(call: Call, args: SignedUrlArgs) -> SignedUr
     (default 15 minutes, at most 7 days)."""
     key = object_rules.check_key(args.key)
     expires_at = int((utcnow() + timedelta(seconds=args.expires_in_seconds)).timestamp())
-    urls = object_urls(call.runtime)
     base = Grant(args.method, call.tenant_id, key, expires_at, call.principal.id, call.key.id if call.key else None)
     if args.method == "PUT":
         call.require("storage:write", doing="sign a PUT URL")
         content_type = None if args.content_type is None else object_rules.check_content_type(args.content_type)
-        grant = replace(base, content_type=content_type)
-        return SignedUrl(url=urls.url(grant), method="PUT", expires_at=grant.expires, sha256=None, size=None)
+        grant = replace(base, content_type=content_type, nonce=new_nonce())
+        return SignedUrl(
+            url=call.runtime.signed_url(grant), method="PUT", expires_at=grant.expires, sha256=None, size=None
+        )
     obj = await storage.head(call.conn, tenant_id=call.tenant_id, key=key)
     grant = replace(base, etag=obj.etag)
     direct = await call.runtime.blobs.presign_get(
-        obj.blob_ref, expires_in=args.expires_in_seconds, content_type=obj.content_type, filename=key.rsplit("/", 1)[-1]
+        obj.blob_ref,
+        expires_in=args.expires_in_seconds,
+        content_type=obj.content_type,
+        filename=key.rsplit("/", 1)[-1],
+        disposition=object_rules.disposition(obj.content_type),
     )
     return SignedUrl(
-        url=direct or urls.url(grant), method="GET", expires_at=grant.expires, sha256=obj.sha256, size=obj.size
+        url=direct or call.runtime.signed_url(grant),
+        method="GET",
+        expires_at=grant.expires,
+        sha256=obj.sha256,
+        size=obj.size,
     )

@@ -2,6 +2,11 @@
 
 The token is the credential, so this sits in front of the Bearer middleware. Authorization, the
 audit trail and checksum verification happen in ``core.storage_urls``; this adapter speaks HTTP.
+
+Stored bytes are whatever a tenant uploaded, served on the server's own origin: every response says
+``nosniff`` and carries a sandboxing content security policy, and only passive types (images, PDF,
+plain text, JSON, audio, video, raw bytes) are shown inline; anything a browser would run (HTML, SVG,
+XML, scripts, ...) is served as an attachment.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ from urllib.parse import quote
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from scalemule.core import object_rules
 from scalemule.core.errors import InvalidArgument, PermissionDenied, ScaleMuleError
-from scalemule.core.storage_urls import URL_PATH, ObjectUrls, object_urls
+from scalemule.core.storage_urls import ObjectUrls
+from scalemule.core.unit_of_work import network_source
 from scalemule.dispatch import Dispatcher
+from scalemule.runtime import BLOBS_PATH
 
 STATUS = {
     "invalid_argument": 400,
@@ -34,6 +42,14 @@ STATUS = {
     "internal": 500,
 }
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# On every response: stored bytes never run as the server's origin, whatever their type says.
+SAFETY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"content-security-policy", b"sandbox")]
+
+
+def client_source(scope: Scope) -> str:
+    """The tallying source of a request: its client address (an IPv6 one cut to its /64)."""
+    client = scope.get("client")
+    return network_source(client[0] if client else None)
 
 
 class _Unsatisfiable(Exception):
@@ -65,7 +81,12 @@ async def _json(
     send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     payload = json.dumps(body, ensure_ascii=False).encode()
-    start = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *(headers or [])]
+    start = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        *SAFETY_HEADERS,
+        *(headers or []),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": payload})
 
@@ -80,21 +101,21 @@ class SignedObjects:
 
     def __init__(self, app: ASGIApp, dispatcher: Dispatcher) -> None:
         self.app = app
-        self.urls: ObjectUrls = object_urls(dispatcher.runtime)
+        self.urls: ObjectUrls = dispatcher.runtime.object_urls
         self.read_only = dispatcher.exposure.read_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(URL_PATH):
+        if scope["type"] != "http" or not scope["path"].startswith(BLOBS_PATH):
             await self.app(scope, receive, send)
             return
-        token = scope["path"][len(URL_PATH) :]
+        token = scope["path"][len(BLOBS_PATH) :]
         headers = Headers(scope=scope)
         method = scope["method"]
         try:
             if method in ("GET", "HEAD"):
-                await self._get(send, token, headers, head=method == "HEAD")
+                await self._get(send, token, headers, client_source(scope), head=method == "HEAD")
             elif method == "PUT":
-                await self._put(send, receive, token, headers)
+                await self._put(send, receive, token, headers, client_source(scope))
             else:
                 await _json(
                     send,
@@ -105,8 +126,8 @@ class SignedObjects:
         except ScaleMuleError as error:
             await _error(send, error)
 
-    async def _get(self, send: Send, token: str, headers: Headers, *, head: bool) -> None:
-        download = await self.urls.open_get(token, client=headers.get("user-agent"))
+    async def _get(self, send: Send, token: str, headers: Headers, source: str, *, head: bool) -> None:
+        download = await self.urls.open_get(token, client=headers.get("user-agent"), source=source)
         obj = download.object
         name = obj.key.rsplit("/", 1)[-1]
         out = [
@@ -116,7 +137,11 @@ class SignedObjects:
             (b"accept-ranges", b"bytes"),
             (b"cache-control", b"private, no-cache"),
             (b"repr-digest", f"sha-256=:{base64.b64encode(bytes.fromhex(obj.sha256)).decode()}:".encode()),
-            (b"content-disposition", f"inline; filename*=UTF-8''{quote(name, safe='')}".encode()),
+            (
+                b"content-disposition",
+                f"{object_rules.disposition(obj.content_type)}; filename*=UTF-8''{quote(name, safe='')}".encode(),
+            ),
+            *SAFETY_HEADERS,
         ]
         try:
             wanted = byte_range(headers.get("range"), obj.size)
@@ -150,7 +175,7 @@ class SignedObjects:
             return
         await send({"type": "http.response.body", "body": b""})
 
-    async def _put(self, send: Send, receive: Receive, token: str, headers: Headers) -> None:
+    async def _put(self, send: Send, receive: Receive, token: str, headers: Headers, source: str) -> None:
         length_header = headers.get("content-length")
         if length_header is not None and not length_header.isdigit():
             raise InvalidArgument("Content-Length is not a number", hint="Send the body's size in bytes.")
@@ -160,6 +185,7 @@ class SignedObjects:
             content_type=headers.get("content-type"),
             content_length=None if length_header is None else int(length_header),
             client=headers.get("user-agent"),
+            source=source,
             refuse=PermissionDenied(
                 "this server runs --read-only and takes no uploads", hint="Upload through a server without it."
             )

@@ -6,17 +6,18 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from scalemule import __version__
-from scalemule.core import audit, bootstrap, crypto, identity, secrets
+from scalemule.core import bootstrap, crypto, identity, secrets, unit_of_work
 from scalemule.core.errors import InvalidArgument, ScaleMuleError
+from scalemule.core.identity import KeyRecord
 from scalemule.core.pages import paginate
 from scalemule.db import migrate
+from scalemule.db.engine import Connection
 from scalemule.dispatch import DEFAULT_TOOLSETS, Dispatcher, Exposure, Invocation
 from scalemule.operations import REGISTRY
 from scalemule.operations.identity import KeyDetail
@@ -110,13 +111,17 @@ async def _require_schema(runtime: Runtime) -> None:
         )
 
 
+def private_dir(path: Path) -> None:
+    """Create the data directory readable by its owner only (0700); an existing one is left as it is."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
 
     async def body(runtime: Runtime) -> bootstrap.Bootstrap:
         await migrate.upgrade(runtime.db.engine)
-        async with runtime.db.transaction() as conn:
-            return await bootstrap.initialize(conn, slug=args.tenant, owner_email=args.owner)
+        return await bootstrap.initialize(runtime.db, slug=args.tenant, owner_email=args.owner)
 
     made = anyio.run(_with_runtime, settings, body)
     crypto.create_key_file(settings.data_dir)
@@ -147,7 +152,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.database_url:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
 
     async def body(runtime: Runtime) -> None:
         await migrate.upgrade(runtime.db.engine)
@@ -184,7 +189,7 @@ def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from scalemule.surfaces.mcp import serve_stdio
+    from scalemule.surfaces.stdio import serve_stdio
 
     exposure = Exposure(toolsets=parse_toolsets(args.toolsets), read_only=args.read_only)
 
@@ -256,15 +261,16 @@ def cmd_rotate_master_key(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
     async def body(runtime: Runtime) -> dict[str, Any]:
         await _require_schema(runtime)
-        started = time.perf_counter()
-        async with runtime.db.transaction() as conn:
+        work, trace = unit_of_work.operator(runtime.db, "keys_revoke", {"key_id": args.key_id}, target=args.key_id)
+
+        async def revoke(conn: Connection) -> tuple[KeyRecord, int]:
             record, count = await identity.revoke_key(conn, audience=None, key_id=args.key_id)
             owner = await identity.get_principal(conn, record.info.principal_id)
-            home = record.info.tenant_id or (owner.tenant_id if owner is not None else None)
-            event = audit.operator_event(
-                "keys_revoke", {"key_id": args.key_id}, started=started, tenant_id=home, target=args.key_id
-            )
-            await audit.append(conn, [event])
+            # Recorded in the log of the tenant the key belonged to.
+            trace.tenant_id = record.info.tenant_id or (owner.tenant_id if owner is not None else None)
+            return record, count
+
+        record, count = await work.run(revoke)
         return {"key": KeyDetail.of_record(record).model_dump(mode="json"), "revoked_keys": count}
 
     _print_json(anyio.run(_with_runtime, settings, body))

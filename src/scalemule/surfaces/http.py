@@ -1,17 +1,44 @@
-"""Streamable HTTP: every request authenticated by its ``Authorization: Bearer`` header."""
+"""Streamable HTTP: every request authenticated by its ``Authorization: Bearer`` header.
+
+Requests refused here are recorded through dispatch like any call: a refused credential is tallied
+(one audit event per source and minute), an oversized body is an event of the caller's.
+"""
 
 from __future__ import annotations
 
 import json
+from collections import deque
+from typing import Any
 
 from starlette.applications import Starlette
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from scalemule.core import identity
-from scalemule.core.errors import Unauthenticated
-from scalemule.dispatch import Dispatcher
-from scalemule.surfaces.blobs_http import SignedObjects
+from scalemule.core.errors import InvalidArgument
+from scalemule.core.object_rules import MAX_INLINE_BYTES
+from scalemule.dispatch import Dispatcher, ErrorBody, Invocation
+from scalemule.surfaces.blobs_http import SignedObjects, client_source
 from scalemule.surfaces.mcp import bearer_token, build_server
+
+# A storage_put_object call carries up to MAX_INLINE_BYTES as base64 (4 bytes for every 3) plus its
+# JSON envelope (key, metadata, protocol fields, escapes): the body limit follows the object limit.
+ENVELOPE_BYTES = 1 << 20
+MAX_REQUEST_BYTES = 4 * -(-MAX_INLINE_BYTES // 3) + ENVELOPE_BYTES
+# JSON-RPC "Invalid Request": what an oversized request is answered with.
+INVALID_REQUEST = -32600
+
+
+def _invocation(scope: Scope, headers: Headers, arguments: Any = None) -> Invocation:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return Invocation(
+        # The tool a 2026-07-28 client names in its routing header, else the request as a whole.
+        operation=headers.get("mcp-name") or "mcp_request",
+        arguments=arguments,
+        credential=token.strip() if scheme.lower() == "bearer" and token.strip() else None,
+        transport="http",
+        client_name=headers.get("user-agent"),
+        source=client_source(scope),
+    )
 
 
 class BearerAuth:
@@ -29,24 +56,19 @@ class BearerAuth:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        try:
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthenticated(
-                    "no bearer token", hint="Send 'Authorization: Bearer smk_...' with every request."
-                )
-            async with self.dispatcher.runtime.db.transaction() as conn:
-                await identity.authenticate(conn, token.strip())
-        except Unauthenticated as exc:
-            await _unauthorized(send, exc)
+        invocation = _invocation(scope, Headers(scope=scope), {})
+        error = await self.dispatcher.screen(invocation)
+        if error is None:
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        if invocation.credential is None:
+            error = ErrorBody(error.code, "no bearer token", "Send 'Authorization: Bearer smk_...' with every request.")
+        await _unauthorized(send, error)
 
 
-async def _unauthorized(send: Send, exc: Unauthenticated) -> None:
-    body = json.dumps({"error": {"code": exc.code, "message": exc.message, "hint": exc.hint}}).encode()
-    challenge = f'Bearer realm="scalemule", error="invalid_token", error_description="{exc.message}"'
+async def _unauthorized(send: Send, error: ErrorBody) -> None:
+    body = json.dumps({"error": {"code": error.code, "message": error.message, "hint": error.hint}}).encode()
+    challenge = f'Bearer realm="scalemule", error="invalid_token", error_description="{error.message}"'
     headers: list[tuple[bytes, bytes]] = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -56,10 +78,76 @@ async def _unauthorized(send: Send, exc: Unauthenticated) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes with a JSON-RPC error that names the limit and says
+    how to send large objects, recorded in the audit log as the caller's.
+
+    Bodies within the limit are read here and handed on whole.
+    """
+
+    def __init__(self, app: ASGIApp, dispatcher: Dispatcher, limit: int = MAX_REQUEST_BYTES) -> None:
+        self.app = app
+        self.dispatcher = dispatcher
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, headers, send, f"{int(declared):,} bytes")
+            return
+        received: deque[Message] = deque()
+        size = 0
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._refuse(scope, headers, send, f"over {self.limit:,} bytes")
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return received.popleft() if received else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, headers: Headers, send: Send, size: str) -> None:
+        refusal = InvalidArgument(
+            f"the request body is {size}, over the {self.limit:,} bytes a request may carry "
+            f"(objects up to {MAX_INLINE_BYTES:,} bytes per storage_put_object call, sent as base64)",
+            hint='Upload larger objects with a signed URL: call storage_create_signed_url(method="PUT") '
+            "and PUT the bytes to the url it returns.",
+        )
+        error = await self.dispatcher.screen(_invocation(scope, headers, {"request_size": size}), refusal)
+        error = error or ErrorBody.of(refusal)
+        body = {
+            "jsonrpc": "2.0",
+            "id": None,  # the body was not read: its id is unknown (clients match the error to their request)
+            "error": {
+                "code": INVALID_REQUEST,
+                "message": error.text,
+                "data": {"code": error.code, "message": error.message, "hint": error.hint},
+            },
+        }
+        payload = json.dumps(body, ensure_ascii=False).encode()
+        start = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": start})
+        await send({"type": "http.response.body", "body": payload})
+
+
 def build_app(dispatcher: Dispatcher, *, host: str = "127.0.0.1") -> Starlette:
     """The ASGI app serving MCP at ``/mcp``; stateless, so replicas can share a load balancer."""
     server = build_server(dispatcher, bearer_token, "http")
-    app = server.streamable_http_app(stateless_http=True, host=host)
+    # The SDK's own limit stays above ours, so an oversized request always gets our answer.
+    app = server.streamable_http_app(stateless_http=True, host=host, max_request_body_size=MAX_REQUEST_BYTES + 1)
+    app.add_middleware(BodyLimit, dispatcher=dispatcher)
     app.add_middleware(BearerAuth, dispatcher=dispatcher)
     # Outermost: signed object URLs carry their own credential, so they are answered before BearerAuth.
     app.add_middleware(SignedObjects, dispatcher=dispatcher)

@@ -8,10 +8,10 @@ from typing import Any
 
 import mcp_types as types
 from mcp.server import Server, ServerRequestContext
-from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from scalemule import __version__
+from scalemule.core.unit_of_work import network_source
 from scalemule.dispatch import Dispatcher, Invocation, Outcome
 from scalemule.operations import REGISTRY, Operation, resource_for
 from scalemule.operations.docs import topics
@@ -69,8 +69,10 @@ def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport:
         client = params.client_info if params is not None else None
         connection = getattr(ctx.session, "_connection", None)
         session_id = getattr(connection, "session_id", None)
-        if session_id is None and ctx.request is not None:
-            session_id = ctx.request.headers.get("mcp-session-id")
+        address = None
+        if ctx.request is not None:
+            session_id = session_id or ctx.request.headers.get("mcp-session-id")
+            address = ctx.request.client.host if ctx.request.client is not None else None
         return await dispatcher.call(
             Invocation(
                 operation=operation,
@@ -83,6 +85,7 @@ def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport:
                 request_id=None if ctx.request_id is None else str(ctx.request_id),
                 resource=resource,
                 prompt=prompt,
+                source=None if address is None else network_source(address),
             )
         )
 
@@ -197,10 +200,3 @@ def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport:
         on_list_prompts=list_prompts,
         on_get_prompt=get_prompt,
     )
-
-
-async def serve_stdio(dispatcher: Dispatcher, api_key: str) -> None:
-    """Serve MCP over stdin/stdout as the principal of ``api_key``."""
-    server = build_server(dispatcher, lambda ctx: api_key, "stdio")
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())

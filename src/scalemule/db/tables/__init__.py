@@ -8,7 +8,7 @@ from scalemule.db.tables.audit import audit_events, audit_heads, audit_rollups, 
 from scalemule.db.tables.base import metadata
 from scalemule.db.tables.config import config_entries, config_history, environments, secret_versions, secrets
 from scalemule.db.tables.identity import api_keys, invitations, memberships, principals, tenants
-from scalemule.db.tables.storage import storage_objects, storage_usage
+from scalemule.db.tables.storage import signed_url_uses, storage_objects, storage_usage
 
 __all__ = [
     "api_keys",
@@ -25,6 +25,7 @@ __all__ = [
     "principals",
     "secret_versions",
     "secrets",
+    "signed_url_uses",
     "storage_objects",
     "storage_usage",
     "tenants",

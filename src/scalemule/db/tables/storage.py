@@ -41,3 +41,16 @@ storage_usage = sa.Table(
     sa.Column("objects", sa.BigInteger(), nullable=False),
     sa.CheckConstraint("bytes >= 0 AND objects >= 0", name="non_negative"),
 )
+
+# Signed PUT URLs that were used: each uploads once. A row is kept until its URL expires, after which
+# the URL is refused anyway and the sweep drops the row.
+signed_url_uses = sa.Table(
+    "signed_url_uses",
+    metadata,
+    # The random nonce the URL's token carries.
+    sa.Column("nonce", sa.String(32), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("used_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "expires_at"),
+)

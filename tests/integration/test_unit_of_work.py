@@ -1,0 +1,112 @@
+"""The audited unit of work every entry point uses, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from scalemule.core import audit, bootstrap, identity, unit_of_work
+from scalemule.core.audit import AuditEvent
+from scalemule.core.errors import FailedPrecondition, Internal
+from scalemule.core.ids import utcnow
+from scalemule.core.unit_of_work import UnitOfWork
+from scalemule.db.engine import Connection
+from scalemule.db.tables import audit_rollups
+from scalemule.runtime import Runtime
+from tests.conftest import StoreProbe
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class _Trace:
+    tallied: bool = False
+    operation: str = "probe_call"
+    source: str = "tests"
+
+    def event(self, outcome: audit.Outcome, error_code: str | None) -> AuditEvent:
+        return AuditEvent(
+            at=utcnow(),
+            operation=self.operation,
+            outcome=outcome,
+            transport="cli",
+            duration_ms=0.0,
+            args={},
+            error_code=error_code,
+        )
+
+
+async def test_a_successful_call_is_appended_with_its_changes_in_one_transaction(
+    runtime: Runtime, probe: StoreProbe
+) -> None:
+    work = UnitOfWork(runtime.db, _Trace())
+
+    async def body(conn: Connection) -> str:
+        return "done"
+
+    assert await work.run(body) == "done"
+    assert (await probe.event(work.event_id))["outcome"] == "ok"
+
+
+async def test_a_call_whose_trace_asks_for_it_is_tallied_instead_of_appended(
+    runtime: Runtime, probe: StoreProbe
+) -> None:
+    before = await probe.audit_count()
+    for _ in range(5):
+        work = UnitOfWork(runtime.db, _Trace(tallied=True))
+
+        async def body(conn: Connection) -> None:
+            return None
+
+        await work.run(body)
+        assert work.event_id is None
+    async with runtime.db.transaction() as conn:
+        counts = [row.count for row in await conn.execute(sa.select(audit_rollups.c.count))]
+    assert sum(counts) == 5 and await probe.audit_count() <= before + 1
+
+
+async def test_an_unexpected_exception_rolls_back_and_becomes_internal_naming_its_event(
+    runtime: Runtime, probe: StoreProbe
+) -> None:
+    work = UnitOfWork(runtime.db, _Trace())
+    before = await probe.rows()
+
+    async def body(conn: Connection) -> Any:
+        await identity.create_principal(conn, kind="user", name="x@example.com", email="x@example.com")
+        raise RuntimeError("a bug")
+
+    with pytest.raises(Internal) as raised:
+        await work.run(body)
+    assert work.event_id is not None and work.event_id in (raised.value.hint or "")
+    event = await probe.event(work.event_id)
+    assert (event["outcome"], event["error_code"]) == ("error", "internal")
+    assert await probe.rows() == before
+
+
+async def test_an_operator_command_that_fails_is_recorded_as_the_operators(runtime: Runtime, probe: StoreProbe) -> None:
+    await bootstrap.initialize(runtime.db, slug="acme", owner_email="alice@example.com")
+    with pytest.raises(FailedPrecondition):
+        await bootstrap.initialize(runtime.db, slug="again", owner_email="bob@example.com")
+    events = [e for e in await probe.audit_events() if e["operation"] == "init"]
+    assert [(e["outcome"], e["actor_kind"], e["chain"] == "-") for e in events] == [
+        ("error", "operator", True),
+        ("ok", "operator", False),
+    ]  # ordered by chain: the global chain '-' sorts first
+
+
+async def test_an_operator_one_liner_records_what_its_body_learns(runtime: Runtime, probe: StoreProbe) -> None:
+    work, trace = unit_of_work.operator(runtime.db, "keys_probe", {"key_id": "key_1"}, target="key_1")
+
+    async def body(conn: Connection) -> None:
+        trace.args["found"] = False
+
+    await work.run(body)
+    event = await probe.event(work.event_id)
+    assert (event["operation"], event["args"], event["actor_kind"]) == (
+        "keys_probe",
+        {"key_id": "key_1", "found": False},
+        "operator",
+    )
