@@ -8,6 +8,7 @@ from scalemule.db.tables.audit import audit_events, audit_heads, audit_rollups, 
 from scalemule.db.tables.base import metadata
 from scalemule.db.tables.config import config_entries, config_history, environments, secret_versions, secrets
 from scalemule.db.tables.identity import api_keys, memberships, principals, tenants
+from scalemule.db.tables.jobs import jobs
 from scalemule.db.tables.storage import storage_objects, storage_usage
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "config_history",
     "environments",
     "idempotency_keys",
+    "jobs",
     "memberships",
     "metadata",
     "principals",
