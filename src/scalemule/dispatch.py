@@ -12,14 +12,14 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from scalemule.core import audit, identity, tenants
+from scalemule.core import audit, audit_rollups, identity, tenants
 from scalemule.core.access import AUTHENTICATED, KeyInfo, Principal, Tenant, effective_permissions
 from scalemule.core.audit import AuditEvent
 from scalemule.core.errors import (
@@ -283,6 +283,12 @@ class Dispatcher:
             target=_clip(target, 1000),
             error_code=error_code,
         )
+        if outcome == "ok":
+            event = _noted(event, caller.note)
+            if caller.note.tally:
+                # The call changed nothing (an idle poll): counted into its minute's aggregate event.
+                await audit_rollups.tally(conn, event, source=inv.transport)
+                return event
         (sealed,) = await audit.append(conn, [event])
         return sealed
 
@@ -370,6 +376,10 @@ def _home_tenant(principal: Principal | None, key: KeyInfo | None) -> str | None
     if key is not None and key.tenant_id is not None:
         return key.tenant_id
     return principal.tenant_id if principal is not None else None
+
+
+def _noted(event: AuditEvent, note: AuditNote) -> AuditEvent:
+    return event if not note.details else replace(event, args={**event.args, **note.details})
 
 
 def _sentence(text: str) -> str:
