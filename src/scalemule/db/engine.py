@@ -21,17 +21,21 @@ def normalize_url(url: str) -> tuple[sa.URL, dict[str, Any]]:
 
     ``postgresql://`` becomes ``postgresql+asyncpg://``; ``sqlite://`` becomes ``sqlite+aiosqlite://``.
     A ``search_path`` query parameter on a PostgreSQL URL selects the schema (one database can host
-    several isolated deployments or test runs).
+    several isolated deployments or test runs); ``application_name`` names the connections.
     """
     parsed = make_url(url)
     connect_args: dict[str, Any] = {}
     backend = parsed.get_backend_name()
     if backend in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+asyncpg")
-        search_path = parsed.query.get("search_path")
-        if search_path:
-            parsed = parsed.difference_update_query(["search_path"])
-            connect_args["server_settings"] = {"search_path": str(search_path)}
+        # Session settings given as URL parameters: the schema, and a name that tells processes apart
+        # in pg_stat_activity.
+        settings = {
+            name: str(parsed.query[name]) for name in ("search_path", "application_name") if name in parsed.query
+        }
+        if settings:
+            parsed = parsed.difference_update_query(list(settings))
+            connect_args["server_settings"] = settings
     elif backend == "sqlite":
         parsed = parsed.set(drivername="sqlite+aiosqlite")
     else:

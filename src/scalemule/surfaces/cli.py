@@ -185,7 +185,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     exposure = Exposure(toolsets=parse_toolsets(args.toolsets), read_only=args.read_only)
 
     async def body(runtime: Runtime) -> None:
+        from scalemule.worker.maintenance import rescue_forever
+
         await _require_schema(runtime)
+        async with anyio.create_task_group() as tg:
+            # Expired job leases are rescued by whichever server or worker is running: no daemon.
+            tg.start_soon(rescue_forever, runtime)
+            await serve(runtime)
+            tg.cancel_scope.cancel()
+
+    async def serve(runtime: Runtime) -> None:
         dispatcher = Dispatcher(runtime, exposure)
         if args.transport == "http":
             import uvicorn
@@ -212,6 +221,29 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         await serve_stdio(dispatcher, key)
 
     anyio.run(_with_runtime, settings, body)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from scalemule.worker import ToolError, process
+    from scalemule.worker.runner import WorkerOptions
+
+    queues = tuple(q.strip() for q in args.queues.split(",") if q.strip()) if args.queues else None
+    options = WorkerOptions(
+        queues=queues, concurrency=args.concurrency, lease_seconds=args.lease_seconds, grace_seconds=args.grace_seconds
+    )
+    process.configure_logging()
+
+    async def body(runtime: Runtime) -> None:
+        await _require_schema(runtime)
+
+    anyio.run(_with_runtime, settings, body)
+    try:
+        anyio.run(process.run, settings, args.handlers, options)
+    except (ValueError, ImportError) as exc:
+        raise CliError("invalid_argument", f"cannot start the worker: {exc}", "See docs/jobs.md.") from None
+    except ToolError as exc:
+        raise CliError(exc.code, f"cannot start the worker: {exc.message}", exc.hint) from None
     return 0
 
 
@@ -305,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-only", action="store_true", help="expose and allow only read-only tools")
     p.set_defaults(run=cmd_serve)
 
+    p = sub.add_parser("worker", help="run Python job handlers: claim, heartbeat, complete (needs jobs:work)")
+    p.add_argument("--handlers", required=True, metavar="MODULE[:ATTR]", help="handlers by kind (ATTR: handlers)")
+    p.add_argument("--queues", help="comma list of queues to claim from (default: all)")
+    p.add_argument("--concurrency", type=int, default=1, help="jobs run at once (default: 1)")
+    p.add_argument("--lease-seconds", type=int, default=60, help="lease per claim (default: 60)")
+    p.add_argument("--grace-seconds", type=float, default=30, help="on SIGTERM, time to finish (default: 30)")
+    p.set_defaults(run=cmd_worker)
+
     p = sub.add_parser("call", help="run one operation through the dispatch path and print JSON")
     p.add_argument("tool")
     p.add_argument("pairs", nargs="*", metavar="key=value")
@@ -364,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         body = {"code": exc.code, "message": exc.message, "hint": exc.hint}
     except CliError as exc:
         body = exc.body
-    if args.command == "serve":
+    if args.command in ("serve", "worker"):
         # stdout is the protocol channel on stdio: the operator reads stderr.
         print(f"scalemule: {body['code']}: {body['message']} {body['hint'] or ''}", file=sys.stderr)
         return 2
