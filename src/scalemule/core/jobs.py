@@ -205,6 +205,11 @@ async def enqueue(conn: Connection, new: NewJob, *, now: datetime) -> Job:
     return Job(**row)
 
 
+# Hot-path statements are built once: constructing a statement costs more than running it on SQLite.
+_GET = sa.select(jobs).where(jobs.c.tenant_id == sa.bindparam("t"), jobs.c.id == sa.bindparam("j"))
+_GET_LOCKED = _GET.with_for_update()
+
+
 def _not_found(job_id: str) -> NotFound:
     # The same answer for a job of another tenant: no existence leak.
     return NotFound(f"no job {job_id[:64]!r} in this tenant", hint="Use jobs_list to see the tenant's jobs.")
@@ -216,10 +221,8 @@ async def get(conn: Connection, tenant_id: str, job_id: str, *, lock: bool = Fal
     Raises:
         NotFound: no such job in this tenant (another tenant's job gets the same answer).
     """
-    query = sa.select(jobs).where(jobs.c.tenant_id == tenant_id, jobs.c.id == job_id)
-    if lock and _pg(conn):
-        query = query.with_for_update()
-    row = (await conn.execute(query)).first()
+    query = _GET_LOCKED if lock and _pg(conn) else _GET
+    row = (await conn.execute(query, {"t": tenant_id, "j": job_id})).first()
     if row is None:
         raise _not_found(job_id)
     return Job.of(row)
@@ -259,13 +262,26 @@ async def list_jobs(
     return [Job.of(row) for row in await conn.execute(query)]
 
 
+_UPDATES: dict[tuple[tuple[str, ...], bool], Any] = {}
+
+
+def _update(columns: tuple[str, ...], fenced: bool) -> Any:
+    """``UPDATE jobs SET state, <columns> WHERE id, state [, lease_token]``, built once per shape."""
+    found = _UPDATES.get((columns, fenced))
+    if found is None:
+        where = [jobs.c.id == sa.bindparam("old_id"), jobs.c.state == sa.bindparam("old_state")]
+        if fenced:
+            where.append(jobs.c.lease_token == sa.bindparam("old_token"))
+        setting: dict[str, Any] = {"state": sa.bindparam("new_state"), **{c: sa.bindparam(c) for c in columns}}
+        found = _UPDATES[(columns, fenced)] = jobs.update().where(*where).values(setting)
+    return found
+
+
 async def _move(conn: Connection, job: Job, action: Action, values: dict[str, Any]) -> Job:
     """Apply ``action`` to ``job`` as read: the update matches its state and lease, else ``conflict``."""
     new_state = transition(job.state, action)
-    statement = jobs.update().where(jobs.c.id == job.id, jobs.c.state == job.state).values(state=new_state, **values)
-    if job.lease_token is not None:
-        statement = statement.where(jobs.c.lease_token == job.lease_token)
-    if (await conn.execute(statement)).rowcount != 1:
+    params = {**values, "new_state": new_state, "old_id": job.id, "old_state": job.state, "old_token": job.lease_token}
+    if (await conn.execute(_update(tuple(sorted(values)), job.lease_token is not None), params)).rowcount != 1:
         raise Conflict(
             f"job {job.id} changed while this call ran", hint="Read it with jobs_get and retry if still needed."
         )
@@ -335,37 +351,68 @@ async def claim(
     Returns at once: an empty list when nothing is due.
     """
     await rescue_expired(conn, now=now, rescuer=worker, tenant_id=tenant_id, transport=transport)
-    query = (
-        sa.select(jobs.c.id, jobs.c.state)
-        .where(_claimable(tenant_id, queues, kinds, now))
-        .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
-        .limit(limit)
-    )
-    if _pg(conn):
-        query = query.with_for_update(skip_locked=True)
+    query = _pick(bool(queues), bool(kinds), _pg(conn))
+    params: dict[str, Any] = {"t": tenant_id, "now": now, "n": limit}
+    params |= {"queues": list(queues or ()), "kinds": list(kinds or ())}
     claimed: list[Job] = []
-    for row in (await conn.execute(query)).all():
-        new_state = transition(row.state, "claim")
-        statement = (
-            jobs.update()
-            .where(jobs.c.id == row.id, jobs.c.state == row.state)
-            .values(
-                state=new_state,
-                attempt=jobs.c.attempt + 1,
-                lease_token=secrets.token_urlsafe(24),
-                lease_expires_at=now + lease,
-                worker_id=worker.id,
-                started_at=now,
-                run_at=now,
-                progress=None,
-                progress_message=None,
-            )
-            .returning(*jobs.c)
-        )
-        updated = (await conn.execute(statement)).first()
+    for row in (await conn.execute(query, params)).all():
+        values = {
+            "new_state": transition(row.state, "claim"),
+            "old_id": row.id,
+            "old_state": row.state,
+            "token": secrets.token_urlsafe(24),
+            "until": now + lease,
+            "worker": worker.id,
+            "now": now,
+        }
+        updated = (await conn.execute(_CLAIM, values)).first()
         if updated is not None:
             claimed.append(Job.of(updated))
     return claimed
+
+
+_PICKS: dict[tuple[bool, bool, bool], Any] = {}
+
+
+def _pick(by_queue: bool, by_kind: bool, skip_locked: bool) -> Any:
+    """The due jobs of a tenant, best first, built once per filter shape."""
+    found = _PICKS.get((by_queue, by_kind, skip_locked))
+    if found is None:
+        condition = sa.and_(
+            jobs.c.tenant_id == sa.bindparam("t"), jobs.c.state.in_(CLAIMABLE), jobs.c.run_at <= sa.bindparam("now")
+        )
+        if by_queue:
+            condition = sa.and_(condition, jobs.c.queue.in_(sa.bindparam("queues", expanding=True)))
+        if by_kind:
+            condition = sa.and_(condition, jobs.c.kind.in_(sa.bindparam("kinds", expanding=True)))
+        found = (
+            sa.select(jobs.c.id, jobs.c.state)
+            .where(condition)
+            .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
+            .limit(sa.bindparam("n"))
+        )
+        if skip_locked:
+            found = found.with_for_update(skip_locked=True)
+        _PICKS[(by_queue, by_kind, skip_locked)] = found
+    return found
+
+
+_CLAIM = (
+    jobs.update()
+    .where(jobs.c.id == sa.bindparam("old_id"), jobs.c.state == sa.bindparam("old_state"))
+    .values(
+        state=sa.bindparam("new_state"),
+        attempt=jobs.c.attempt + 1,
+        lease_token=sa.bindparam("token"),
+        lease_expires_at=sa.bindparam("until"),
+        worker_id=sa.bindparam("worker"),
+        started_at=sa.bindparam("now"),
+        run_at=sa.bindparam("now"),
+        progress=None,
+        progress_message=None,
+    )
+    .returning(*jobs.c)
+)
 
 
 async def _leased(conn: Connection, tenant_id: str, job_id: str, token: str) -> Job:
@@ -481,14 +528,9 @@ async def rescue_expired(
         transport: recorded in the events.
         limit: at most this many jobs per call.
     """
-    condition = sa.and_(jobs.c.state == "running", jobs.c.lease_expires_at < now)
-    if tenant_id is not None:
-        condition = sa.and_(condition, jobs.c.tenant_id == tenant_id)
-    query = sa.select(jobs).where(condition).order_by(jobs.c.lease_expires_at).limit(limit)
-    if _pg(conn):
-        query = query.with_for_update(skip_locked=True)
+    query = _EXPIRED[(tenant_id is not None, _pg(conn))]
     rescued: list[Job] = []
-    for row in (await conn.execute(query)).all():
+    for row in (await conn.execute(query, {"now": now, "t": tenant_id, "n": limit})).all():
         job = Job.of(row)
         expired = job.lease_expires_at.isoformat() if job.lease_expires_at else "?"
         error = f"lease expired at {expired} during attempt {job.attempt}: the worker stopped sending heartbeats"
@@ -504,6 +546,17 @@ async def rescue_expired(
     if rescued:
         await audit.append(conn, [_rescue_event(job, rescuer, transport) for job in rescued])
     return rescued
+
+
+def _expired(by_tenant: bool, skip_locked: bool) -> Any:
+    condition = sa.and_(jobs.c.state == "running", jobs.c.lease_expires_at < sa.bindparam("now"))
+    if by_tenant:
+        condition = sa.and_(condition, jobs.c.tenant_id == sa.bindparam("t"))
+    query = sa.select(jobs).where(condition).order_by(jobs.c.lease_expires_at).limit(sa.bindparam("n"))
+    return query.with_for_update(skip_locked=True) if skip_locked else query
+
+
+_EXPIRED = {(t, s): _expired(t, s) for t in (False, True) for s in (False, True)}
 
 
 def _rescue_event(job: Job, rescuer: Principal, transport: str) -> AuditEvent:

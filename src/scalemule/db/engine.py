@@ -133,6 +133,7 @@ class Database:
         self._writer = anyio.Lock() if self.engine.dialect.name == "sqlite" else None
         self._sqlite = _sqlite_sync_engine(self.engine.url) if self._writer is not None else None
         self._sqlite_conn: sa.Connection | None = None
+        self._sqlite_reader: sa.Engine | None = None
 
     @property
     def dialect(self) -> str:
@@ -158,8 +159,31 @@ class Database:
             with self._sqlite_conn.begin():
                 yield InlineConnection(self._sqlite_conn)
 
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[Connection]:
+        """A connection for reads that must not queue behind writers (e.g. a worker's probe for due jobs).
+
+        On SQLite it is a separate connection that never begins a write transaction, so it neither takes
+        nor waits for the write lock (WAL readers see the last committed state); on PostgreSQL a pooled
+        connection. Never write through it.
+        """
+        if self._writer is None:
+            async with self.engine.connect() as conn:
+                yield conn
+            return
+        if self._sqlite_reader is None:
+            self._sqlite_reader = sa.create_engine(
+                self.engine.url.set(drivername="sqlite+pysqlite"),
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+                poolclass=StaticPool,
+            )
+        with self._sqlite_reader.connect() as conn:
+            yield InlineConnection(conn)
+
     async def dispose(self) -> None:
         """Close the kept connection and pooled ones."""
+        if self._sqlite_reader is not None:
+            self._sqlite_reader.dispose()
         if self._sqlite_conn is not None:
             self._sqlite_conn.close()
             self._sqlite_conn = None

@@ -182,7 +182,8 @@ class Worker:
 
     async def _due(self) -> bool:
         try:
-            async with self.runtime.db.transaction() as conn:
+            # A read beside the write path: it never waits for the write lock, and it is not a call.
+            async with self.runtime.db.reader() as conn:
                 now = self.runtime.clock()
                 kinds = self.handlers.kinds()
                 due = await jobs.next_due(conn, self.tenant_id, queues=self.options.queues, kinds=kinds, now=now)
