@@ -13,7 +13,6 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,13 +252,12 @@ class Worker:
             return "fail", f"this worker has no handler for kind {job['kind']!r}", True
         timeout = job.get("timeout_seconds")
         try:
-            with attempt.scope, anyio.fail_after(timeout) if timeout else nullcontext():
-                result = await handler(job["payload"], ctx)
-                return "complete", result, False
+            with attempt.scope:
+                with anyio.move_on_after(timeout):
+                    return "complete", await handler(job["payload"], ctx), False
+                return "fail", f"timed out after {timeout}s (the job's timeout_seconds)", True
         except PermanentError as exc:
             return "fail", str(exc) or type(exc).__name__, False
-        except TimeoutError:
-            return "fail", f"timed out after {timeout}s (timeout_seconds)", True
         except Exception as exc:  # a handler's failure is the job's, never the worker's
             lines = traceback.format_exception_only(type(exc), exc)
             return "fail", "".join(lines).strip()[:2000], True
