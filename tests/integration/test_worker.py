@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from scalemule.worker import Handlers, JobContext, PermanentError, Worker, WorkerOptions
-from tests.conftest import World
+from tests.conftest import StoreProbe, World
 
 pytestmark = pytest.mark.anyio
 
@@ -167,3 +167,29 @@ async def test_a_handler_past_the_grace_period_is_stopped_and_its_job_released_t
         assert await finished.until(made["id"], "failed") == ["failed"]
     job = await world.ok("jobs_get", world.agent, job_id=made["id"])
     assert "worker stopped" in job["last_error"] and job["state"] == "failed"
+
+
+async def test_an_idle_worker_probes_without_calls_and_adds_no_audit_events(
+    world: World, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probes, enough = 0, anyio.Event()
+    original = Worker._due
+
+    async def counted(self: Worker) -> bool:
+        nonlocal probes
+        probes += 1
+        if probes == 200:
+            enough.set()
+        return await original(self)
+
+    monkeypatch.setattr(Worker, "_due", counted)
+    before = {e["id"] for e in await probe.audit_events()}
+    async with running(world, Handlers({"k": _never}), Finished(), poll_min=0.0005, poll_max=0.001):
+        with anyio.fail_after(30):
+            await enough.wait()
+    events = [e for e in await probe.audit_events() if e["id"] not in before]
+    assert [e["operation"] for e in events] == ["whoami"]  # the worker's start; no claims, no polls
+
+
+async def _never(payload: Any, ctx: JobContext) -> Any:
+    raise AssertionError("nothing was enqueued")

@@ -22,6 +22,7 @@ INSTRUCTIONS = (
     "Start with whoami. Tenant-scoped tools take an optional `tenant` slug; without it they act in "
     "your key's tenant (or your only one). Lists page with `limit` and `cursor` (pass `next_cursor`). "
     "Errors begin with a stable code and say what to do next. "
+    "Work that takes longer than a call: jobs_enqueue, then poll jobs_get. "
     "Docs: scalemule://docs/{topic}."
 )
 
