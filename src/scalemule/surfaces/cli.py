@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,16 +186,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     exposure = Exposure(toolsets=parse_toolsets(args.toolsets), read_only=args.read_only)
 
     async def body(runtime: Runtime) -> None:
-        from scalemule.worker.maintenance import rescue_forever
-
         await _require_schema(runtime)
-        async with anyio.create_task_group() as tg:
-            # Expired job leases are rescued by whichever server or worker is running: no daemon.
-            tg.start_soon(rescue_forever, runtime)
-            await serve(runtime)
-            tg.cancel_scope.cancel()
-
-    async def serve(runtime: Runtime) -> None:
         dispatcher = Dispatcher(runtime, exposure)
         if args.transport == "http":
             import uvicorn
@@ -205,7 +197,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 build_app(dispatcher, host=args.host), host=args.host, port=args.port, log_level="warning"
             )
             print(f"scalemule: serving MCP on http://{args.host}:{args.port}/mcp", file=sys.stderr, flush=True)
-            await uvicorn.Server(config).serve()
+            await _with_job_maintenance(runtime, uvicorn.Server(config).serve)
             return
         key = settings.api_key
         try:
@@ -218,10 +210,20 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 "Set SCALEMULE_API_KEY to a live key (see 'scalemule init').",
             ) from None
         assert key is not None
-        await serve_stdio(dispatcher, key)
+        await _with_job_maintenance(runtime, lambda: serve_stdio(dispatcher, key))
 
     anyio.run(_with_runtime, settings, body)
     return 0
+
+
+async def _with_job_maintenance(runtime: Runtime, serve: Callable[[], Awaitable[None]]) -> None:
+    """Run ``serve`` while rescuing expired job leases: whichever server or worker runs does it, no daemon."""
+    from scalemule.worker.maintenance import rescue_forever
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(rescue_forever, runtime)
+        await serve()
+        tg.cancel_scope.cancel()
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:

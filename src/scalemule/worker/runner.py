@@ -90,6 +90,8 @@ class Worker:
         self.dispatcher = Dispatcher(runtime, Exposure(toolsets=None))
         self.tenant_id = ""
         self._wake = Signal()
+        # Set by a NOTIFY: a job was just enqueued, so claim without probing first.
+        self._notified = False
         self._running: dict[str, _Attempt] = {}
         self._idle = anyio.Event()
         self.done = 0
@@ -143,12 +145,16 @@ class Worker:
         async with anyio.create_task_group() as background:
             background.start_soon(rescue_forever, self.runtime)
             if self.runtime.db.dialect == "postgresql":
-                background.start_soon(listen, self.runtime.settings.url, self.tenant_id, self._wake.set)
+                background.start_soon(listen, self.runtime.settings.url, self.tenant_id, self._on_notify)
             background.start_soon(self._wake_on, stop)
             async with anyio.create_task_group() as attempts:
                 await self._claim_loop(stop, attempts)
                 await self._drain()
             background.cancel_scope.cancel()
+
+    def _on_notify(self) -> None:
+        self._notified = True
+        self._wake.set()
 
     async def _wake_on(self, stop: anyio.Event) -> None:
         await stop.wait()
@@ -163,7 +169,8 @@ class Worker:
                 continue
             try:
                 # After a full batch more is likely due: claim again without probing.
-                if not busy and not await self._due():
+                notified, self._notified = self._notified, False
+                if not busy and not notified and not await self._due():
                     await self._wake.wait(delay)
                     delay = min(delay * 2, self.options.poll_max)
                     continue
