@@ -1,4 +1,4 @@
-"""The job state machine and retry backoff: pure functions, no I/O.
+"""The job state machine, retry backoff and the rules of a job's fields: pure functions, no I/O.
 
 Every move of a job goes through ``transition``; core.jobs applies the result to the database with an
 update that matches the state it read, so a concurrent move makes the second writer see a conflict
@@ -7,12 +7,14 @@ instead of overwriting the first.
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from scalemule.core.errors import FailedPrecondition
+from scalemule.core.errors import FailedPrecondition, InvalidArgument
 
 State = Literal["queued", "running", "succeeded", "failed", "dead", "cancelled"]
 Action = Literal["claim", "heartbeat", "complete", "fail", "give_up", "cancel", "stop", "retry", "rescue"]
@@ -75,6 +77,56 @@ def after_failure(*, attempt: int, max_attempts: int, retryable: bool, cancel_re
     if cancel_requested:
         return "stop"
     return "fail" if retryable and attempt < max_attempts else "give_up"
+
+
+MAX_JSON_BYTES = 256 * 1024
+QUEUE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+KIND_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]{0,127}$"
+_QUEUE = re.compile(QUEUE_PATTERN)
+_KIND = re.compile(KIND_PATTERN)
+
+
+def check_queue(name: str) -> str:
+    """Return ``name`` if it is a valid queue name.
+
+    Raises:
+        InvalidArgument: not 1-64 lowercase letters, digits, ``_`` and ``-``, starting with a letter or digit.
+    """
+    if not _QUEUE.match(name):
+        raise InvalidArgument(
+            f"queue name {name[:70]!r} is not valid: use 1-64 lowercase letters, digits, '_' and '-'",
+            hint="e.g. queue='default' or queue='images-high'.",
+        )
+    return name
+
+
+def check_kind(name: str) -> str:
+    """Return ``name`` if it is a valid job kind.
+
+    Raises:
+        InvalidArgument: not 1-128 letters, digits and ``_ . : -``, starting with a letter.
+    """
+    if not _KIND.match(name):
+        raise InvalidArgument(
+            f"job kind {name[:130]!r} is not valid: use 1-128 letters, digits and _ . : -, starting with a letter",
+            hint="e.g. kind='describe_dishes'.",
+        )
+    return name
+
+
+def check_json_size(value: Any, what: str) -> Any:
+    """Return ``value`` if its JSON form fits ``MAX_JSON_BYTES``.
+
+    Raises:
+        InvalidArgument: it is larger, naming the limit and where big data belongs.
+    """
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_JSON_BYTES:
+        raise InvalidArgument(
+            f"{what} is {size:,} bytes of JSON, over the limit of {MAX_JSON_BYTES:,} (256 KiB)",
+            hint=f"Store large data with storage_put_object and put its key in the {what}.",
+        )
+    return value
 
 
 BACKOFF_BASE = timedelta(seconds=2)

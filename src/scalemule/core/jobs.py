@@ -13,8 +13,6 @@ tenants periodically (``rescue_expired``), so no separate daemon is needed. Time
 
 from __future__ import annotations
 
-import json
-import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
@@ -28,20 +26,24 @@ from scalemule.core.access import Principal
 from scalemule.core.audit import AuditEvent
 from scalemule.core.errors import Conflict, InvalidArgument, NotFound
 from scalemule.core.ids import new_id, utcnow
-from scalemule.core.job_states import CLAIMABLE, Action, after_failure, backoff, transition
+from scalemule.core.job_states import (
+    CLAIMABLE,
+    Action,
+    after_failure,
+    backoff,
+    check_json_size,
+    check_kind,
+    check_queue,
+    transition,
+)
 from scalemule.db.engine import Connection
 from scalemule.db.tables import jobs
 
-MAX_JSON_BYTES = 256 * 1024
 MAX_ERROR_CHARS = 2000
 DEFAULT_LEASE = timedelta(seconds=60)
 RESCUE_BATCH = 100
 # PostgreSQL channel notified in the enqueue's transaction (delivered on commit); payload: tenant id.
 NOTIFY_CHANNEL = "scalemule_jobs"
-QUEUE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-KIND_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]{0,127}$"
-_QUEUE = re.compile(QUEUE_PATTERN)
-_KIND = re.compile(KIND_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -103,49 +105,6 @@ class NewJob:
     timeout_seconds: int | None = None
     created_by: str | None = None
     created_key: str | None = None
-
-
-def check_queue(name: str) -> str:
-    """Return ``name`` if it is a valid queue name.
-
-    Raises:
-        InvalidArgument: not 1-64 lowercase letters, digits, ``_`` and ``-``, starting with a letter or digit.
-    """
-    if not _QUEUE.match(name):
-        raise InvalidArgument(
-            f"queue name {name[:70]!r} is not valid: use 1-64 lowercase letters, digits, '_' and '-'",
-            hint="e.g. queue='default' or queue='images-high'.",
-        )
-    return name
-
-
-def check_kind(name: str) -> str:
-    """Return ``name`` if it is a valid job kind.
-
-    Raises:
-        InvalidArgument: not 1-128 letters, digits and ``_ . : -``, starting with a letter.
-    """
-    if not _KIND.match(name):
-        raise InvalidArgument(
-            f"job kind {name[:130]!r} is not valid: use 1-128 letters, digits and _ . : -, starting with a letter",
-            hint="e.g. kind='describe_dishes'.",
-        )
-    return name
-
-
-def check_json_size(value: Any, what: str) -> Any:
-    """Return ``value`` if its JSON form fits ``MAX_JSON_BYTES``.
-
-    Raises:
-        InvalidArgument: it is larger, naming the limit and where big data belongs.
-    """
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-    if size > MAX_JSON_BYTES:
-        raise InvalidArgument(
-            f"{what} is {size:,} bytes of JSON, over the limit of {MAX_JSON_BYTES:,} (256 KiB)",
-            hint=f"Store large data with storage_put_object and put its key in the {what}.",
-        )
-    return value
 
 
 def _pg(conn: Connection) -> bool:
@@ -557,6 +516,16 @@ def _expired(by_tenant: bool, skip_locked: bool) -> Any:
 
 
 _EXPIRED = {(t, s): _expired(t, s) for t in (False, True) for s in (False, True)}
+
+
+_ANY_EXPIRED = (
+    sa.select(jobs.c.id).where(jobs.c.state == "running", jobs.c.lease_expires_at < sa.bindparam("now")).limit(1)
+)
+
+
+async def has_expired(conn: Connection, *, now: datetime) -> bool:
+    """Whether any running job's lease expired before ``now`` (a read: decides if a rescue pass is needed)."""
+    return (await conn.execute(_ANY_EXPIRED, {"now": now})).first() is not None
 
 
 def _rescue_event(job: Job, rescuer: Principal, transport: str) -> AuditEvent:

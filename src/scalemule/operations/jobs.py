@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, JsonValue, StringConstraints
 
-from scalemule.core import jobs
+from scalemule.core import job_states, jobs
 from scalemule.core.jobs import Job
 from scalemule.core.pages import paginate
 from scalemule.operations.base import (
@@ -301,7 +301,7 @@ async def jobs_claim(call: Call, args: ClaimArgs) -> Claimed:
     Keep each lease alive with jobs_heartbeat; finish with jobs_complete or jobs_fail, passing lease_token.
     """
     for name in args.queues or ():
-        jobs.check_queue(name)
+        job_states.check_queue(name)
     claimed = await jobs.claim(
         call.conn,
         call.tenant_id,

@@ -23,6 +23,10 @@ INTERVAL = 1.0
 
 async def rescue_once(runtime: Runtime, *, transport: str = "maintenance") -> int:
     """Rescue one bounded batch of expired leases across tenants; returns how many were rescued."""
+    # Look first with a read: most passes find nothing, and then take no write lock (SQLite) at all.
+    async with runtime.db.reader() as conn:
+        if not await jobs.has_expired(conn, now=runtime.clock()):
+            return 0
     async with runtime.db.transaction() as conn:
         rescued = await jobs.rescue_expired(
             conn, now=runtime.clock(), rescuer=jobs.maintenance_principal(), transport=transport
