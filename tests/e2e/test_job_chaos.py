@@ -45,15 +45,20 @@ async def _worker_key(deployment: Deployment) -> str:
         return str((await ok("keys_create", name="chaos", principal_id=made["principal"]["id"]))["token"])
 
 
-async def _enqueue(deployment: Deployment) -> set[str]:
-    ids: set[str] = set()
+async def _enqueue(deployment: Deployment, ids: set[str]) -> None:
+    # Four agents' sessions at once, while the workers already run: enqueueing overlaps the work.
     async with deployment.beside() as (dispatcher, _):
-        for n in range(JOBS):
-            invocation = Invocation("jobs_enqueue", {"kind": "count", "payload": {"n": n}}, deployment.agent_key, "cli")
-            outcome = await dispatcher.call(invocation)
-            assert outcome.result is not None, outcome.error
-            ids.add(outcome.result["id"])
-    return ids
+
+        async def some(start: int) -> None:
+            for n in range(start, JOBS, 4):
+                args = {"kind": "count", "payload": {"n": n}}
+                outcome = await dispatcher.call(Invocation("jobs_enqueue", args, deployment.agent_key, "cli"))
+                assert outcome.result is not None, outcome.error
+                ids.add(outcome.result["id"])
+
+        async with anyio.create_task_group() as tg:
+            for start in range(4):
+                tg.start_soon(some, start)
 
 
 async def _count(deployment: Deployment, state: str) -> int:
@@ -66,8 +71,25 @@ async def _wait_for(deployment: Deployment, processes: list[anyio.abc.Process], 
     # Other processes do the work: poll the store, bounded, failing early if a worker died on its own.
     with anyio.fail_after(90):
         while await _count(deployment, "succeeded") < succeeded:
-            assert all(p.returncode is None for p in processes[1:]), "a worker exited on its own"
+            assert all(p.returncode is None for p in processes), "a worker exited on its own"
             await anyio.sleep(0.2)
+
+
+async def _holding_a_job(
+    deployment: Deployment, processes: list[anyio.abc.Process], log_dir: Path
+) -> anyio.abc.Process:
+    """A worker that is running a job right now (started it, and the job is still running)."""
+    with anyio.fail_after(30):
+        while True:
+            async with deployment.beside() as (dispatcher, _), dispatcher.runtime.db.transaction() as conn:
+                query = sa.select(jobs.c.id).where(jobs.c.state == "running")
+                running = {r.id for r in await conn.execute(query)}
+            for process in processes:
+                path = log_dir / f"{process.pid}.log"
+                started = {line.split()[1] for line in path.read_text().splitlines()} if path.exists() else set()
+                if started & running:
+                    return process
+            await anyio.sleep(0.05)
 
 
 async def _terminate_connections(application_name: str) -> int:
@@ -95,7 +117,7 @@ def _side_effects(log_dir: Path) -> list[tuple[int, str, str, int]]:
 
 async def _run_chaos(deployment: Deployment, tmp_path: Path, *, postgres: bool) -> None:
     key = await _worker_key(deployment)
-    ids = await _enqueue(deployment)
+    ids: set[str] = set()
     log_dir = tmp_path / "effects"
     log_dir.mkdir()
     env = deployment.env | {"SCALEMULE_API_KEY": key, "CHAOS_LOG_DIR": str(log_dir)}
@@ -109,18 +131,21 @@ async def _run_chaos(deployment: Deployment, tmp_path: Path, *, postgres: bool) 
     try:
         for log in logs:
             processes.append(await anyio.open_process(argv, env=env, cwd=REPO_ROOT, stdout=log, stderr=log))
-        await _wait_for(deployment, processes, JOBS // 5)
-        victim = processes[0]
-        victim.send_signal(signal.SIGKILL)
-        await victim.wait()
+        async with anyio.create_task_group() as enqueueing:
+            enqueueing.start_soon(_enqueue, deployment, ids)
+            await _wait_for(deployment, processes, JOBS // 5)
+            victim = await _holding_a_job(deployment, processes, log_dir)
+            victim.send_signal(signal.SIGKILL)
+            await victim.wait()
+        survivors = [p for p in processes if p is not victim]
         if postgres:
-            await _wait_for(deployment, processes, JOBS // 2)
+            await _wait_for(deployment, survivors, JOBS // 2)
             assert await _terminate_connections(app_name) > 0
-        await _wait_for(deployment, processes, JOBS)
-        for process in processes[1:]:
+        await _wait_for(deployment, survivors, JOBS)
+        for process in survivors:
             process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
-            for process in processes[1:]:
+            for process in survivors:
                 assert await process.wait() == 0
     finally:
         for process in processes:
