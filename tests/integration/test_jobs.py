@@ -75,6 +75,8 @@ async def test_the_same_idempotency_key_returns_the_first_job_and_other_argument
         ({"timeout_seconds": 0}, "timeout_seconds"),
         ({"run_at": "2026-11-30T06:00:00+00:00", "delay_seconds": 5}, "not both"),
         ({"run_at": "2026-11-30T06:00:00"}, "run_at"),
+        ({"payload": {"score": float("nan")}}, "NaN"),
+        ({"payload": [float("inf")]}, "NaN or infinity"),
     ],
 )
 async def test_bad_enqueue_input_is_invalid_naming_the_rule_and_nothing_is_enqueued(

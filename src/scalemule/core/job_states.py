@@ -115,12 +115,18 @@ def check_kind(name: str) -> str:
 
 
 def check_json_size(value: Any, what: str) -> Any:
-    """Return ``value`` if its JSON form fits ``MAX_JSON_BYTES``.
+    """Return ``value`` if it is JSON (no NaN or infinity) and its JSON form fits ``MAX_JSON_BYTES``.
 
     Raises:
-        InvalidArgument: it is larger, naming the limit and where big data belongs.
+        InvalidArgument: NaN or infinity inside it, or it is larger, naming the limit and where big data
+            belongs.
     """
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
+    except ValueError:
+        raise InvalidArgument(
+            f"{what} holds NaN or infinity, which are not JSON numbers", hint="Send them as strings or null."
+        ) from None
     if size > MAX_JSON_BYTES:
         raise InvalidArgument(
             f"{what} is {size:,} bytes of JSON, over the limit of {MAX_JSON_BYTES:,} (256 KiB)",
