@@ -8,7 +8,8 @@ that should succeed fails, or a step that should be denied is allowed.
 
 Steps are plain async functions listed in ``STEPS``: identity and isolation, then configuration and
 secrets, then object storage (including a download through a signed URL served by the HTTP surface),
-then the audit trail of it all.
+then background jobs run by the app's worker (``scalemule worker`` with examples/menugen_worker.py and
+the worker agent's own key), then the audit trail of it all.
 """
 
 from __future__ import annotations
@@ -216,7 +217,16 @@ async def audit_trail(demo: Demo) -> None:
     show(f"→ resources/read {uri}")
     read = await demo.client.read_resource(uri)
     page = json.loads(read.contents[0].text)  # type: ignore[union-attr]
-    events = sorted(page["items"], key=lambda e: e["seq"])
+    show(f"← {len(page['items'])} most recent events; the whole trail, as the owner, with the audit tools:")
+    events = []
+    cursor: str | None = None
+    while True:
+        pairs = [f"tenant={TENANT}", "limit=200"] + ([f"cursor={cursor}"] if cursor else [])
+        listed = demo.cli("call", "audit_query", *pairs, api_key=demo.owner_key)
+        events += listed["items"]
+        if (cursor := listed["next_cursor"]) is None:
+            break
+    events = sorted(events, key=lambda e: e["seq"])
     rows = [
         (
             str(e["seq"]),
@@ -226,14 +236,26 @@ async def audit_trail(demo: Demo) -> None:
             e["operation"],
             e["outcome"],
             e["error_code"] or "",
+            _event_note(e),
         )
         for e in events
     ]
-    table(("seq", "time", "actor", "client", "operation", "outcome", "error"), rows)
+    table(("seq", "time", "actor", "client", "operation", "outcome", "error", "note"), rows)
     denied = [e for e in events if e["outcome"] == "denied"]
     if len(denied) < 2 or not all(e["hash"] for e in events):
         raise StepFailed("the audit log should hold the denied calls, each with its hash")
     show(f"  {len(events)} events in '{TENANT}', {len(denied)} denied; each names the hash of the one before")
+
+
+def _event_note(event: dict[str, Any]) -> str:
+    args = event["args"]
+    if "count" in args:
+        return f"{args['count']} calls that found nothing, in aggregate"
+    if "claimed" in args:
+        return "claimed " + ", ".join(f"{c['job_id'][:12]}… attempt {c['attempt']}" for c in args["claimed"])
+    if event["operation"].startswith("jobs_") and event["target"]:
+        return str(event["target"])[:16] + "…"
+    return ""
 
 
 def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -372,6 +394,85 @@ async def signed_download(demo: Demo) -> None:
         raise StepFailed("the signed URL returned other bytes than the photo")
 
 
+# --- Part 4: background jobs run by the app's worker -------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent
+
+
+async def start_worker(demo: Demo) -> None:
+    """The app's worker process: `scalemule worker` with MenuGen's handlers and the worker agent's key."""
+    argv = [str(scalemule_executable()), "worker", "--handlers", "menugen_worker", "--concurrency", "2"]
+    show(f"$ SCALEMULE_API_KEY={demo.fact('worker_key')[:12]}… scalemule worker --handlers menugen_worker")
+    log = (demo.data_dir / "worker.log").open("w")
+    env = store_env(demo.data_dir, demo.fact("worker_key"))
+    demo.facts["worker"] = await anyio.open_process(argv, cwd=EXAMPLES, env=env, stdout=log, stderr=log)
+    show("← worker started: it claims describe_dishes, render_dish_image and render_menu_images jobs")
+
+
+async def follow(demo: Demo, job_id: str, until: tuple[str, ...], *, within: float = 60) -> dict[str, Any]:
+    """Poll jobs_get until the job reaches one of ``until``, printing each change of state or progress."""
+    seen: tuple[Any, ...] = ()
+    deadline = time.monotonic() + within
+    while True:
+        result = await demo.client.call_tool("jobs_get", {"job_id": job_id})
+        if result.is_error:
+            raise StepFailed(f"jobs_get failed: {_text(result)}")
+        job = dict(result.structured_content or {})
+        now = (job["state"], job["attempt"], job["progress"], job["progress_message"])
+        if now != seen:
+            seen = now
+            progress = "" if job["progress"] is None else f" {job['progress']:.0%} {job['progress_message'] or ''}"
+            error = f"  last error: {job['last_error']}" if job["last_error"] and job["state"] != "running" else ""
+            show(f"← jobs_get: {job['state']}, attempt {job['attempt']}/{job['max_attempts']}{progress}{error}")
+        if job["state"] in until:
+            return job
+        if time.monotonic() > deadline:
+            raise StepFailed(f"job {job_id} is still {job['state']} after {within:.0f}s")
+        await anyio.sleep(0.4)
+
+
+async def describe_dishes(demo: Demo) -> None:
+    """The founding problem: describing every dish takes minutes, so the agent enqueues it and follows it."""
+    made = await demo.ok(
+        "jobs_enqueue",
+        {"kind": "describe_dishes", "payload": {"photo": PHOTO_KEY}, "idempotency_key": "describe-chez-mule-1"},
+    )
+    show(f"← job {made['id']}: {made['state']}; the call returned at once")
+    job = await follow(demo, made["id"], ("succeeded", "dead"))
+    if job["state"] != "succeeded":
+        raise StepFailed(f"describe_dishes ended {job['state']}: {job['last_error']}")
+    show(f"← result {_compact(job['result'])}")
+    output = await demo.ok("storage_get_object", {"key": job["result"]["output"]})
+    for dish in json.loads(output["content"])[:3]:
+        show(f"  {dish['dish']}: {dish['description']}")
+    show(f"  … {job['result']['dishes']} dishes, written by the worker to {job['result']['output']}")
+
+
+async def flaky_job(demo: Demo) -> None:
+    """A handler that fails twice: each failure is retried after a backoff, the third attempt succeeds."""
+    made = await demo.ok("jobs_enqueue", {"kind": "render_dish_image", "payload": {"dish": "Coq au vin"}})
+    job = await follow(demo, made["id"], ("succeeded", "dead"))
+    if (job["state"], job["attempt"]) != ("succeeded", 3):
+        raise StepFailed(f"expected success on attempt 3, got {job['state']} on attempt {job['attempt']}")
+    show(f"← succeeded on attempt 3; the last failure is kept: {job['last_error']}")
+
+
+async def cancel_job(demo: Demo) -> None:
+    """A long job is cancelled while running: the worker sees it on its next heartbeat and stops."""
+    made = await demo.ok("jobs_enqueue", {"kind": "render_menu_images", "payload": {"dishes": 40}})
+    await follow(demo, made["id"], ("running",))
+    cancelled = await demo.ok("jobs_cancel", {"job_id": made["id"]})
+    show(f"← {cancelled['state']}, cancel_requested={cancelled['cancel_requested']}")
+    job = await follow(demo, made["id"], ("cancelled", "succeeded", "dead"))
+    if job["state"] != "cancelled":
+        raise StepFailed(f"the cancelled job ended {job['state']}")
+    uri = f"scalemule://tenants/{TENANT}/jobs/{made['id']}"
+    show(f"→ resources/read {uri}")
+    read = await demo.client.read_resource(uri)
+    shown = json.loads(read.contents[0].text)  # type: ignore[union-attr]
+    show(f"← {shown['state']} at {shown['finished_at']}, progress {shown['progress']:.0%} when it stopped")
+
+
 STEPS: list[tuple[str, Step]] = [
     ("Who am I? (whoami)", whoami),
     ("Create an agent for the app's worker (agents_create)", create_worker),
@@ -384,6 +485,10 @@ STEPS: list[tuple[str, Step]] = [
     ("Upload a menu photo (storage_put_object)", upload_photo),
     ("Read back its metadata and list the uploads (storage_head_object, storage_list_objects)", photo_metadata),
     ("Download it through a signed URL (storage_create_signed_url)", signed_download),
+    ("Start the app's worker (scalemule worker, with the worker agent's key)", start_worker),
+    ("Describe the menu's dishes in the background (jobs_enqueue, jobs_get)", describe_dishes),
+    ("A flaky job succeeds on its third attempt (retries with backoff)", flaky_job),
+    ("Cancel a long-running job (jobs_cancel)", cancel_job),
     ("Read the audit trail (resource scalemule://tenants/menugen/audit/recent)", audit_trail),
 ]
 
@@ -486,14 +591,28 @@ async def walkthrough(data_dir: Path) -> int:
             agent_key=made["agent_key"],
             public_port=public_port,
         )
-        for number, (title, step) in enumerate(STEPS, start=3):
-            heading(number, title)
-            try:
-                await step(demo)
-            except StepFailed as exc:
-                failures += 1
-                show(f"✗ FAILED: {exc}")
+        try:
+            for number, (title, step) in enumerate(STEPS, start=3):
+                heading(number, title)
+                try:
+                    await step(demo)
+                except StepFailed as exc:
+                    failures += 1
+                    show(f"✗ FAILED: {exc}")
+        finally:
+            await stop_worker(demo)
     return failures
+
+
+async def stop_worker(demo: Demo) -> None:
+    """SIGTERM the worker (it finishes running jobs first) and wait for it."""
+    worker = demo.facts.get("worker")
+    if worker is not None:
+        worker.terminate()
+        with anyio.move_on_after(30) as waited:
+            await worker.wait()
+        if waited.cancelled_caught:
+            worker.kill()
 
 
 def main() -> int:

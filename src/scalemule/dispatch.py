@@ -8,11 +8,12 @@ here do errors become results.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,6 +56,8 @@ class Invocation:
     resource: str | None = None
     # True for MCP prompts/list and prompts/get, served by operations that are not tools.
     prompt: bool = False
+    # The toolsets a client chose for itself (over HTTP), in place of the server's; never lifts --read-only.
+    exposure: Exposure | None = None
     # Where a network client connects from (core.unit_of_work.network_source): refused calls are
     # tallied per source.
     source: str | None = None
@@ -89,23 +92,78 @@ class Outcome:
     event_id: str | None
 
 
+# The default tool list: what an agent building an app calls in a session, within the 24,000-character
+# budget of tools/list. Every other tool is one toolset away (--toolsets, the X-MCP-Toolsets header or
+# /mcp/x/{toolsets}); docs/decisions.md says why each tool is in or out.
+DEFAULT_TOOLS = frozenset(
+    {
+        "whoami",
+        "access_check",
+        "agents_create",
+        "keys_create",
+        "envs_list",
+        "config_set",
+        "config_get",
+        "config_list",
+        "config_delete",
+        "secrets_set",
+        "secrets_list",
+        "secrets_delete",
+        "storage_put_object",
+        "storage_get_object",
+        "storage_list_objects",
+        "storage_delete_object",
+        "storage_create_signed_url",
+        "jobs_enqueue",
+        "jobs_get",
+        "jobs_list",
+        "jobs_cancel",
+    }
+)
+DEFAULT = "default"
+
+
+def toolsets() -> list[str]:
+    """Every toolset that serves a tool, sorted; ``default`` names the default tool list."""
+    return sorted({op.toolset for op in REGISTRY.values() if op.tool})
+
+
 @dataclass(frozen=True)
 class Exposure:
-    """Which operations this server exposes: toolsets (None = all) and read-only mode."""
+    """Which operations a server exposes: toolsets (``default``: the default tool list; None: every tool)
+    and read-only mode. Operations that are not tools (resources, prompts) are served whatever the toolsets."""
 
     toolsets: frozenset[str] | None = None
     read_only: bool = False
 
+    @classmethod
+    def parse(cls, value: str, *, read_only: bool = False) -> Exposure:
+        """``all``, or a comma list of toolsets and ``default``.
+
+        Raises:
+            InvalidArgument: an unknown toolset name (with the nearest known one).
+        """
+        if value.strip() == "all":
+            return cls(None, read_only)
+        names = frozenset(v.strip() for v in value.split(",") if v.strip())
+        known = [*toolsets(), DEFAULT]
+        if unknown := sorted(names - set(known)):
+            near = difflib.get_close_matches(unknown[0], [*known, "all"], n=1)
+            guess = f"Did you mean '{near[0]}'? " if near else ""
+            raise InvalidArgument(
+                f"unknown toolsets: {', '.join(unknown)}", hint=f"{guess}Known: {', '.join(known)}, all."
+            )
+        if not names:
+            raise InvalidArgument("no toolset named", hint=f"Name one or more of: {', '.join(known)}, all.")
+        return cls(names, read_only)
+
     def allows(self, op: Operation) -> bool:
         """True when ``op`` is served under this exposure."""
-        in_toolset = self.toolsets is None or op.toolset in self.toolsets or not op.tool
+        chosen = self.toolsets
+        in_toolset = (
+            chosen is None or not op.tool or op.toolset in chosen or (DEFAULT in chosen and op.name in DEFAULT_TOOLS)
+        )
         return in_toolset and (op.read_only or not self.read_only)
-
-
-# What an agent building an app uses in a session. The audit tools (also readable as the resource
-# scalemule://tenants/{tenant}/audit/recent) and the worker tools are enabled with --toolsets; keeping
-# them out holds the default tool list within its size budget (docs/decisions.md).
-DEFAULT_TOOLSETS = frozenset({"identity", "config", "secrets", "storage", "jobs"})
 
 
 @dataclass
@@ -133,9 +191,9 @@ class _Caller:
 
     @property
     def tallied(self) -> bool:
-        """Whether the handler asked, through its AuditNote, for a successful call to be tallied."""
-        # AuditNote carries no such request yet; the flag it gains is read here and nowhere else.
-        return False
+        """Whether the handler asked, through its AuditNote, for a successful call to be tallied (it
+        changed nothing: an idle poll)."""
+        return self.note.tally
 
     def event(self, outcome: audit.Outcome, error_code: str | None) -> AuditEvent:
         """The call's audit event."""
@@ -143,6 +201,8 @@ class _Caller:
         tenant_id = self.note.tenant_id or (self.tenant.id if self.tenant is not None else None)
         tenant_id = tenant_id or _home_tenant(principal, key)
         args = recorded_args(op.args_model if op is not None else None, inv.arguments)
+        if outcome == "ok" and self.note.details:
+            args = {**args, **self.note.details}  # what the arguments do not show (the jobs a claim took)
         target = inv.resource
         if target is None and op is not None and op.target and isinstance(inv.arguments, Mapping):
             value = inv.arguments.get(op.target)
@@ -177,9 +237,17 @@ class Dispatcher:
         self.runtime = runtime
         self.exposure = exposure or Exposure()
 
-    def exposed(self) -> list[Operation]:
-        """The operations this dispatcher serves, in registry order."""
-        return [op for op in REGISTRY.values() if self.exposure.allows(op)]
+    def exposure_for(self, chosen: Exposure | None) -> Exposure:
+        """The exposure a call is served under: the client's choice of toolsets, else the server's, and
+        read-only whenever the server is."""
+        if chosen is None:
+            return self.exposure
+        return Exposure(chosen.toolsets, chosen.read_only or self.exposure.read_only)
+
+    def exposed(self, chosen: Exposure | None = None) -> list[Operation]:
+        """The operations served under the client's choice of toolsets (default: the server's), in registry order."""
+        exposure = self.exposure_for(chosen)
+        return [op for op in REGISTRY.values() if exposure.allows(op)]
 
     async def call(self, inv: Invocation) -> Outcome:
         """Run one invocation through the whole path; never raises for a caller's mistake."""
@@ -230,17 +298,24 @@ class Dispatcher:
             )
         # Operations that are not tools are served as MCP resources and prompts, and to the operator's CLI.
         if op is None or (not op.tool and inv.resource is None and not inv.prompt and inv.transport != "cli"):
-            raise NotFound(f"no tool named {name[:64]!r}", hint="List tools with tools/list or 'scalemule tools'.")
+            tools = [o.name for o in REGISTRY.values() if o.tool]
+            near = difflib.get_close_matches(name, tools, n=1)
+            guess = f"Did you mean '{near[0]}'? " if near else ""
+            raise NotFound(
+                f"no tool named {name[:64]!r}", hint=f"{guess}List tools with tools/list or 'scalemule tools'."
+            )
+        exposure = self.exposure_for(inv.exposure)
         # Toolsets choose tools; resources are served whatever the toolsets (all are read-only).
-        if not (self.exposure.allows(op) or (inv.resource is not None and op.read_only)):
-            if self.exposure.read_only and not op.read_only:
+        if not (exposure.allows(op) or (inv.resource is not None and op.read_only)):
+            if exposure.read_only and not op.read_only:
                 raise PermissionDenied(
                     f"{name} changes state and this server runs --read-only",
                     hint="Use a read-only tool, or ask the operator.",
                 )
             raise PermissionDenied(
-                f"{name} belongs to toolset '{op.toolset}', which this server does not enable",
-                hint=f"Start the server with --toolsets including {op.toolset}.",
+                f"{name} belongs to toolset '{op.toolset}', which is not enabled here",
+                hint=f"Enable it: start the server with --toolsets default,{op.toolset}, or over HTTP send "
+                f"'X-MCP-Toolsets: default,{op.toolset}' (or use /mcp/x/default,{op.toolset}).",
             )
         return op
 
@@ -395,6 +470,10 @@ def _home_tenant(principal: Principal | None, key: KeyInfo | None) -> str | None
     if key is not None and key.tenant_id is not None:
         return key.tenant_id
     return principal.tenant_id if principal is not None else None
+
+
+def _noted(event: AuditEvent, note: AuditNote) -> AuditEvent:
+    return event if not note.details else replace(event, args={**event.args, **note.details})
 
 
 def _sentence(text: str) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 
 from scalemule.blobs import BlobStore, open_blob_store
 from scalemule.core.crypto import Keyring
+from scalemule.core.ids import utcnow
 from scalemule.core.signed_urls import Grant, UrlSigner
 from scalemule.core.storage_urls import ObjectUrls
 from scalemule.db.engine import Database
@@ -24,6 +27,8 @@ class Runtime:
     db: Database
     keyring: Keyring
     blobs: BlobStore
+    # The time operations act at; tests replace it to move time without sleeping.
+    clock: Callable[[], datetime] = field(default=utcnow)
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:

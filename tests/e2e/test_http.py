@@ -18,6 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 from scalemule.core import tokens
 from scalemule.core.object_rules import MAX_INLINE_BYTES
 from scalemule.dispatch import Invocation
+from scalemule.operations import REGISTRY
 from scalemule.surfaces.http import MAX_REQUEST_BYTES
 from tests.e2e.conftest import Deployment, http_server, mistyped
 
@@ -171,3 +172,51 @@ async def test_a_body_over_the_limit_gets_a_json_rpc_error_naming_it_and_signed_
         events = [e for e in await probe.audit_events() if e["error_code"] == "invalid_argument"]
     refused = [e for e in events if e["operation"] == "storage_put_object" and e["transport"] == "http"]
     assert refused and refused[-1]["actor_name"] == f"{deployment.slug}-agent"
+
+
+@asynccontextmanager
+async def _chosen_client(url: str, token: str, headers: dict[str, str]) -> AsyncIterator[Client]:
+    auth = {"Authorization": f"Bearer {token}", **headers}
+    async with httpx2.AsyncClient(headers=auth, timeout=30) as http:
+        transport = streamable_http_client(url, http_client=http)
+        info = types.Implementation(name="chooser", version="1")
+        async with Client(transport, client_info=info, read_timeout_seconds=30) as client:
+            yield client
+
+
+async def test_each_request_chooses_its_toolsets_by_header_or_path(deployment: Deployment, url: str) -> None:
+    base = url.removesuffix("/mcp")
+    choices = {
+        "server default": (url, {}),
+        "header": (url, {"X-MCP-Toolsets": "audit,worker"}),
+        "path": (f"{base}/mcp/x/audit", {}),
+        "read-only path": (f"{base}/mcp/x/default,config/readonly", {}),
+    }
+    listed: dict[str, set[str]] = {}
+    for label, (endpoint, headers) in choices.items():
+        async with _chosen_client(endpoint, deployment.agent_key, headers) as client:
+            listed[label] = {t.name for t in (await client.list_tools()).tools}
+            if label == "path":
+                refused = await client.call_tool("whoami", {})
+                allowed = await client.call_tool("audit_query", {"limit": 1})
+
+    def toolset(*names: str) -> set[str]:
+        return {op.name for op in REGISTRY.values() if op.tool and op.toolset in names}
+
+    assert "whoami" in listed["server default"] and "audit_query" not in listed["server default"]
+    assert listed["header"] == toolset("audit", "worker")
+    assert listed["path"] == toolset("audit")
+    assert "config_history" in listed["read-only path"] and "config_set" not in listed["read-only path"]
+    refusal = str(refused.content[0].text)  # type: ignore[union-attr]
+    assert refused.is_error and refusal.startswith("permission_denied: ") and "X-MCP-Toolsets" in refusal
+    assert not allowed.is_error
+
+
+async def test_an_unknown_toolset_is_answered_400_with_a_suggestion(deployment: Deployment, url: str) -> None:
+    async with httpx2.AsyncClient(timeout=30) as http:
+        headers = {**ACCEPT, "Authorization": f"Bearer {deployment.agent_key}", "X-MCP-Toolsets": "identiy"}
+        response = await http.post(url, json=INITIALIZE, headers=headers)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == -32602 and error["data"]["code"] == "invalid_argument"
+    assert "Did you mean 'identity'?" in error["data"]["hint"]

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from scalemule.dispatch import DEFAULT_TOOLSETS, Exposure, Invocation
+from scalemule.dispatch import Exposure, Invocation
 from scalemule.operations import REGISTRY
 from tests.e2e.conftest import SCALEMULE, Deployment, mistyped
 
@@ -30,7 +30,7 @@ async def test_an_agent_lists_tools_calls_them_and_reads_resources_over_stdio(de
         whoami = await client.call_tool("whoami", {})
         denied = await client.call_tool("tenants_create", {"slug": "rogue", "name": "Rogue"})
         invalid = await client.call_tool("keys_create", {"name": "k", "nonsense": 1})
-        missing = await client.call_tool("keys_revoke", {"key_id": "key_missing"})
+        missing = await client.call_tool("jobs_get", {"job_id": "job_missing"})
         templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
         tenant = json.loads((await client.read_resource(tenant_uri)).contents[0].text)  # type: ignore[union-attr]
         recent = json.loads((await client.read_resource(recent_uri)).contents[0].text)  # type: ignore[union-attr]
@@ -41,7 +41,7 @@ async def test_an_agent_lists_tools_calls_them_and_reads_resources_over_stdio(de
         doc = (await client.read_resource(docs[0])).contents[0].text if docs else None  # type: ignore[union-attr]
 
     # tools/list: the default toolsets, each tool with its four annotations and both schemas.
-    exposure = Exposure(toolsets=DEFAULT_TOOLSETS)
+    exposure = Exposure.parse("default")
     assert {tool.name for tool in listed} == {op.name for op in REGISTRY.values() if op.tool and exposure.allows(op)}
     for tool in listed:
         op = REGISTRY[tool.name]
@@ -77,7 +77,7 @@ async def test_an_agent_lists_tools_calls_them_and_reads_resources_over_stdio(de
         ("whoami", "ok", None),
         ("tenants_create", "denied", "rogue"),
         ("keys_create", "error", None),
-        ("keys_revoke", "error", "key_missing"),
+        ("jobs_get", "error", "job_missing"),
         ("tenants_get", "ok", tenant_uri),
         ("audit_query", "ok", recent_uri),
         ("tenants_get", "denied", other_uri),

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from scalemule.core import identity, tenants
-from scalemule.dispatch import DEFAULT_TOOLSETS, Dispatcher, Exposure, Invocation
+from scalemule.dispatch import Dispatcher, Exposure, Invocation
 from scalemule.operations import REGISTRY
 from scalemule.operations.base import Call
 from tests.conftest import StoreProbe, World
@@ -65,7 +65,7 @@ async def test_read_only_mode_exposes_and_allows_only_read_only_tools(world: Wor
 def test_operations_that_are_not_tools_are_served_whatever_the_toolsets() -> None:
     narrow = Exposure(toolsets=frozenset({"audit"}))
     assert all(narrow.allows(op) for op in REGISTRY.values() if not op.tool and op.read_only)
-    assert all(Exposure(toolsets=DEFAULT_TOOLSETS).allows(op) for op in REGISTRY.values() if not op.tool)
+    assert all(Exposure.parse("default").allows(op) for op in REGISTRY.values() if not op.tool)
 
 
 async def test_a_bound_key_acts_in_its_tenant_without_naming_it(world: World) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from scalemule.core import identity, tenants
 from scalemule.core.access import AUTHENTICATED, PERMISSIONS
-from scalemule.dispatch import DEFAULT_TOOLSETS, Exposure, Invocation
+from scalemule.dispatch import Exposure, Invocation
 from scalemule.operations import REGISTRY, Operation
 from scalemule.operations.base import TenantArgs
 from scalemule.surfaces import schemas
@@ -122,7 +122,7 @@ def _tools_list_size(exposure: Exposure) -> int:
 
 
 def test_the_default_tool_list_stays_under_its_size_budget() -> None:
-    size = _tools_list_size(Exposure(toolsets=DEFAULT_TOOLSETS))
+    size = _tools_list_size(Exposure.parse("default"))
     assert size < DEFAULT_BUDGET, f"default tools/list is {size} characters (budget {DEFAULT_BUDGET})"
 
 
@@ -236,3 +236,9 @@ async def test_an_unknown_tool_is_not_found_and_audited_once(world: World, probe
         event = await probe.event(outcome.event_id)
         assert event["outcome"] == "error" and event["error_code"] == "not_found"
         assert len(event["operation"]) <= 64
+
+
+def test_every_tool_of_the_default_list_is_a_tool_of_the_registry() -> None:
+    from scalemule.dispatch import DEFAULT_TOOLS
+
+    assert sorted(name for name in DEFAULT_TOOLS if name not in REGISTRY or not REGISTRY[name].tool) == []

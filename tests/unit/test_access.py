@@ -38,7 +38,7 @@ def test_roles_nest_from_viewer_up_to_owner() -> None:
 def test_only_users_may_create_tenants_and_no_role_grants_it() -> None:
     assert "tenants:create" in KIND_PERMISSIONS["user"]
     assert "tenants:create" not in KIND_PERMISSIONS["agent"] | KIND_PERMISSIONS["service"]
-    assert all("tenants:create" not in granted for granted in ROLES.values())
+    assert all(not {"tenants:create", "tenants:join"} & granted for granted in ROLES.values())
 
 
 def test_secret_values_are_revealed_to_owners_and_admins_only() -> None:
@@ -48,7 +48,13 @@ def test_secret_values_are_revealed_to_owners_and_admins_only() -> None:
 
 def test_a_principal_without_a_role_holds_only_what_its_kind_grants() -> None:
     assert effective_permissions(AGENT, None, None) == frozenset()
-    assert effective_permissions(USER, None, None) == {"tenants:create"}
+    assert effective_permissions(USER, None, None) == {"tenants:create", "tenants:join"}
+
+
+def test_a_tenant_bound_key_holds_its_role_in_the_tenant_and_nothing_of_its_kind() -> None:
+    assert effective_permissions(USER, "owner", None, bound=True) == ROLES["owner"]
+    assert effective_permissions(USER, None, None, bound=True) == frozenset()
+    assert effective_permissions(USER, "viewer", None) == ROLES["viewer"] | {"tenants:create", "tenants:join"}
 
 
 def test_key_scopes_narrow_the_role_and_never_widen_it() -> None:

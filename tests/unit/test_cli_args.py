@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from scalemule.core.errors import InvalidArgument
-from scalemule.dispatch import DEFAULT_TOOLSETS
-from scalemule.surfaces.cli import build_parser, parse_pairs, parse_toolsets
+from scalemule.dispatch import Exposure
+from scalemule.surfaces.cli import build_parser, parse_pairs
 
 
 def test_pair_values_are_read_as_json_when_they_are_json() -> None:
@@ -38,21 +38,22 @@ def test_a_pair_nested_deeper_than_the_parser_allows_is_kept_as_text() -> None:
 
 
 def test_toolsets_are_all_default_or_a_list_of_known_names() -> None:
-    assert parse_toolsets("all") is None
-    assert parse_toolsets("default") == DEFAULT_TOOLSETS
-    assert parse_toolsets("identity, audit") == {"identity", "audit"}
-    assert parse_toolsets("default,audit") == DEFAULT_TOOLSETS | {"audit"}
+    assert Exposure.parse("all").toolsets is None
+    assert Exposure.parse("default").toolsets == {"default"}
+    assert Exposure.parse("identity, audit").toolsets == {"identity", "audit"}
+    assert Exposure.parse("default,audit", read_only=True) == Exposure(frozenset({"default", "audit"}), True)
 
 
-@pytest.mark.parametrize("name", ["docs", "prompts"])
-def test_a_group_that_serves_no_tool_is_not_a_toolset(name: str) -> None:
+@pytest.mark.parametrize("name", ["docs", "prompts", "nonsense", ""])
+def test_a_name_that_is_no_toolset_is_an_invalid_argument(name: str) -> None:
     with pytest.raises(InvalidArgument):
-        parse_toolsets(name)
+        Exposure.parse(f"identity,{name}" if name else " , ")
 
 
-def test_an_unknown_toolset_is_an_invalid_argument() -> None:
-    with pytest.raises(InvalidArgument):
-        parse_toolsets("identity,nonsense")
+def test_a_mistyped_toolset_gets_a_suggestion() -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        Exposure.parse("identiy")
+    assert refused.value.hint is not None and "Did you mean 'identity'?" in refused.value.hint
 
 
 def test_serve_defaults_to_stdio_with_the_default_toolsets() -> None:

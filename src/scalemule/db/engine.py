@@ -24,17 +24,21 @@ def normalize_url(url: str) -> tuple[sa.URL, dict[str, Any]]:
 
     ``postgresql://`` becomes ``postgresql+asyncpg://``; ``sqlite://`` becomes ``sqlite+aiosqlite://``.
     A ``search_path`` query parameter on a PostgreSQL URL selects the schema (one database can host
-    several isolated deployments or test runs).
+    several isolated deployments or test runs); ``application_name`` names the connections.
     """
     parsed = make_url(url)
     connect_args: dict[str, Any] = {}
     backend = parsed.get_backend_name()
     if backend in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+asyncpg")
-        search_path = parsed.query.get("search_path")
-        if search_path:
-            parsed = parsed.difference_update_query(["search_path"])
-            connect_args["server_settings"] = {"search_path": str(search_path)}
+        # Session settings given as URL parameters: the schema, and a name that tells processes apart
+        # in pg_stat_activity.
+        settings = {
+            name: str(parsed.query[name]) for name in ("search_path", "application_name") if name in parsed.query
+        }
+        if settings:
+            parsed = parsed.difference_update_query(list(settings))
+            connect_args["server_settings"] = settings
     elif backend == "sqlite":
         parsed = parsed.set(drivername="sqlite+aiosqlite")
     else:
@@ -141,6 +145,7 @@ class Database:
         self._writer = anyio.Lock() if self.engine.dialect.name == "sqlite" else None
         self._sqlite = _sqlite_sync_engine(self.engine.url) if self._writer is not None else None
         self._sqlite_conn: sa.Connection | None = None
+        self._sqlite_reader: sa.Engine | None = None
 
     @property
     def dialect(self) -> str:
@@ -166,8 +171,31 @@ class Database:
             with self._sqlite_conn.begin():
                 yield InlineConnection(self._sqlite_conn)
 
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[Connection]:
+        """A connection for reads that must not queue behind writers (e.g. a worker's probe for due jobs).
+
+        On SQLite it is a separate connection that never begins a write transaction, so it neither takes
+        nor waits for the write lock (WAL readers see the last committed state); on PostgreSQL a pooled
+        connection. Never write through it.
+        """
+        if self._writer is None:
+            async with self.engine.connect() as conn:
+                yield conn
+            return
+        if self._sqlite_reader is None:
+            self._sqlite_reader = sa.create_engine(
+                self.engine.url.set(drivername="sqlite+pysqlite"),
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+                poolclass=StaticPool,
+            )
+        with self._sqlite_reader.connect() as conn:
+            yield InlineConnection(conn)
+
     async def dispose(self) -> None:
         """Close the kept connection and pooled ones."""
+        if self._sqlite_reader is not None:
+            self._sqlite_reader.dispose()
         if self._sqlite_conn is not None:
             self._sqlite_conn.close()
             self._sqlite_conn = None

@@ -134,10 +134,20 @@ class Result(BaseModel):
 
 @dataclass
 class AuditNote:
-    """What a handler may add to its call's audit event: the tenant whose log should hold it, for
-    calls that create one (the caller had no tenant when the call began)."""
+    """What a handler may add to its call's audit event.
+
+    Attributes:
+        tenant_id: the tenant whose log should hold it, for calls that create one (the caller had no
+            tenant when the call began).
+        tally: this call changed nothing (an idle poll, a bare lease extension): when it succeeds, record
+            it in aggregate (core.audit_rollups) instead of as an event of its own.
+        details: facts the arguments do not show (e.g. which jobs a claim took), added to the recorded
+            arguments when the call succeeds.
+    """
 
     tenant_id: str | None = None
+    tally: bool = False
+    details: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -211,13 +211,21 @@ REGISTRY: dict[str, Operation] = {}
 
 
 def resource_for(uri: str) -> tuple[Operation, Resource, dict[str, Any]] | None:
-    """The operation and template serving ``uri``, with the arguments the URI implies."""
+    """The operation and template serving ``uri``, with the arguments the URI implies.
+
+    The most specific template wins (the most literal text): ``scalemule://tenants/{tenant}`` spans
+    slashes in its last part, and must not take ``scalemule://tenants/{tenant}/jobs/{job_id}``'s URIs.
+    """
+    found: list[tuple[int, Operation, Resource, dict[str, Any]]] = []
     for op in REGISTRY.values():
         for resource in op.resources:
             args = resource.match(uri)
             if args is not None:
-                return op, resource, args
-    return None
+                found.append((len(re.sub(r"\{[a-z_]+\}", "", resource.template)), op, resource, args))
+    if not found:
+        return None
+    _, op, resource, args = max(found, key=lambda item: item[0])
+    return op, resource, args
 
 
 def operation(

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from scalemule.core.identity import KeyRecord
 from scalemule.core.pages import paginate
 from scalemule.db import migrate
 from scalemule.db.engine import Connection
-from scalemule.dispatch import DEFAULT_TOOLSETS, Dispatcher, Exposure, Invocation
+from scalemule.dispatch import Dispatcher, Exposure, Invocation
 from scalemule.operations import REGISTRY
 from scalemule.operations.identity import KeyDetail
 from scalemule.runtime import Runtime
@@ -36,26 +37,6 @@ class CliError(Exception):
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False, default=str))
-
-
-def parse_toolsets(value: str) -> frozenset[str] | None:
-    """``all``, or a comma list of toolsets in which ``default`` stands for the default set.
-
-    Raises:
-        InvalidArgument: an unknown toolset name.
-    """
-    if value == "all":
-        return None
-    names = frozenset(v.strip() for v in value.split(",") if v.strip())
-    if "default" in names:
-        names = (names - {"default"}) | DEFAULT_TOOLSETS
-    # Only toolsets that serve a tool can be chosen: docs and prompts are served whatever the toolsets.
-    known = {op.toolset for op in REGISTRY.values() if op.tool}
-    if unknown := sorted(names - known):
-        raise InvalidArgument(
-            f"unknown toolsets: {', '.join(unknown)}", hint=f"Known: {', '.join(sorted(known))}, default, all."
-        )
-    return names
 
 
 def parse_pairs(pairs: list[str], raw_json: str | None) -> dict[str, Any]:
@@ -191,7 +172,7 @@ def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from scalemule.surfaces.stdio import serve_stdio
 
-    exposure = Exposure(toolsets=parse_toolsets(args.toolsets), read_only=args.read_only)
+    exposure = Exposure.parse(args.toolsets, read_only=args.read_only)
 
     async def body(runtime: Runtime) -> None:
         await _require_schema(runtime)
@@ -205,7 +186,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 build_app(dispatcher, host=args.host), host=args.host, port=args.port, log_level="warning"
             )
             print(f"scalemule: serving MCP on http://{args.host}:{args.port}/mcp", file=sys.stderr, flush=True)
-            await uvicorn.Server(config).serve()
+            await _with_job_maintenance(runtime, uvicorn.Server(config).serve)
             return
         key = settings.api_key
         try:
@@ -218,9 +199,42 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 "Set SCALEMULE_API_KEY to a live key (see 'scalemule init').",
             ) from None
         assert key is not None
-        await serve_stdio(dispatcher, key)
+        await _with_job_maintenance(runtime, lambda: serve_stdio(dispatcher, key))
 
     anyio.run(_with_runtime, settings, body)
+    return 0
+
+
+async def _with_job_maintenance(runtime: Runtime, serve: Callable[[], Awaitable[None]]) -> None:
+    """Run ``serve`` while rescuing expired job leases: whichever server or worker runs does it, no daemon."""
+    from scalemule.worker.maintenance import rescue_forever
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(rescue_forever, runtime)
+        await serve()
+        tg.cancel_scope.cancel()
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from scalemule.worker import ToolError, process
+    from scalemule.worker.runner import WorkerOptions
+
+    queues = tuple(q.strip() for q in args.queues.split(",") if q.strip()) if args.queues else None
+    options = WorkerOptions(
+        queues=queues, concurrency=args.concurrency, lease_seconds=args.lease_seconds, grace_seconds=args.grace_seconds
+    )
+    process.configure_logging()
+
+    async def body(runtime: Runtime) -> None:
+        await _require_schema(runtime)
+
+    anyio.run(_with_runtime, settings, body)
+    try:
+        anyio.run(process.run, settings, args.handlers, options)
+    except (ValueError, ImportError) as exc:
+        raise CliError("invalid_argument", f"cannot start the worker: {exc}", "See docs/jobs.md.") from None
+    except ToolError as exc:
+        raise CliError(exc.code, f"cannot start the worker: {exc.message}", exc.hint) from None
     return 0
 
 
@@ -351,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-only", action="store_true", help="expose and allow only read-only tools")
     p.set_defaults(run=cmd_serve)
 
+    p = sub.add_parser("worker", help="run Python job handlers: claim, heartbeat, complete (needs jobs:work)")
+    p.add_argument("--handlers", required=True, metavar="MODULE[:ATTR]", help="handlers by kind (ATTR: handlers)")
+    p.add_argument("--queues", help="comma list of queues to claim from (default: all)")
+    p.add_argument("--concurrency", type=int, default=1, help="jobs run at once (default: 1)")
+    p.add_argument("--lease-seconds", type=int, default=60, help="lease per claim (default: 60)")
+    p.add_argument("--grace-seconds", type=float, default=30, help="on SIGTERM, time to finish (default: 30)")
+    p.set_defaults(run=cmd_worker)
+
     p = sub.add_parser("call", help="run one operation through the dispatch path and print JSON")
     p.add_argument("tool")
     p.add_argument("pairs", nargs="*", metavar="key=value")
@@ -423,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         body = {"code": exc.code, "message": exc.message, "hint": exc.hint}
     except CliError as exc:
         body = exc.body
-    if args.command == "serve":
+    if args.command in ("serve", "worker"):
         # stdout is the protocol channel on stdio: the operator reads stderr.
         print(f"scalemule: {body['code']}: {body['message']} {body['hint'] or ''}", file=sys.stderr)
         return 2

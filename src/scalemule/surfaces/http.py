@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 from collections import deque
 from typing import Any
+from urllib.parse import unquote
 
+from mcp.server import ServerRequestContext
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scalemule.core.errors import InvalidArgument
 from scalemule.core.object_rules import MAX_INLINE_BYTES
-from scalemule.dispatch import Dispatcher, ErrorBody, Invocation
+from scalemule.dispatch import Dispatcher, ErrorBody, Exposure, Invocation
 from scalemule.surfaces.blobs_http import SignedObjects, client_source
 from scalemule.surfaces.mcp import bearer_token, build_server
 
@@ -24,8 +26,9 @@ from scalemule.surfaces.mcp import bearer_token, build_server
 # JSON envelope (key, metadata, protocol fields, escapes): the body limit follows the object limit.
 ENVELOPE_BYTES = 1 << 20
 MAX_REQUEST_BYTES = 4 * -(-MAX_INLINE_BYTES // 3) + ENVELOPE_BYTES
-# JSON-RPC "Invalid Request": what an oversized request is answered with.
+# JSON-RPC "Invalid Request" (an oversized request) and "Invalid params" (an unknown toolset).
 INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
 
 
 def _invocation(scope: Scope, headers: Headers, arguments: Any = None) -> Invocation:
@@ -126,29 +129,77 @@ class BodyLimit:
             "and PUT the bytes to the url it returns.",
         )
         error = await self.dispatcher.screen(_invocation(scope, headers, {"request_size": size}), refusal)
-        error = error or ErrorBody.of(refusal)
-        body = {
-            "jsonrpc": "2.0",
-            "id": None,  # the body was not read: its id is unknown (clients match the error to their request)
-            "error": {
-                "code": INVALID_REQUEST,
-                "message": error.text,
-                "data": {"code": error.code, "message": error.message, "hint": error.hint},
-            },
-        }
-        payload = json.dumps(body, ensure_ascii=False).encode()
-        start = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": start})
-        await send({"type": "http.response.body", "body": payload})
+        await _json_rpc_error(send, 413, INVALID_REQUEST, error or ErrorBody.of(refusal))
+
+
+# Where a request's own choice of toolsets is kept for the MCP handlers (the scope's state).
+_CHOSEN = "scalemule.exposure"
+_TOOLSET_PATH = "/mcp/x/"
+
+
+class ToolsetChoice:
+    """Let each request choose its toolsets, as the GitHub MCP server does: the ``X-MCP-Toolsets``
+    header (``X-MCP-Readonly: true`` for read-only), or the path ``/mcp/x/{toolsets}[/readonly]``, served
+    as ``/mcp``. A stateless server so serves different agents different tool lists without a restart;
+    the server's ``--read-only`` still holds. An unknown toolset is answered 400 with a JSON-RPC error.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        value, read_only = headers.get("x-mcp-toolsets"), headers.get("x-mcp-readonly", "").lower() == "true"
+        path: str = scope["path"]
+        if path.startswith(_TOOLSET_PATH):
+            value, _, rest = path[len(_TOOLSET_PATH) :].partition("/")
+            read_only = read_only or rest.rstrip("/") == "readonly"
+            scope = {**scope, "path": "/mcp", "raw_path": b"/mcp"}
+        if value is not None or read_only:
+            try:
+                chosen = Exposure.parse(unquote(value or "default"), read_only=read_only)
+            except InvalidArgument as exc:
+                await _json_rpc_error(send, 400, INVALID_PARAMS, ErrorBody.of(exc))
+                return
+            scope = {**scope, "state": {**scope.get("state", {}), _CHOSEN: chosen}}
+        await self.app(scope, receive, send)
+
+
+def chosen_exposure(ctx: ServerRequestContext[Any, Any]) -> Exposure | None:
+    """The toolsets the HTTP request chose for itself (see ToolsetChoice), or None for the server's."""
+    request = ctx.request
+    state = request.scope.get("state", {}) if request is not None else {}
+    chosen = state.get(_CHOSEN)
+    return chosen if isinstance(chosen, Exposure) else None
+
+
+async def _json_rpc_error(send: Send, status: int, code: int, error: ErrorBody) -> None:
+    body = {
+        "jsonrpc": "2.0",
+        "id": None,  # answered before the body is read: clients match the error to their request
+        "error": {
+            "code": code,
+            "message": error.text,
+            "data": {"code": error.code, "message": error.message, "hint": error.hint},
+        },
+    }
+    payload = json.dumps(body, ensure_ascii=False).encode()
+    start = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def build_app(dispatcher: Dispatcher, *, host: str = "127.0.0.1") -> Starlette:
     """The ASGI app serving MCP at ``/mcp``; stateless, so replicas can share a load balancer."""
-    server = build_server(dispatcher, bearer_token, "http")
+    server = build_server(dispatcher, bearer_token, "http", chosen_exposure)
     # The SDK's own limit stays above ours, so an oversized request always gets our answer.
     app = server.streamable_http_app(stateless_http=True, host=host, max_request_body_size=MAX_REQUEST_BYTES + 1)
     app.add_middleware(BodyLimit, dispatcher=dispatcher)
     app.add_middleware(BearerAuth, dispatcher=dispatcher)
+    app.add_middleware(ToolsetChoice)
     # Outermost: signed object URLs carry their own credential, so they are answered before BearerAuth.
     app.add_middleware(SignedObjects, dispatcher=dispatcher)
     return app

@@ -12,21 +12,37 @@ from mcp.shared.exceptions import MCPError
 
 from scalemule import __version__
 from scalemule.core.unit_of_work import network_source
-from scalemule.dispatch import Dispatcher, Invocation, Outcome
+from scalemule.dispatch import Dispatcher, Exposure, Invocation, Outcome, toolsets
 from scalemule.operations import REGISTRY, Operation, resource_for
 from scalemule.operations.docs import topics
 
-INSTRUCTIONS = (
-    "ScaleMule is the production backend for the app you are building: identity and API keys, "
-    "tenants, config and secrets per environment, object storage, background jobs and an audit log. "
-    "Start with whoami. Tenant-scoped tools take an optional `tenant` slug; without it they act in "
-    "your key's tenant (or your only one). Lists page with `limit` and `cursor` (pass `next_cursor`). "
-    "Errors begin with a stable code and say what to do next. "
-    "Docs: scalemule://docs/{topic}."
-)
+
+def instructions(exposure: Exposure) -> str:
+    """The server's instructions: what ScaleMule is, how to call it, and what this server serves."""
+    chosen = "every toolset" if exposure.toolsets is None else ", ".join(sorted(exposure.toolsets))
+    others = [t for t in toolsets() if exposure.toolsets is not None and t not in exposure.toolsets]
+    more = (
+        f" Not served here: {', '.join(others)} (start the server with --toolsets, or over HTTP send the "
+        "X-MCP-Toolsets header)."
+        if others
+        else ""
+    )
+    return (
+        "ScaleMule is the production backend for the app you are building: identity and API keys, "
+        "tenants, config and secrets per environment, object storage, background jobs and an audit log. "
+        "Start with whoami. Tenant-scoped tools take an optional `tenant` slug; without it they act in "
+        "your key's tenant (or your only one). Lists page with `limit` and `cursor` (pass `next_cursor`). "
+        "Errors begin with a stable code and say what to do next. "
+        "Work that takes longer than a call: jobs_enqueue, then poll jobs_get. "
+        f"Tools served: {chosen}{' (read-only)' if exposure.read_only else ''}.{more} "
+        "Prompts: set_up_app_backend, ship_config_to_prod, investigate_agent. Docs: scalemule://docs/{topic}."
+    )
+
 
 # How a request's credential is found: stdio uses the process key, HTTP the request's bearer token.
 CredentialOf = Callable[[ServerRequestContext[Any, Any]], str | None]
+# The toolsets a request chose for itself (HTTP), or None for the server's.
+ExposureOf = Callable[[ServerRequestContext[Any, Any]], Exposure | None]
 
 
 def tool_definition(op: Operation) -> types.Tool:
@@ -53,9 +69,20 @@ def bearer_token(ctx: ServerRequestContext[Any, Any]) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport: str) -> Server[Any]:
-    """A lowlevel MCP server whose every tool call and resource read goes through ``dispatcher``."""
-    tools = [tool_definition(op) for op in dispatcher.exposed() if op.tool]
+def build_server(
+    dispatcher: Dispatcher,
+    credential_of: CredentialOf,
+    transport: str,
+    exposure_of: ExposureOf = lambda ctx: None,
+) -> Server[Any]:
+    """A lowlevel MCP server whose every tool call, resource read and prompt goes through ``dispatcher``."""
+    # Each distinct choice of toolsets has its tool list built once.
+    tool_lists: dict[Exposure | None, list[types.Tool]] = {}
+
+    def tools_for(chosen: Exposure | None) -> list[types.Tool]:
+        if chosen not in tool_lists:
+            tool_lists[chosen] = [tool_definition(op) for op in dispatcher.exposed(chosen) if op.tool]
+        return tool_lists[chosen]
 
     async def invoke(
         ctx: ServerRequestContext[Any, Any],
@@ -85,6 +112,7 @@ def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport:
                 request_id=None if ctx.request_id is None else str(ctx.request_id),
                 resource=resource,
                 prompt=prompt,
+                exposure=exposure_of(ctx),
                 source=None if address is None else network_source(address),
             )
         )
@@ -92,7 +120,7 @@ def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport:
     async def list_tools(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=tools)
+        return types.ListToolsResult(tools=tools_for(exposure_of(ctx)))
 
     async def call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
@@ -191,7 +219,7 @@ def build_server(dispatcher: Dispatcher, credential_of: CredentialOf, transport:
     return Server(
         "scalemule",
         version=__version__,
-        instructions=INSTRUCTIONS,
+        instructions=instructions(dispatcher.exposure),
         on_list_tools=list_tools,
         on_call_tool=call_tool,
         on_list_resources=list_resources,

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from scalemule.dispatch import DEFAULT_TOOLSETS
+from scalemule.dispatch import DEFAULT_TOOLS
 from scalemule.operations import REGISTRY, Operation
 
 
@@ -39,14 +39,17 @@ def tools_markdown() -> str:
         "Each tool's full input and output JSON Schema is in `tool_schemas/<tool>.json`.",
         "",
     ]
-    toolsets = sorted({op.toolset for op in _tools()}, key=lambda t: (t not in DEFAULT_TOOLSETS, t))
-    for toolset in toolsets:
-        default = "enabled by default" if toolset in DEFAULT_TOOLSETS else "enable with `--toolsets`"
-        lines += [f"## {toolset} ({default})", ""]
+    lines += [
+        "Tools marked **default** make the default tool list; every tool is served with its toolset",
+        "(`--toolsets`, the `X-MCP-Toolsets` header, or `/mcp/x/{toolsets}`; see [concepts](concepts.md)).",
+        "",
+    ]
+    for toolset in sorted({op.toolset for op in _tools()}):
+        lines += [f"## {toolset}", ""]
         for op in (o for o in _tools() if o.toolset == toolset):
             flags = [k.removesuffix("Hint") for k, v in op.annotations.items() if v]
             lines += [
-                f"### `{op.name}`",
+                f"### `{op.name}`" + (" (default)" if op.name in DEFAULT_TOOLS else ""),
                 "",
                 op.description,
                 "",

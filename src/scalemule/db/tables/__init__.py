@@ -8,6 +8,7 @@ from scalemule.db.tables.audit import audit_events, audit_heads, audit_rollups, 
 from scalemule.db.tables.base import metadata
 from scalemule.db.tables.config import config_entries, config_history, environments, secret_versions, secrets
 from scalemule.db.tables.identity import api_keys, invitations, memberships, principals, tenants
+from scalemule.db.tables.jobs import jobs
 from scalemule.db.tables.storage import signed_url_uses, storage_objects, storage_usage
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "environments",
     "idempotency_keys",
     "invitations",
+    "jobs",
     "memberships",
     "metadata",
     "principals",
