@@ -78,14 +78,14 @@ async def _windows(bench: Bench, bare: HttpServer, sm: HttpServer) -> dict[str, 
 
 
 async def _blind_sets(bench: Bench, sm: HttpServer, baseline: float) -> None:
-    calls_each = bench.size(40, 15)
+    seconds = bench.seconds(5, 3)
     async with http_clients(sm, CLIENTS) as clients:
-        load = await http_load(sm, clients, _blind, calls_each=calls_each)
+        load = await http_load(sm, clients, _blind, seconds=seconds)
     failed = sum(load.errors.values())
     codes = ", ".join(f"{code} {n}" for code, n in sorted(load.errors.items())) or "none"
     figures = (
-        f"{load.calls} calls ({CLIENTS} x {calls_each}): {failed} failed (by code: {codes}); "
-        f"{load.rate:.0f}/s = {load.rate / baseline:.2f}x the no-op"
+        f"{load.calls} calls in {load.seconds:.1f} s: {failed} failed (by code: {codes});"
+        f" {load.rate:.0f} successful/s = {load.rate / baseline:.2f}x the no-op's calls/s"
     )
     row = Row(
         f"HTTP blind config_set, {CLIENTS} clients, one key",

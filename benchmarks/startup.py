@@ -33,7 +33,7 @@ async def startup(bench: Bench) -> None:
         ("scalemule serve", lambda: _first_list(scalemule_stdio(store, bench.workdir))),
     ]
     # No warm-up round: earlier spawns in the run (or this one's first) warm the disk cache for both alike.
-    samples = await interleave(ops, bench.size(8, 3), 0, budget=bench.seconds(25, 8), min_rounds=3)
+    samples = await interleave(ops, bench.size(8, 3), 0, budget=bench.seconds(15, 6), min_rounds=3)
     mine, floor = median(samples["scalemule serve"]), median(samples["bare MCPServer"])
     figures = f"{mine * 1000:.0f} vs {floor * 1000:.0f} ms (median of {len(samples['bare MCPServer'])} spawns each)"
     bench.add(Row("spawn to first tools/list vs bare MCPServer", "sqlite", figures, mine / floor, Target("<=", TARGET)))

@@ -119,7 +119,7 @@ async def inline(bench: Bench) -> None:
     gets = ([sm_get1, *later["sm"]], [bare_get1, *later["bare"]])
     for label, (mine, floor), target in (("get", gets, Target("<=", 1, " s")), ("put", puts, None)):
         figures = f"{median(mine):.2f} s vs {median(floor):.2f} s for the bare server moving the bytes once"
-        figures += f" ({len(mine)} calls each)"
+        figures += f" ({len(mine)} call{'s' if len(mine) > 1 else ''} each)"
         tool = f"storage_{label}_object"
         bench.add(
             Row(
@@ -159,7 +159,7 @@ async def signed_urls(bench: Bench) -> None:
     """16 MiB PUT and GET on signed URLs against the same transfers to the bare server's ``/blob``."""
     store = await bench.store("sqlite")
     data = os.urandom(SIZE)
-    rounds = bench.size(5, 2)
+    rounds = bench.size(3, 2)
     samples: dict[str, list[float]] = {"put": [], "get": [], "bare put": [], "bare get": []}
     async with (
         scalemule_http(store, bench.workdir) as sm,
