@@ -32,25 +32,18 @@ import sqlalchemy as sa
 from _harness import (
     Bench,
     BenchError,
-    HttpServer,
-    Load,
     Row,
     Stdio,
     Store,
     Target,
     bare_stdio,
-    call_body,
-    classify,
-    http_call,
-    http_clients,
-    http_load,
     interleave,
     median,
     ms,
     run,
-    scalemule_http,
     scalemule_stdio,
 )
+from _http import HttpServer, Load, call_body, classify, http_call, http_clients, http_load, scalemule_http
 
 RARE_ERRORS = 5
 FILTERS: dict[str, dict[str, Any]] = {
@@ -150,7 +143,7 @@ async def _query_timings(bench: Bench, bare: Stdio, server: Stdio) -> dict[str, 
 
     ops: list[tuple[str, Any]] = [("no-op", lambda: bare.call("noop", {}))]
     ops += [(label, lambda f=f, label=label: query(f, label.startswith("rare"))) for label, f in FILTERS.items()]
-    return await interleave(ops, bench.size(30, 15), 1, budget=bench.seconds(5, 3), min_rounds=3)
+    return await interleave(ops, bench.size(30, 15), 1, budget=bench.seconds(4, 3), min_rounds=3)
 
 
 async def _scaling(bench: Bench, bare: Stdio, store: Store) -> None:

@@ -19,23 +19,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from _harness import (
-    Bench,
-    BenchError,
-    HttpServer,
-    Load,
-    Request,
-    Row,
-    Target,
-    bare_http,
-    http_call,
-    http_clients,
-    http_load,
-    run,
-    scalemule_http,
-)
+from _harness import Bench, BenchError, Row, Target, run
+from _http import HttpServer, Load, Request, bare_http, http_call, http_clients, http_load, scalemule_http
 
 CLIENTS = 16
+WINDOW = {False: 1.5, True: 1.0}  # seconds per load window, full / quick run
+ROUNDS = {False: 3, True: 2}
 TARGETS: dict[str, dict[str, float]] = {"sqlite": {"get": 0.8, "set": 0.6}, "postgresql": {"get": 0.5, "set": 0.4}}
 
 
@@ -62,7 +51,7 @@ def _check(label: str, load: Load) -> None:
 
 async def _windows(bench: Bench, bare: HttpServer, sm: HttpServer) -> dict[str, Load]:
     """Alternate load windows of the no-op, get and set; returns the summed load of each."""
-    window, rounds = bench.seconds(2.0, 1.0), bench.size(3, 2)
+    window, rounds = WINDOW[bench.quick], ROUNDS[bench.quick]
     plan: list[tuple[str, HttpServer, Request]] = [("no-op", bare, _noop), ("get", sm, _get), ("set", sm, _set)]
     totals = {label: Load() for label, _, _ in plan}
     async with http_clients(bare, CLIENTS) as bare_clients, http_clients(sm, CLIENTS) as sm_clients:
@@ -78,7 +67,7 @@ async def _windows(bench: Bench, bare: HttpServer, sm: HttpServer) -> dict[str, 
 
 
 async def _blind_sets(bench: Bench, sm: HttpServer, baseline: float) -> None:
-    seconds = bench.seconds(5, 3)
+    seconds = bench.seconds(4, 2)
     async with http_clients(sm, CLIENTS) as clients:
         load = await http_load(sm, clients, _blind, seconds=seconds)
     failed = sum(load.errors.values())
@@ -109,7 +98,7 @@ async def throughput(bench: Bench) -> None:
                 base = totals["no-op"]
                 busy = ", ".join(f"{label} {load.cpu / load.seconds:.2f}" for label, load in totals.items())
                 bench.say(
-                    f"  {CLIENTS} keep-alive clients, {bench.size(3, 2)} rounds of {bench.seconds(2.0, 1.0):g} s"
+                    f"  {CLIENTS} keep-alive clients, {ROUNDS[bench.quick]} rounds of {WINDOW[bench.quick]:g} s"
                     f" windows; server CPU seconds per second: {busy}"
                 )
                 for label in ("get", "set"):

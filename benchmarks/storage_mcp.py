@@ -31,17 +31,14 @@ from _harness import (
     Row,
     Stdio,
     Target,
-    bare_http,
     bare_stdio,
-    http_call,
-    http_clients,
     interleave,
     median,
     peak_rss,
     run,
-    scalemule_http,
     scalemule_stdio,
 )
+from _http import bare_http, http_call, http_clients, scalemule_http
 
 SIZE = 16 << 20
 MIB = 1 << 20

@@ -45,7 +45,7 @@ def _op(client: Stdio, tool: str, args: Args) -> Any:
 
 async def latency(bench: Bench) -> None:
     """Interleave the no-op and every operation that has a target on each store; add the rows."""
-    rounds, warmup, budget = bench.size(1000, 300), bench.size(20, 10), bench.seconds(30, 12)
+    rounds, warmup, budget = bench.size(1000, 300), bench.size(20, 10), bench.seconds(25, 12)
     async with AsyncExitStack() as stack:
         bare = await stack.enter_async_context(bare_stdio(bench.workdir))
         ops = [("no-op", _op(bare, "noop", lambda i: {}))]
