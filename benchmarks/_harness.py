@@ -202,7 +202,13 @@ async def open_store(kind: StoreKind, workdir: Path) -> Store:
         except Exception as exc:  # any driver error: say where PostgreSQL was expected
             raise BenchError(f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable: {exc}") from None
         env["SCALEMULE_DATABASE_URL"] = f"{POSTGRES_ADMIN_URL}?search_path={schema}"
-    made = json.loads(await scalemule_cli(env, "init", "--json", "--tenant", "bench"))
+    try:
+        made = json.loads(await scalemule_cli(env, "init", "--json", "--tenant", "bench"))
+    except BaseException:
+        if schema is not None:
+            with anyio.CancelScope(shield=True):
+                await _postgres(f'DROP SCHEMA "{schema}" CASCADE')
+        raise
     url = env.get("SCALEMULE_DATABASE_URL") or f"sqlite:///{(data_dir / 'scalemule.db').resolve()}"
     return Store(kind, env, url, made, schema)
 
@@ -421,7 +427,9 @@ async def _run(areas: Sequence[tuple[str, Area]], bench: Bench) -> None:
 def run(areas: Sequence[tuple[str, Area]], description: str, argv: Sequence[str] | None = None) -> int:
     """Parse the common options, run ``areas`` in order, print the summary; 1 if a call failed."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true", help="fewer calls and smaller logs (about a third the time)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer samples and logs up to 100k events: for iterating, not for judging"
+    )
     parser.add_argument(
         "--stores", default="sqlite,postgresql", help="comma list of sqlite, postgresql (default: both)"
     )
