@@ -80,7 +80,7 @@ async def _blind_sets(bench: Bench, sm: HttpServer, baseline: float) -> None:
         f"HTTP blind config_set, {CLIENTS} clients, one key",
         "postgresql",
         figures,
-        100 * failed / load.calls,
+        100 * failed / max(1, load.calls),
         Target("<=", 0, "% fail"),
         ratio_unit="% fail",
     )
