@@ -27,9 +27,9 @@ lint: install  ## ruff and strict mypy over src
 schemas: install  ## regenerate tool_schemas/ and docs/tools.md from the registry
 	$(BIN)/scalemule schemas
 
-bench: install  ## benchmarks, printing ratios against a baseline measured in the same run
-	$(BIN)/python benchmarks/tool_call_latency.py
-	$(BIN)/python benchmarks/storage_throughput.py
+# BENCH_ARGS: e.g. --quick, --only latency,http, --stores sqlite (see benchmarks/README.md).
+bench: install  ## every performance target: ratio to the SDK's floor measured in the same run, PASS/OVER
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/jobs_throughput.py
 
 clean:

@@ -1,169 +1,84 @@
-"""Latency of an audited ScaleMule tool call against a bare MCP SDK no-op tool, over stdio.
+"""Latency of audited ScaleMule tool calls over stdio against the SDK's floor, on SQLite and PostgreSQL.
 
-Both servers run on this machine in this run, each driven by the official MCP client. Calls are
-interleaved (one to each server per round) so that drift in machine load hits both sides alike.
-Each audited call authenticates the key, resolves the tenant, authorizes, validates, runs the handler
-and appends a hash-chained audit event in the same SQLite transaction; the baseline does nothing.
+The baseline is a bare low-level ``mcp.server.Server`` (what ScaleMule is built on) with a no-op
+tool, served over stdio the way ``scalemule serve`` is. Every server is driven by the official MCP
+client; one round calls the no-op and then every measured operation on every store, so drift in
+machine load hits all alike. Each audited call authenticates the key, resolves the tenant, authorizes,
+validates, runs the handler and appends a hash-chained audit event in the same transaction.
 
-Prints p50 and p99 per operation and the p50 ratio to the baseline (target: at most 1.5). It is a
-benchmark, not a test: it exits 0 whatever the ratio, and non-zero only if a call fails.
+Prints p50 and p99 per operation and the p50 ratio to the no-op against the targets.
 
-Usage: ``make bench`` or ``.venv/bin/python benchmarks/tool_call_latency.py [--calls N] [--warmup N]``.
+Usage: ``.venv/bin/python benchmarks/tool_call_latency.py [--quick] [--stores sqlite,postgresql]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
-import anyio
-import mcp_types as types
-from mcp import Client
-from mcp.client.stdio import StdioServerParameters
+from _harness import Bench, Row, Stdio, Target, bare_stdio, interleave, percentile, run, scalemule_stdio
 
-TARGET_RATIO = 1.5
+KIB = "k" * 1024
 
-# Audited operations measured on one ScaleMule connection: (label, tool, arguments).
-# Add an operation here to measure it against the same baseline.
-OPERATIONS: list[tuple[str, str, dict[str, Any]]] = [
-    ("audited whoami", "whoami", {}),
-    ("audited config_get", "config_get", {"env": "dev", "key": "vision.model"}),
-    ("audited secrets_reveal", "secrets_reveal", {"env": "dev", "name": "IMAGE_API_KEY"}),
+# (label, tool, arguments for round i, target per store). Targets are the performance issue's.
+Args = Callable[[int], dict[str, Any]]
+OPERATIONS: list[tuple[str, str, Args, dict[str, float]]] = [
+    ("whoami", "whoami", lambda i: {}, {"sqlite": 1.15, "postgresql": 1.6}),
+    ("config_get", "config_get", lambda i: {"env": "dev", "key": "bench.read"}, {"sqlite": 1.15}),
+    (
+        "config_set",
+        "config_set",
+        lambda i: {"env": "dev", "key": "bench.write", "value": i},
+        {"sqlite": 1.4, "postgresql": 2.2},
+    ),
+    ("1 KiB put", "storage_put_object", lambda i: {"key": "bench/latency-1k", "content": KIB}, {"sqlite": 1.8}),
+    ("1 KiB get", "storage_get_object", lambda i: {"key": "bench/latency-1k"}, {"sqlite": 1.3}),
 ]
 
-BARE_SERVER = '''\
-"""A bare MCP SDK server with one no-op tool: the benchmark's baseline."""
-from mcp.server import MCPServer
 
-server = MCPServer("bare")
-
-
-@server.tool()
-def noop() -> str:
-    """Do nothing."""
-    return "ok"
+def _op(client: Stdio, tool: str, args: Args) -> Any:
+    counter = iter(range(1 << 62))
+    return lambda: client.call(tool, args(next(counter)))
 
 
-server.run()
-'''
-
-
-def scalemule_executable() -> str:
-    """The ``scalemule`` command installed next to this Python."""
-    path = Path(sys.executable).parent / ("scalemule.exe" if os.name == "nt" else "scalemule")
-    found = str(path) if path.exists() else shutil.which("scalemule")
-    if found is None:
-        raise SystemExit("scalemule is not installed in this environment: run 'make install' first")
-    return found
-
-
-def _scalemule(env: dict[str, str], *argv: str) -> str:
-    done = subprocess.run([scalemule_executable(), *argv], env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"scalemule {argv[0]} failed: {done.stdout or done.stderr}")
-    return done.stdout
-
-
-def initialise(data_dir: Path) -> str:
-    """Create a store in ``data_dir`` with ``scalemule init``, the config value and secret the measured
-    operations read, and an admin agent (secrets_reveal needs secrets:reveal) with a tenant-bound key,
-    as an agent is normally given; returns that key."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SCALEMULE_")}
-    env["SCALEMULE_DATA_DIR"] = str(data_dir)
-    env["SCALEMULE_API_KEY"] = str(json.loads(_scalemule(env, "init", "--json", "--tenant", "bench"))["owner_key"])
-    _scalemule(env, "call", "config_set", "env=dev", "key=vision.model", 'value="menu-reader-large"')
-    _scalemule(env, "call", "secrets_set", "env=dev", "name=IMAGE_API_KEY", "value=sk-bench-0000")
-    agent = json.loads(_scalemule(env, "call", "agents_create", "name=bench-admin", "role=admin"))
-    made = json.loads(_scalemule(env, "call", "keys_create", "name=bench", f"principal_id={agent['principal']['id']}"))
-    return str(made["token"])
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """The nearest-rank ``q``-th percentile of ``samples``."""
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-async def timed(client: Client, tool: str, args: dict[str, Any]) -> float:
-    """One call's round trip in milliseconds.
-
-    Raises:
-        SystemExit: the call failed (a failing call would measure an error path).
-    """
-    started = time.perf_counter()
-    result = await client.call_tool(tool, args)
-    elapsed = (time.perf_counter() - started) * 1000
-    if result.is_error:
-        text = " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
-        raise SystemExit(f"{tool} failed: {text}")
-    return elapsed
-
-
-async def measure(calls: int, warmup: int, workdir: Path) -> dict[str, list[float]]:
-    """Run ``warmup`` then ``calls`` interleaved rounds; returns each label's samples in ms."""
-    data_dir = workdir / "data"
-    bare_script = workdir / "bare_server.py"
-    bare_script.write_text(BARE_SERVER, encoding="utf-8")
-    agent_key = initialise(data_dir)
-    info = types.Implementation(name="scalemule-bench", version="1.0")
-    bare = StdioServerParameters(command=sys.executable, args=[str(bare_script)])
-    scalemule = StdioServerParameters(
-        command=scalemule_executable(),
-        args=["serve"],
-        env={"SCALEMULE_API_KEY": agent_key, "SCALEMULE_DATA_DIR": str(data_dir)},
+async def latency(bench: Bench) -> None:
+    """Interleave the no-op and every operation that has a target on each store; add the rows."""
+    rounds, warmup, budget = bench.size(1000, 300), bench.size(20, 10), bench.seconds(25, 12)
+    async with AsyncExitStack() as stack:
+        bare = await stack.enter_async_context(bare_stdio(bench.workdir))
+        ops = [("no-op", _op(bare, "noop", lambda i: {}))]
+        for kind in bench.kinds:
+            store = await bench.store(kind)
+            server = await stack.enter_async_context(scalemule_stdio(store, bench.workdir))
+            await server.call("config_set", {"env": "dev", "key": "bench.read", "value": "menu-reader-large"})
+            await server.call("storage_put_object", {"key": "bench/latency-1k", "content": KIB})
+            ops += [(f"{kind} {label}", _op(server, tool, args)) for label, tool, args, t in OPERATIONS if kind in t]
+        samples = await interleave(ops, rounds, warmup, budget=budget, min_rounds=100)
+    n = len(samples["no-op"])
+    bench.say(
+        f"  stdio, official client: {n} interleaved rounds (at most {rounds}, {budget:g} s) after {warmup} warm-up"
     )
-    rounds: list[tuple[str, Client, str, dict[str, Any]]] = []
-    samples: dict[str, list[float]] = {}
-    async with Client(bare, client_info=info) as bare_client, Client(scalemule, client_info=info) as sm_client:
-        rounds.append(("bare MCPServer no-op", bare_client, "noop", {}))
-        rounds += [(label, sm_client, tool, args) for label, tool, args in OPERATIONS]
-        for _ in range(warmup):
-            for _label, client, tool, args in rounds:
-                await timed(client, tool, args)
-        for label, *_ in rounds:
-            samples[label] = []
-        for _ in range(calls):
-            for label, client, tool, args in rounds:
-                samples[label].append(await timed(client, tool, args))
-    return samples
+    base50, base99 = percentile(samples["no-op"], 50), percentile(samples["no-op"], 99)
+    bench.say(f"  bare low-level Server no-op: p50 {base50 * 1000:.3f} ms, p99 {base99 * 1000:.3f} ms")
+    for kind in bench.kinds:
+        for label, _, _, targets in OPERATIONS:
+            if kind not in targets:
+                continue
+            got = samples[f"{kind} {label}"]
+            p50, p99 = percentile(got, 50), percentile(got, 99)
+            figures = (
+                f"p50 {p50 * 1000:.2f} vs {base50 * 1000:.2f} ms; "
+                f"p99 {p99 * 1000:.2f} vs {base99 * 1000:.2f} ms ({p99 / base99:.2f}x)"
+            )
+            row = Row(
+                f"stdio {label} p50 vs bare Server no-op", kind, figures, p50 / base50, Target("<=", targets[kind])
+            )
+            bench.add(row)
 
 
-def report(samples: dict[str, list[float]], calls: int, warmup: int) -> None:
-    """Print p50/p99 per operation and the p50 ratio to the baseline (the first entry)."""
-    labels = list(samples)
-    baseline = percentile(samples[labels[0]], 50)
-    print(f"Tool-call latency over stdio: {calls} calls each after {warmup} warm-up, interleaved")
-    print(f"{'operation':<26} {'p50 ms':>8} {'p99 ms':>8} {'p50 ratio':>10}")
-    for i, label in enumerate(labels):
-        p50, p99 = percentile(samples[label], 50), percentile(samples[label], 99)
-        ratio = p50 / baseline
-        verdict = "baseline" if i == 0 else ("PASS" if ratio <= TARGET_RATIO else "OVER")
-        print(f"{label:<26} {p50:>8.3f} {p99:>8.3f} {ratio:>9.2f}x  {verdict}")
-    print(f"target: audited p50 at most {TARGET_RATIO}x the bare no-op p50")
-
-
-def main() -> int:
-    """Parse options, measure, print."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--calls", type=int, default=2000, help="measured calls per operation (default 2000)")
-    parser.add_argument("--warmup", type=int, default=200, help="warm-up calls per operation (default 200)")
-    options = parser.parse_args()
-    if options.calls < 1 or options.warmup < 0:
-        parser.error("--calls must be at least 1 and --warmup at least 0")
-    with tempfile.TemporaryDirectory(prefix="scalemule-bench-") as workdir:
-        samples = anyio.run(measure, options.calls, options.warmup, Path(workdir))
-    report(samples, options.calls, options.warmup)
-    return 0
-
+AREAS = [("latency", latency)]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(AREAS, __doc__.splitlines()[0] if __doc__ else ""))

@@ -1,0 +1,124 @@
+"""Throughput of ScaleMule over stateless streamable HTTP with 16 keep-alive clients, against the SDK's floor.
+
+The baseline is a bare low-level ``mcp.server.Server`` no-op served over stateless streamable HTTP by
+uvicorn, as ``scalemule serve --transport http`` serves ScaleMule. Sixteen clients, each on its own
+keep-alive connection, send ``tools/call`` requests framed as the SDK's client frames them at protocol
+2026-07-28 (``_meta`` with protocol version and client capabilities; ``MCP-Protocol-Version``,
+``Mcp-Method`` and ``Mcp-Name`` headers). Load windows alternate between the no-op, ``config_get`` and
+``config_set`` (each client its own key), so drift in machine load hits all alike. The server, the
+database and the load share this machine.
+
+Then, on PostgreSQL, 16 clients send blind ``config_set`` calls (no ``expected_version``) to one key;
+every error is counted by its code (the target is none).
+
+Usage: ``.venv/bin/python benchmarks/http_concurrency.py [--quick] [--stores sqlite,postgresql]``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from _harness import Bench, BenchError, Row, Target, run
+from _http import HttpServer, Load, Request, bare_http, http_call, http_clients, http_load, scalemule_http
+
+CLIENTS = 16
+WINDOW = {False: 1.5, True: 1.0}  # seconds per load window, full / quick run
+ROUNDS = {False: 3, True: 2}
+TARGETS: dict[str, dict[str, float]] = {"sqlite": {"get": 0.8, "set": 0.6}, "postgresql": {"get": 0.5, "set": 0.4}}
+
+
+def _noop(w: int, i: int) -> tuple[str, dict[str, Any]]:
+    return "noop", {}
+
+
+def _get(w: int, i: int) -> tuple[str, dict[str, Any]]:
+    return "config_get", {"env": "dev", "key": "bench.read"}
+
+
+def _set(w: int, i: int) -> tuple[str, dict[str, Any]]:
+    return "config_set", {"env": "dev", "key": f"bench.http.{w}", "value": i}
+
+
+def _blind(w: int, i: int) -> tuple[str, dict[str, Any]]:
+    return "config_set", {"env": "dev", "key": "bench.blind", "value": w * 100_000 + i}
+
+
+def _check(label: str, load: Load) -> None:
+    if load.errors:
+        raise BenchError(f"{label}: {sum(load.errors.values())} of {load.calls} calls failed: {load.errors}")
+
+
+async def _windows(bench: Bench, bare: HttpServer, sm: HttpServer) -> dict[str, Load]:
+    """Alternate load windows of the no-op, get and set; returns the summed load of each."""
+    window, rounds = WINDOW[bench.quick], ROUNDS[bench.quick]
+    plan: list[tuple[str, HttpServer, Request]] = [("no-op", bare, _noop), ("get", sm, _get), ("set", sm, _set)]
+    totals = {label: Load() for label, _, _ in plan}
+    async with http_clients(bare, CLIENTS) as bare_clients, http_clients(sm, CLIENTS) as sm_clients:
+        clients = {bare.name: bare_clients, sm.name: sm_clients}
+        for label, server, request in plan:  # warm-up: connections open, statements prepared
+            _check(label, await http_load(server, clients[server.name], request, seconds=window / 4))
+        for _ in range(rounds):
+            for label, server, request in plan:
+                load = await http_load(server, clients[server.name], request, seconds=window, pid=server.process.pid)
+                _check(f"{server.name} {label}", load)
+                totals[label].add(load)
+    return totals
+
+
+async def _blind_sets(bench: Bench, sm: HttpServer, baseline: float) -> None:
+    seconds = bench.seconds(4, 2)
+    async with http_clients(sm, CLIENTS) as clients:
+        load = await http_load(sm, clients, _blind, seconds=seconds)
+    failed = sum(load.errors.values())
+    codes = ", ".join(f"{code} {n}" for code, n in sorted(load.errors.items())) or "none"
+    figures = (
+        f"{load.calls} calls in {load.seconds:.1f} s: {failed} failed (by code: {codes});"
+        f" {load.rate:.0f} successful/s = {load.rate / baseline:.2f}x the no-op's calls/s"
+    )
+    row = Row(
+        f"HTTP blind config_set, {CLIENTS} clients, one key",
+        "postgresql",
+        figures,
+        100 * failed / max(1, load.calls),
+        Target("<=", 0, "% fail"),
+        ratio_unit="% fail",
+    )
+    bench.add(row)
+
+
+async def throughput(bench: Bench) -> None:
+    """Per store: interleaved load windows, then (PostgreSQL) blind sets on one key; adds the rows."""
+    async with bare_http(bench.workdir) as bare:
+        for kind in bench.kinds:
+            store = await bench.store(kind)
+            async with scalemule_http(store, bench.workdir) as sm, http_clients(sm, 1) as (client,):
+                await http_call(client, sm, "config_set", {"env": "dev", "key": "bench.read", "value": "m"})
+                totals = await _windows(bench, bare, sm)
+                base = totals["no-op"]
+                busy = ", ".join(f"{label} {load.cpu / load.seconds:.2f}" for label, load in totals.items())
+                bench.say(
+                    f"  {CLIENTS} keep-alive clients, {ROUNDS[bench.quick]} rounds of {WINDOW[bench.quick]:g} s"
+                    f" windows; server CPU seconds per second: {busy}"
+                )
+                for label in ("get", "set"):
+                    load = totals[label]
+                    figures = f"{load.rate:.0f} vs {base.rate:.0f} calls/s"
+                    target = Target(">=", TARGETS[kind][label])
+                    bench.add(
+                        Row(
+                            f"HTTP config_{label} throughput vs bare Server no-op",
+                            kind,
+                            figures,
+                            load.rate / base.rate,
+                            target,
+                        )
+                    )
+                if kind == "postgresql":
+                    await _blind_sets(bench, sm, base.rate)
+
+
+AREAS = [("http", throughput)]
+
+if __name__ == "__main__":
+    sys.exit(run(AREAS, __doc__.splitlines()[0] if __doc__ else ""))
