@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 
 from scalemule import __version__
-from scalemule.core import bootstrap, crypto, identity, secrets
+from scalemule.core import audit_checkpoints, bootstrap, crypto, identity, secrets
 from scalemule.core.errors import InvalidArgument, ScaleMuleError
 from scalemule.db import migrate
 from scalemule.dispatch import DEFAULT_TOOLSETS, Dispatcher, Exposure, Invocation
@@ -108,6 +108,7 @@ async def _require_schema(runtime: Runtime) -> None:
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    audit_checkpoints.create_signing_key_file(settings.data_dir)
 
     async def body(runtime: Runtime) -> bootstrap.Bootstrap:
         await migrate.upgrade(runtime.db.engine)
