@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from scalemule.core import audit_checkpoints as checkpoints
 from scalemule.core.access import operator
 from scalemule.core.audit_checkpoints import Checkpoint, Notary
+from scalemule.core.errors import NotFound
 from scalemule.core.ids import new_id, utcnow
 from scalemule.db.engine import Connection
 from scalemule.db.tables import audit_events, audit_heads
@@ -259,25 +260,57 @@ async def query(
     actor: str | None = None,
     operation: str | None = None,
     outcome: str | None = None,
+    target: str | None = None,
+    permission: str | None = None,
+    client: str | None = None,
+    session: str | None = None,
+    key: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     before_seq: int | None = None,
     limit: int = 50,
 ) -> list[AuditEvent]:
-    """The tenant's events, newest first, filtered; ``actor`` matches a principal id or name."""
+    """The tenant's events, newest first, filtered; ``actor`` matches a principal id or name, ``client``
+    the MCP client's name."""
     table = audit_events
     q = sa.select(table).where(table.c.chain == tenant_id).order_by(table.c.seq.desc()).limit(limit)
+    equal = {
+        table.c.operation: operation,
+        table.c.outcome: outcome,
+        table.c.target: target,
+        table.c.permission: permission,
+        table.c.client_name: client,
+        table.c.session_id: session,
+        table.c.key_id: key,
+    }
+    q = q.where(*(column == value for column, value in equal.items() if value is not None))
     if actor is not None:
         q = q.where(sa.or_(table.c.actor_id == actor, table.c.actor_name == actor))
-    if operation is not None:
-        q = q.where(table.c.operation == operation)
-    if outcome is not None:
-        q = q.where(table.c.outcome == outcome)
     if since is not None:
         q = q.where(table.c.at >= since)
     if until is not None:
         q = q.where(table.c.at < until)
     if before_seq is not None:
         q = q.where(table.c.seq < before_seq)
-    fields = AuditEvent.__dataclass_fields__
-    return [AuditEvent(**{k: v for k, v in row._mapping.items() if k in fields}) for row in await conn.execute(q)]
+    return [_event(row) for row in await conn.execute(q)]
+
+
+def _event(row: Any) -> AuditEvent:
+    return AuditEvent(**{k: v for k, v in row._mapping.items() if k in _FIELD_SET})
+
+
+_FIELD_SET = frozenset(_FIELDS)
+
+
+async def get(conn: Connection, *, tenant_id: str, event_id: str) -> tuple[AuditEvent, int]:
+    """One of the tenant's events by id, and the chain's head sequence number.
+
+    Raises:
+        NotFound: no event with that id in the tenant's chain (whether or not another tenant has one).
+    """
+    table = audit_events
+    row = (await conn.execute(sa.select(table).where(table.c.id == event_id, table.c.chain == tenant_id))).first()
+    if row is None:
+        raise NotFound(f"no audit event {event_id[:64]!r} in this tenant", hint="Find event ids with audit_query.")
+    head = (await conn.execute(sa.select(audit_heads.c.seq).where(audit_heads.c.chain == tenant_id))).scalar_one()
+    return _event(row), int(head)

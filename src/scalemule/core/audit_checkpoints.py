@@ -397,3 +397,10 @@ def select_checkpoints(chain: str, from_seq: int = 0, to_seq: int | None = None)
 def of_row(row: Any) -> Checkpoint:
     """A checkpoint from an ``audit_checkpoints`` row."""
     return Checkpoint(row.chain, int(row.seq), row.hash, row.at, row.key_id, row.signature)
+
+
+async def covering(conn: Connection, chain: str, seq: int) -> Checkpoint | None:
+    """The first checkpoint of ``chain`` at or after ``seq`` (the one whose signature covers that
+    event), or None while the event is newer than the chain's last checkpoint."""
+    row = (await conn.execute(select_checkpoints(chain, seq).limit(1))).first()
+    return None if row is None else of_row(row)
