@@ -23,7 +23,7 @@ from scalemule.core.access import operator
 from scalemule.core.audit_checkpoints import Checkpoint, Notary
 from scalemule.core.errors import NotFound
 from scalemule.core.ids import new_id, utcnow
-from scalemule.db.engine import Connection
+from scalemule.db.engine import Connection, Database
 from scalemule.db.tables import audit_events, audit_heads
 
 Outcome = Literal["ok", "error", "denied", "cancelled"]
@@ -118,6 +118,23 @@ class _Head:
     hash: str
     checkpoint_seq: int = 0
     checkpoint_at: datetime | None = None
+
+
+async def record_operator(
+    db: Database,
+    operation: str,
+    args: dict[str, Any],
+    *,
+    started: float,
+    tenant_id: str | None = None,
+    target: str | None = None,
+    permission: str | None = None,
+) -> AuditEvent:
+    """Append the audit event of an operator command in a transaction of its own; returns it sealed."""
+    event = operator_event(operation, args, started=started, tenant_id=tenant_id, target=target, permission=permission)
+    async with db.transaction() as conn:
+        (sealed,) = await append(conn, [event])
+    return sealed
 
 
 # The last head this process wrote per chain. Only a guess: the head is advanced with an UPDATE that

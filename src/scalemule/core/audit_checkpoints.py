@@ -113,14 +113,17 @@ class Checkpoint:
     def problem(self, keys: Mapping[str, bytes]) -> str | None:
         """Why the signature does not hold under ``keys`` (key id -> raw public key), or None."""
         public = keys.get(self.key_id)
-        if public is None:
-            return "unknown_key"
-        try:
-            signature = base64.b64decode(self.signature, validate=True)
-            Ed25519PublicKey.from_public_bytes(public).verify(signature, self.payload())
-        except (InvalidSignature, binascii.Error, ValueError):
-            return "bad_signature"
-        return None
+        return "unknown_key" if public is None else verify_bytes(public, self.signature, self.payload())
+
+
+def verify_bytes(public: bytes, signature: str, payload: bytes) -> str | None:
+    """None if ``signature`` (base64) is the Ed25519 signature of ``payload`` under ``public``, else
+    ``bad_signature``."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(base64.b64decode(signature, validate=True), payload)
+    except (InvalidSignature, binascii.Error, ValueError):
+        return "bad_signature"
+    return None
 
 
 def digest_ref(chain: str, seq: int) -> str:

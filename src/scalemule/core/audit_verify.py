@@ -29,7 +29,8 @@ import sqlalchemy as sa
 from scalemule.blobs import BlobStore
 from scalemule.core import audit_checkpoints
 from scalemule.core.audit import GENESIS_HASH, AuditEvent
-from scalemule.core.audit_checkpoints import Checkpoint
+from scalemule.core.audit_checkpoints import Checkpoint, Notary
+from scalemule.db.engine import Database
 from scalemule.db.tables import audit_events, audit_heads
 
 BATCH = 1000
@@ -258,7 +259,7 @@ class ChainVerifier:
         return report
 
 
-def event_of(row: Mapping[str, Any]) -> AuditEvent:
+def event_of(row: Mapping[Any, Any]) -> AuditEvent:
     """An ``AuditEvent`` from a stored row or an export record (extra keys ignored)."""
     return AuditEvent(**{k: v for k, v in row.items() if k in _EVENT_FIELDS})
 
@@ -355,3 +356,46 @@ async def chains(read: Reader, blobs: BlobStore | None) -> list[str]:
         async for entry in blobs.entries(prefix):
             known.add(entry.ref[len(prefix) :].split("/", 1)[0])
     return sorted(known)
+
+
+def reader(db: Database) -> Reader:
+    """A ``Reader`` running each query in its own short transaction (writers are never held up for a
+    whole pass)."""
+
+    async def read(query: sa.Select[Any]) -> Sequence[Any]:
+        async with db.transaction() as conn:
+            return (await conn.execute(query)).all()
+
+    return read
+
+
+async def verify_stored(
+    db: Database,
+    notary: Notary,
+    chain: str,
+    *,
+    from_seq: int = 1,
+    to_seq: int | None = None,
+    progress: Progress | None = None,
+    repair_digests: bool = False,
+) -> tuple[Report, int]:
+    """Verify a chain of ``db`` against the notary's public keys and blob store; returns the report
+    and how many digest objects were repaired.
+
+    With ``repair_digests``, a checkpoint whose digest object is missing (its write after commit
+    failed) gets it written from the database's row, which the pass has just checked: its signature
+    holds and every event up to it verified. The pass then goes on from there.
+    """
+    read, blobs, keys = reader(db), notary.blobs, notary.keys.public_keys()
+    start, repaired = from_seq, 0
+    while True:
+        report = await verify_chain(read, blobs, keys, chain, from_seq=start, to_seq=to_seq, progress=progress)
+        problem = report.problem
+        if not repair_digests or problem is None or problem.kind != "digest_missing":
+            break
+        rows = await read(audit_checkpoints.select_checkpoints(chain, problem.seq, problem.seq))
+        repaired += await notary.store_digests([audit_checkpoints.of_row(row) for row in rows])
+        start = problem.seq
+    if start != from_seq:
+        report = await verify_chain(read, blobs, keys, chain, from_seq=from_seq, to_seq=to_seq)
+    return report, repaired
