@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from scalemule.core import audit, audit_checkpoints
+from scalemule.core import audit, audit_checkpoints, audit_verify
 from scalemule.core.audit import AuditEvent
 from scalemule.core.audit_checkpoints import Checkpoint, SigningKeys
 from scalemule.core.ids import new_id, utcnow
@@ -132,3 +133,40 @@ async def test_a_checkpoint_row_is_unique_per_chain_and_sequence_number(runtime:
     with pytest.raises(sa.exc.IntegrityError):
         async with runtime.db.transaction() as conn:
             await conn.execute(checkpoint_rows.insert(), checkpoint.__dict__)
+
+
+class _OutageOnce:
+    """A blob store whose next write fails, as if the process died between a commit and its digest."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.failing = inner, True
+
+    async def put(self, ref: str, data: Any) -> Any:
+        if self.failing:
+            self.failing = False
+            raise OSError("store unreachable")
+        return await self.inner.put(ref, data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_digest_lost_between_commit_and_write_is_reported_then_rewritten_by_the_next_checkpoint(
+    runtime: Runtime,
+) -> None:
+    chain = new_id("ten")
+    real = runtime.notary.blobs
+    runtime.notary.blobs = _OutageOnce(real)
+    try:
+        async with runtime.db.transaction() as conn:
+            await audit.append(conn, [event(chain)])
+    finally:
+        runtime.notary.blobs = real
+    keys = runtime.notary.keys.public_keys()
+    read = audit_verify.reader(runtime.db)
+    report = await audit_verify.verify_chain(read, runtime.blobs, keys, chain)
+    assert report.problem is not None and (report.problem.seq, report.problem.kind) == (1, "digest_missing")
+    async with runtime.db.transaction() as conn:
+        await audit.append(conn, [event(chain)])
+        await audit.checkpoint_head(conn, runtime.notary, chain)
+    assert (await audit_verify.verify_chain(read, runtime.blobs, keys, chain)).ok

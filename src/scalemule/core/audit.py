@@ -211,8 +211,9 @@ _advance_head_checkpointed = (
 
 async def _advance(
     conn: Connection, notary: Notary | None, mine: list[AuditEvent], head: _Head
-) -> tuple[list[AuditEvent], list[Checkpoint], _Head] | None:
-    """Chain ``mine`` to ``head`` and move the head, or None when the head has moved meanwhile."""
+) -> tuple[list[AuditEvent], list[Checkpoint], _Head, int] | None:
+    """Chain ``mine`` to ``head`` and move the head, or None when the head has moved meanwhile; also
+    returns the checkpoints signed and the chain's checkpoint before them."""
     chained = _seal(mine, head.seq, head.hash)
     signed = _checkpoints(notary, chained, head)
     last = chained[-1]
@@ -225,7 +226,7 @@ async def _advance(
     statement = _advance_head_checkpointed if signed else _advance_head
     if (await conn.execute(statement, params)).rowcount != 1:
         return None
-    return chained, signed, moved
+    return chained, signed, moved, head.checkpoint_seq
 
 
 async def append(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEvent]:
@@ -237,7 +238,7 @@ async def append(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEv
     """
     notary = checkpoints.current_notary()
     sealed: list[AuditEvent] = []
-    signed: list[Checkpoint] = []
+    signed: list[tuple[list[Checkpoint], int]] = []
     for chain in dict.fromkeys(e.chain for e in events):
         mine = [e for e in events if e.chain == chain]
         guess = _head_guess.get(chain)
@@ -245,14 +246,16 @@ async def append(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEv
         if done is None:
             done = await _advance(conn, notary, mine, await _lock_head(conn, chain))
             assert done is not None  # the head is locked: nobody moved it
-        chained, made, _head_guess[chain] = done
+        chained, made, _head_guess[chain], previous = done
+        if made:
+            signed.append((made, previous))
         sealed += chained
-        signed += made
     rows = [e.row() for e in sealed]
     # A single row takes the plain execute path, cheaper than the many-rows one on every call.
     await conn.execute(_insert_event, rows[0] if len(rows) == 1 else rows)
-    if signed and notary is not None:
-        await checkpoints.record(conn, notary, signed)
+    for made, previous in signed:
+        assert notary is not None
+        await checkpoints.record(conn, notary, made, previous=previous)
     return sealed
 
 
@@ -265,7 +268,7 @@ async def checkpoint_head(conn: Connection, notary: Notary, chain: str) -> Check
     made = notary.sign(chain, head.seq, head.hash)
     params = {"c": chain, "old_seq": head.seq, "old_hash": head.hash, "new_seq": head.seq, "new_hash": head.hash}
     await conn.execute(_advance_head_checkpointed, params | {"cp_seq": made.seq, "cp_at": made.at})
-    await checkpoints.record(conn, notary, [made])
+    await checkpoints.record(conn, notary, [made], previous=head.checkpoint_seq)
     _head_guess.pop(chain, None)
     return made
 

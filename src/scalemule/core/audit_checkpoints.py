@@ -349,18 +349,31 @@ def due(seq: int, at: datetime, last_seq: int, last_at: datetime | None) -> bool
 _insert = audit_checkpoints.insert()
 
 
-async def record(conn: Connection, notary: Notary, checkpoints: Sequence[Checkpoint]) -> None:
-    """Insert checkpoint rows in the caller's transaction; their digest objects follow its commit."""
+async def record(conn: Connection, notary: Notary, checkpoints: Sequence[Checkpoint], *, previous: int = 0) -> None:
+    """Insert checkpoint rows in the caller's transaction; their digest objects follow its commit.
+
+    ``previous`` is the chain's checkpoint before these: its digest object is written again if it is
+    missing (a crash or a store outage between a commit and its digest write), so an interrupted
+    write is repaired by the chain's next checkpoint.
+    """
     rows = [{**asdict(c)} for c in checkpoints]
     await conn.execute(_insert, rows[0] if len(rows) == 1 else rows)
     scope = current_scope()
-    if scope is not None:
-        written = list(checkpoints)
+    if scope is None:
+        return
+    retry = []
+    if previous:
+        row = (await conn.execute(select_checkpoints(checkpoints[0].chain, previous, previous))).first()
+        retry = [] if row is None else [of_row(row)]
+    written = list(checkpoints)
 
-        async def store() -> None:
-            await notary.store_digests(written)
+    async def store() -> None:
+        for checkpoint in retry:
+            if await read_digest(notary.blobs, checkpoint.chain, checkpoint.seq) is None:
+                await notary.store_digests([checkpoint])
+        await notary.store_digests(written)
 
-        scope.after_commit.append(store)
+    scope.after_commit.append(store)
 
 
 async def read_digest(blobs: BlobStore, chain: str, seq: int) -> Checkpoint | None:
