@@ -30,6 +30,7 @@ schemas: install  ## regenerate tool_schemas/ and docs/tools.md from the registr
 bench: install  ## benchmarks, printing ratios against a baseline measured in the same run
 	$(BIN)/python benchmarks/tool_call_latency.py
 	$(BIN)/python benchmarks/storage_throughput.py
+	$(BIN)/python benchmarks/audit_verify.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
