@@ -128,3 +128,8 @@ async def test_a_verify_of_another_chain_never_reads_past_its_own_events(world: 
     async with runtime.db.transaction() as conn:
         count = sa.select(sa.func.count()).where(audit_events.c.chain == world.made.tenant.id)
         assert acme["events"] <= int((await conn.execute(count)).scalar_one())
+
+
+async def test_audit_verify_refuses_a_range_past_the_chains_end(world: World) -> None:
+    assert await world.code("audit_verify", world.owner, from_seq=10**6) == "invalid_argument"
+    assert await world.code("audit_verify", world.owner, from_seq=3, to_seq=2) == "invalid_argument"

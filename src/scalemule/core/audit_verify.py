@@ -30,6 +30,7 @@ from scalemule.blobs import BlobStore
 from scalemule.core import audit_checkpoints
 from scalemule.core.audit import GENESIS_HASH, AuditEvent
 from scalemule.core.audit_checkpoints import Checkpoint, Notary
+from scalemule.core.errors import InvalidArgument
 from scalemule.db.engine import Database
 from scalemule.db.tables import audit_events, audit_heads
 
@@ -314,12 +315,20 @@ async def verify_chain(
         keys: trusted public keys.
         chain: a tenant id, or ``-`` for the global chain.
         progress: called with (events done, events to check) after each batch.
+
+    Raises:
+        InvalidArgument: ``from_seq`` lies past the chain's end, or after ``to_seq``.
     """
     # Digests first, then the head: every digest listed was committed before the head was read, so
     # none lies beyond it unless the chain was cut.
     digests = set() if blobs is None else await audit_checkpoints.digest_seqs(blobs, chain)
     heads = await read(sa.select(audit_heads.c.seq, audit_heads.c.hash).where(audit_heads.c.chain == chain))
     head = (int(heads[0].seq), str(heads[0].hash)) if heads else (0, GENESIS_HASH)
+    if from_seq > max([head[0], *digests]) + 1 or (to_seq is not None and to_seq < from_seq):
+        raise InvalidArgument(
+            f"from_seq {from_seq} is past the chain's end (seq {head[0]}) or after to_seq",
+            hint=f"Pass a from_seq between 1 and {head[0] + 1}, and a to_seq at or after it.",
+        )
     end, top = await _bounds(read, chain, head, digests, to_seq)
     rows = await read(audit_checkpoints.select_checkpoints(chain, from_seq, top))
     evidence = {int(row.seq): Evidence(audit_checkpoints.of_row(row)) for row in rows}
