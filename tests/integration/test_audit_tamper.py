@@ -1,7 +1,8 @@
 """Tamper fuzz: random tamperings of a 10,000-event log, each detected at the right sequence number.
 
 The log is built with batched appends (checkpoints at 1, 1001, ..., 9001 and at the head, 10000).
-Each tampering is applied to the stored rows, checkpoints or digest objects, verified, then undone.
+Each tampering is applied to the stored rows, checkpoints or digest objects and verified inside one
+transaction that is then rolled back (digest objects are put back by hand).
 The verifier stops at the first problem, so most checks read a range starting a few events before
 the tampering (``from_seq``: the range is covered by the signed checkpoints after it, and truncation
 by the digest objects); every 100th check starts at genesis instead. Renumbering (after an insertion or
@@ -25,6 +26,7 @@ from scalemule.core import audit, audit_checkpoints, audit_verify
 from scalemule.core.audit import AuditEvent
 from scalemule.core.audit_checkpoints import Checkpoint, Notary, SigningKeys
 from scalemule.core.ids import new_id, utcnow
+from scalemule.db.engine import Connection
 from scalemule.db.tables import audit_checkpoints as checkpoint_rows
 from scalemule.db.tables import audit_events, audit_heads
 from scalemule.runtime import Runtime
@@ -45,12 +47,18 @@ class Log:
     chain: str
     rows: list[dict[str, Any]]  # as appended, index = seq - 1
     checkpoints: list[Checkpoint]
+    # Set while a tampering runs inside a transaction that is rolled back afterwards.
+    conn: Connection | None = None
 
     @property
     def seqs(self) -> list[int]:
         return [c.seq for c in self.checkpoints]
 
     async def run(self, *statements: Any) -> None:
+        if self.conn is not None:
+            for statement, params in statements:
+                await self.conn.execute(statement, params)
+            return
         async with self.runtime.db.transaction() as conn:
             for statement, params in statements:
                 await conn.execute(statement, params)
@@ -59,13 +67,22 @@ class Log:
         return sa.and_(audit_events.c.chain == self.chain, seq)
 
     async def verify(self, from_seq: int, batch: int = 200) -> audit_verify.Report:
-        keys, blobs = self.runtime.notary.keys.public_keys(), self.runtime.blobs
+        keys = self.runtime.notary.keys.public_keys()
+        if self.conn is not None:
+            return await self._verify(self.conn, keys, from_seq, batch)
         async with self.runtime.db.transaction() as conn:
+            return await self._verify(conn, keys, from_seq, batch)
 
-            async def read(query: sa.Select[Any]) -> Sequence[Any]:
-                return (await conn.execute(query)).all()
+    async def _verify(self, conn: Connection, keys: Any, from_seq: int, batch: int) -> audit_verify.Report:
+        async def read(query: sa.Select[Any]) -> Sequence[Any]:
+            return (await conn.execute(query)).all()
 
-            return await audit_verify.verify_chain(read, blobs, keys, self.chain, from_seq=from_seq, batch=batch)
+        blobs = self.runtime.blobs
+        return await audit_verify.verify_chain(read, blobs, keys, self.chain, from_seq=from_seq, batch=batch)
+
+
+class _RollBack(Exception):
+    """Ends a tampering's transaction, undoing every change it made to the database."""
 
 
 async def build(runtime: Runtime) -> Log:
@@ -119,8 +136,9 @@ def _cp_at_or_after(log: Log, seq: int) -> int:
     return next(s for s in log.seqs if s >= seq)
 
 
-# Each tampering: apply it, return (expected first bad seq, accepted kinds, undo).
-Tampering = tuple[int, frozenset[str], Undo]
+# Each tampering: apply it, return (expected first bad seq, accepted kinds, how to undo what the
+# transaction's rollback does not).
+Tampering = tuple[int, frozenset[str], Undo | None]  # None: rolled back with the transaction
 
 
 async def edit(log: Log, rng: random.Random) -> Tampering:
@@ -131,11 +149,7 @@ async def edit(log: Log, rng: random.Random) -> Tampering:
     await log.run((audit_events.update().where(audit_events.c.id == row["id"]).values({field: value}), None))
     kinds = {"seq": {"missing"}, "chain": {"missing"}}.get(field, {"edited"})
 
-    async def undo() -> None:
-        await log.run((audit_events.delete().where(audit_events.c.id == (value if field == "id" else row["id"])), None))
-        await log.run((audit_events.insert(), row))
-
-    return seq, frozenset(kinds), undo
+    return seq, frozenset(kinds), None
 
 
 async def delete(log: Log, rng: random.Random) -> Tampering:
@@ -143,10 +157,7 @@ async def delete(log: Log, rng: random.Random) -> Tampering:
     row = log.rows[seq - 1]
     await log.run((audit_events.delete().where(audit_events.c.id == row["id"]), None))
 
-    async def undo() -> None:
-        await log.run((audit_events.insert(), row))
-
-    return seq, frozenset({"missing"}), undo
+    return seq, frozenset({"missing"}), None
 
 
 async def swap(log: Log, rng: random.Random) -> Tampering:
@@ -158,13 +169,7 @@ async def swap(log: Log, rng: random.Random) -> Tampering:
         (audit_events.insert(), [{**b, "seq": first}, {**a, "seq": second}]),
     )
 
-    async def undo() -> None:
-        await log.run(
-            (audit_events.delete().where(audit_events.c.id.in_([a["id"], b["id"]])), None),
-            (audit_events.insert(), [a, b]),
-        )
-
-    return first, frozenset({"reordered"}), undo
+    return first, frozenset({"reordered"}), None
 
 
 def _move(log: Log, first: int, last: int, by: int) -> list[tuple[Any, Any]]:
@@ -200,11 +205,7 @@ async def insert(log: Log, rng: random.Random) -> Tampering:
     forged = replace(forged, hash=forged.digest())
     await log.run(_park(last, log.chain, PARKED), *_move(log, seq, last - 1, 1), (audit_events.insert(), forged.row()))
 
-    async def undo() -> None:
-        drop = audit_events.delete().where(audit_events.c.id == forged.id)
-        await log.run((drop, None), *_move(log, seq + 1, last, -1), _park(last, PARKED, log.chain))
-
-    return seq, frozenset({"inserted", "rewritten"}), undo
+    return seq, frozenset({"inserted", "rewritten"}), None
 
 
 async def delete_and_renumber(log: Log, rng: random.Random) -> Tampering:
@@ -213,10 +214,7 @@ async def delete_and_renumber(log: Log, rng: random.Random) -> Tampering:
     row = log.rows[seq - 1]
     await log.run((audit_events.delete().where(audit_events.c.id == row["id"]), None), *_move(log, seq + 1, last, -1))
 
-    async def undo() -> None:
-        await log.run(*_move(log, seq, last - 1, 1), (audit_events.insert(), row))
-
-    return seq, frozenset({"missing"}), undo
+    return seq, frozenset({"missing"}), None
 
 
 ASIDE = "ten_truncated"
@@ -273,10 +271,7 @@ async def rehash_tail(log: Log, rng: random.Random) -> Tampering:
     )
     await log.run((update, [{"i": e.id, "p": e.prev_hash, "h": e.hash, "a": e.args} for e in rewritten]))
 
-    async def undo() -> None:
-        await log.run((update, [{"i": e.id, "p": e.prev_hash, "h": e.hash, "a": e.args} for e in events]))
-
-    return end, frozenset({"rewritten"}), undo
+    return end, frozenset({"rewritten"}), None
 
 
 async def replace_checkpoint(log: Log, rng: random.Random) -> Tampering:
@@ -305,10 +300,7 @@ async def replace_checkpoint(log: Log, rng: random.Random) -> Tampering:
         )
         kinds = {"unknown_key"}
 
-    async def undo() -> None:
-        await log.run((checkpoint_rows.delete().where(where), None), (checkpoint_rows.insert(), original.__dict__))
-
-    return original.seq, frozenset(kinds), undo
+    return original.seq, frozenset(kinds), None
 
 
 async def tamper_digest(log: Log, rng: random.Random) -> Tampering:
@@ -363,10 +355,17 @@ async def test_every_random_tampering_is_detected_at_its_first_bad_sequence_numb
             if kind is truncate_each:
                 cuts.append((rng.randint(1, EVENTS - 1), rng.random() < 0.5))
                 continue
-            expected, kinds, undo = await kind(log, rng)
-            anchor = 1 if i % FROM_GENESIS_EVERY == 0 else max(1, expected - rng.randint(1, 20))
-            report = await log.verify(anchor)
-            await undo()
+            try:
+                async with runtime.db.transaction() as conn:
+                    log.conn = conn
+                    expected, kinds, undo = await kind(log, rng)
+                    anchor = 1 if i % FROM_GENESIS_EVERY == 0 else max(1, expected - rng.randint(1, 20))
+                    report = await log.verify(anchor)
+                    raise _RollBack
+            except _RollBack:
+                log.conn = None
+            if undo is not None:  # blob store changes are not transactional
+                await undo()
             assert report.problem is not None, (i, kind.__name__, expected)
             found = (report.problem.seq, report.problem.kind in kinds)
             assert found == (expected, True), (i, kind.__name__, report.problem, kinds)
