@@ -170,3 +170,21 @@ async def test_a_digest_lost_between_commit_and_write_is_reported_then_rewritten
         await audit.append(conn, [event(chain)])
         await audit.checkpoint_head(conn, runtime.notary, chain)
     assert (await audit_verify.verify_chain(read, runtime.blobs, keys, chain)).ok
+
+
+async def test_an_unusable_signing_key_leaves_events_recorded_unsigned_and_is_logged(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    chain = new_id("ten")
+    real = runtime.notary.keys
+    runtime.notary.keys = SigningKeys(runtime.settings.data_dir, {audit_checkpoints.SIGNING_KEY_ENV: "not-a-key"})
+    try:
+        async with runtime.db.transaction() as conn:
+            sealed = await audit.append(conn, [event(chain), event(chain)])
+    finally:
+        runtime.notary.keys = real
+    assert [e.seq for e in sealed] == [1, 2] and await stored(runtime, chain) == []
+    assert "not being signed" in caplog.text
+    async with runtime.db.transaction() as conn:
+        await audit.append(conn, [event(chain)])
+    assert [c.seq for c in await stored(runtime, chain)] == [3]

@@ -181,8 +181,11 @@ def _checkpoints(notary: Notary | None, chained: list[AuditEvent], head: _Head) 
     last_seq, last_at = head.checkpoint_seq, head.checkpoint_at
     for event in chained:
         if checkpoints.due(event.seq, event.at, last_seq, last_at):
-            signed.append(notary.sign(event.chain, event.seq, event.hash))
-            last_seq, last_at = event.seq, signed[-1].at
+            made = notary.try_sign(event.chain, event.seq, event.hash)
+            if made is None:
+                break  # recorded unsigned; the next append tries again
+            signed.append(made)
+            last_seq, last_at = event.seq, made.at
     return signed
 
 

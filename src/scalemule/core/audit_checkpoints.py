@@ -303,10 +303,23 @@ class Notary:
     def __init__(self, keys: SigningKeys, blobs: BlobStore) -> None:
         self.keys = keys
         self.blobs = blobs
+        self._warned = False
 
     def attach(self, services: dict[str, Any]) -> None:
         """Make this notary the one transactions on ``services``' database use."""
         services[_SERVICE] = self
+
+    def try_sign(self, chain: str, seq: int, head: str) -> Checkpoint | None:
+        """Like ``sign``, but None when the signing key is unusable (malformed, or its file cannot be
+        created): the events are recorded all the same, unsigned until a later append signs them, and
+        the reason is logged once per process."""
+        try:
+            return self.sign(chain, seq, head)
+        except (FailedPrecondition, OSError) as exc:
+            if not self._warned:
+                self._warned = True
+                log.error("audit checkpoints are not being signed: %s", exc)
+            return None
 
     def sign(self, chain: str, seq: int, head: str) -> Checkpoint:
         """A checkpoint of ``chain`` at ``seq`` with head hash ``head``, signed now with the current key."""
