@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint schemas bench clean
+.PHONY: install demo test lint schemas bench mutate clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,5 +31,14 @@ bench: install  ## benchmarks, printing ratios against a baseline measured in th
 	$(BIN)/python benchmarks/tool_call_latency.py
 	$(BIN)/python benchmarks/storage_throughput.py
 
+$(BIN)/.mutmut-installed: $(BIN)/.installed
+	$(BIN)/pip install --quiet "mutmut==3.8.0"
+	touch $@
+
+mutate: $(BIN)/.mutmut-installed  ## mutation score of the security core (mutation/README.md); not part of `make test`
+	rm -rf mutants
+	PYTHONPATH=$(CURDIR)/mutation $(BIN)/mutmut run --max-children $(or $(MUTATE_JOBS),2)
+	$(BIN)/python mutation/report.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants

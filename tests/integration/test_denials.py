@@ -53,3 +53,36 @@ async def test_a_denial_outside_any_tenant_names_no_tenant_and_no_role(world: Wo
     error = await _denied(world, "tenants_create", world.agent, slug="mine", name="Mine")
     assert error.message.startswith("agent 'acme-agent' lacks 'tenants:create' (")
     assert "role" not in error.message and "tenant '" not in error.message
+
+
+# --- invalid arguments: up to five problems by field, and the accepted arguments ----------------------
+
+
+async def _invalid(world: World, operation: str, **arguments: object) -> ErrorBody:
+    outcome = await world.call(operation, world.owner, **arguments)
+    assert outcome.error is not None and outcome.error.code == "invalid_argument", outcome
+    return outcome.error
+
+
+async def test_invalid_arguments_list_the_first_five_problems_by_field_and_count_the_rest(world: World) -> None:
+    error = await _invalid(world, "whoami", **{f"extra{i}": i for i in range(1, 8)})
+    problems = error.message.removeprefix("invalid arguments for whoami: ").split("; ")
+    assert [p.split(":")[0] for p in problems[:5]] == [f"extra{i}" for i in range(1, 6)]
+    assert problems[4].endswith(" (+2 more)")
+    assert "extra6" not in error.message and "extra7" not in error.message
+    assert error.hint is not None and error.hint.startswith("Accepted arguments: tenant.")
+
+
+async def test_five_invalid_arguments_are_all_listed_with_nothing_more(world: World) -> None:
+    error = await _invalid(world, "whoami", **{f"extra{i}": i for i in range(1, 6)})
+    assert error.message.count("; ") == 4 and "more)" not in error.message
+
+
+async def test_a_problem_inside_a_list_is_located_by_index_and_one_without_a_field_by_arguments(
+    world: World,
+) -> None:
+    error = await _invalid(world, "access_check", permissions=["config:read", "not a permission"])
+    assert error.message.startswith("invalid arguments for access_check: permissions.1: ")
+    assert error.hint is not None and error.hint.startswith("Accepted arguments: tenant, permissions.")
+    both = await _invalid(world, "members_add", email="bob@example.com", principal_id="usr_x", role="viewer")
+    assert both.message.startswith("invalid arguments for members_add: arguments: ")

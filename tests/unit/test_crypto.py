@@ -210,3 +210,26 @@ def test_a_value_sealed_in_the_stored_format_still_opens() -> None:
     )
     ring = crypto.Keyring(Path("/nonexistent"), {crypto.MASTER_KEY_ENV: f"1:{_b64(bytes(range(32)))}"})
     assert crypto.open_sealed(ring, sealed, aad) == b"hunter2"
+
+
+def test_a_malformed_master_key_error_names_where_the_key_came_from(tmp_path: Path) -> None:
+    with pytest.raises(FailedPrecondition) as from_env:
+        crypto.Keyring(tmp_path, {crypto.MASTER_KEY_ENV: "1:short"}).load()
+    assert crypto.MASTER_KEY_ENV in from_env.value.message
+    path = tmp_path / crypto.MASTER_KEY_FILE
+    path.write_text("1:short\n", encoding="utf-8")
+    with pytest.raises(FailedPrecondition) as from_file:
+        crypto.Keyring(tmp_path, {}).load()
+    assert str(path) in from_file.value.message
+
+
+def test_a_keyring_that_retired_old_versions_serves_the_rest_and_refuses_the_retired(tmp_path: Path) -> None:
+    crypto.create_key_file(tmp_path)
+    ring = crypto.Keyring(tmp_path, {})
+    ring.add_version()
+    second = ring.get(2)
+    ring.retire_below(2)
+    assert ring.get(2) == second
+    assert ring.current() == (2, second)
+    with pytest.raises(FailedPrecondition):
+        ring.get(1)
