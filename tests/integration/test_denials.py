@@ -6,7 +6,7 @@ import pytest
 
 from scalemule.core import identity
 from scalemule.dispatch import ErrorBody
-from tests.conftest import World
+from tests.conftest import StoreProbe, World
 
 pytestmark = pytest.mark.anyio
 
@@ -73,9 +73,14 @@ async def test_invalid_arguments_list_the_first_five_problems_by_field_and_count
     assert error.hint is not None and error.hint.startswith("Accepted arguments: tenant.")
 
 
-async def test_five_invalid_arguments_are_all_listed_with_nothing_more(world: World) -> None:
-    error = await _invalid(world, "whoami", **{f"extra{i}": i for i in range(1, 6)})
-    assert error.message.count("; ") == 4 and "more)" not in error.message
+@pytest.mark.parametrize(("count", "more"), [(5, ""), (6, " (+1 more)")])
+async def test_the_rest_is_counted_only_beyond_five_problems(world: World, count: int, more: str) -> None:
+    error = await _invalid(world, "whoami", **{f"extra{i}": i for i in range(1, count + 1)})
+    problems = error.message.removeprefix("invalid arguments for whoami: ").split("; ")
+    assert [p.split(": ", 1)[0] for p in problems] == [f"extra{i}" for i in range(1, 6)]
+    # Every problem reads the same ("extra forbidden"); only the last carries the count of the rest.
+    assert len({p.split(": ", 1)[1] for p in problems[:4]}) == 1
+    assert problems[4] == problems[0].replace("extra1", "extra5") + more
 
 
 async def test_a_problem_inside_a_list_is_located_by_index_and_one_without_a_field_by_arguments(
@@ -86,3 +91,31 @@ async def test_a_problem_inside_a_list_is_located_by_index_and_one_without_a_fie
     assert error.hint is not None and error.hint.startswith("Accepted arguments: tenant, permissions.")
     both = await _invalid(world, "members_add", email="bob@example.com", principal_id="usr_x", role="viewer")
     assert both.message.startswith("invalid arguments for members_add: arguments: ")
+
+
+# --- where a call that reached no tenant is recorded ------------------------------------------------
+
+
+async def test_a_call_that_reaches_no_tenant_is_recorded_in_the_keys_tenant_else_the_owners_else_globally(
+    world: World, probe: StoreProbe
+) -> None:
+    globex = await world.ok("tenants_create", world.owner, slug="globex", name="Globex")
+    bound_elsewhere = await world.ok("keys_create", world.owner, tenant="globex", name="globex only")
+    roaming = await world.ok("keys_create", world.owner, tenant="acme", name="roaming", bind_tenant=False)
+    agent_roaming = await world.ok(
+        "keys_create",
+        world.owner,
+        tenant="acme",
+        name="agent roaming",
+        principal_id=world.made.agent.id,
+        bind_tenant=False,
+    )
+    expected = [
+        (bound_elsewhere["token"], globex["tenant"]["id"]),  # a user's key bound to globex
+        (agent_roaming["token"], world.made.tenant.id),  # an unbound key of an agent acme owns
+        (roaming["token"], None),  # a user's unbound key: the global chain
+    ]
+    for token, tenant_id in expected:
+        outcome = await world.call("tenants_get", token, tenant="nowhere")
+        assert outcome.error is not None and outcome.error.code == "permission_denied"
+        assert (await probe.event(outcome.event_id))["tenant_id"] == tenant_id

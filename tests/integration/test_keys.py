@@ -254,3 +254,20 @@ async def test_a_principal_reads_back_as_it_was_created(world: World) -> None:
         on_behalf_of=world.made.owner.id,
     )
     assert owner == world.made.owner
+
+
+async def test_one_principals_keys_page_in_id_order(world: World) -> None:
+    bot = await world.ok("agents_create", world.owner, name="bot", role="viewer")
+    bot_id = bot["principal"]["id"]
+    made = [
+        (await world.ok("keys_create", world.owner, name=f"k{i}", principal_id=bot_id))["key"]["id"] for i in range(6)
+    ]
+    paged: list[str] = []
+    cursor = None
+    for _ in range(10):
+        page = await world.ok("keys_list", world.owner, principal_id=bot_id, limit=2, cursor=cursor)
+        paged += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert paged == sorted(made)
