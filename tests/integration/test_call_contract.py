@@ -1,11 +1,11 @@
-"""What a denial says: the permission, the tenant, and whether the role or the key's scopes lacked it."""
+"""What dispatch answers: denials, invalid arguments, empty calls, and where tenant-less calls are recorded."""
 
 from __future__ import annotations
 
 import pytest
 
 from scalemule.core import identity
-from scalemule.dispatch import ErrorBody
+from scalemule.dispatch import ErrorBody, Invocation
 from tests.conftest import StoreProbe, World
 
 pytestmark = pytest.mark.anyio
@@ -119,3 +119,9 @@ async def test_a_call_that_reaches_no_tenant_is_recorded_in_the_keys_tenant_else
         outcome = await world.call("tenants_get", token, tenant="nowhere")
         assert outcome.error is not None and outcome.error.code == "permission_denied"
         assert (await probe.event(outcome.event_id))["tenant_id"] == tenant_id
+
+
+async def test_a_call_without_any_arguments_is_a_call_with_none(world: World) -> None:
+    outcome = await world.dispatcher.call(Invocation("whoami", None, world.agent, "cli"))
+    assert outcome.error is None and outcome.result is not None
+    assert outcome.result["principal"]["id"] == world.made.agent.id
