@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from scalemule.core import identity
@@ -125,3 +127,40 @@ async def test_a_call_without_any_arguments_is_a_call_with_none(world: World) ->
     outcome = await world.dispatcher.call(Invocation("whoami", None, world.agent, "cli"))
     assert outcome.error is None and outcome.result is not None
     assert outcome.result["principal"]["id"] == world.made.agent.id
+
+
+async def test_audit_text_is_cut_to_its_columns_and_a_non_text_target_recorded_as_text(
+    world: World, probe: StoreProbe
+) -> None:
+    long = Invocation(
+        "x" * 100,
+        {},
+        world.agent,
+        "cli",
+        client_name="n" * 300,
+        client_version="v" * 300,
+        session_id="s" * 300,
+        request_id="r" * 300,
+    )
+    outcome = await world.dispatcher.call(long)
+    assert outcome.error is not None and outcome.error.code == "not_found"
+    event = await probe.event(outcome.event_id)
+    assert (event["operation"], event["client_name"], event["client_version"]) == ("x" * 64, "n" * 200, "v" * 100)
+    assert (event["session_id"], event["request_id"]) == ("s" * 100, "r" * 100)
+    assert event["args"] == {"_raw": {}}
+    wide = await world.call("config_get", world.agent, env="dev", key="k" * 5000)
+    assert (await probe.event(wide.event_id))["target"] == "k" * 1000
+    odd = await world.call("config_get", world.agent, env="dev", key=["a", 1])
+    assert (await probe.event(odd.event_id))["target"] == "['a', 1]"
+    none = await world.call("config_get", world.agent, env="dev")
+    assert (await probe.event(none.event_id))["target"] is None
+
+
+async def test_the_recorded_duration_is_the_calls_wall_time_in_milliseconds(
+    world: World, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readings = iter([10.0])
+    # The first reading starts the call; every later one is 250 ms on.
+    monkeypatch.setattr(time, "perf_counter", lambda: next(readings, 10.25))
+    outcome = await world.call("whoami", world.agent)
+    assert (await probe.event(outcome.event_id))["duration_ms"] == 250.0
