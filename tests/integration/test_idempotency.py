@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -11,8 +13,9 @@ import sqlalchemy as sa
 from scalemule.core import identity
 from scalemule.core.ids import utcnow
 from scalemule.db.tables import idempotency_keys
-from scalemule.operations.base import REDACTED
-from tests.conftest import World
+from scalemule.operations import REGISTRY
+from scalemule.operations.base import REDACTED, Call
+from tests.conftest import StoreProbe, World
 
 pytestmark = pytest.mark.anyio
 
@@ -105,3 +108,37 @@ async def test_a_record_in_the_stored_format_replays(world: World) -> None:
     async with world.dispatcher.runtime.db.transaction() as conn:
         count = (await conn.execute(sa.select(sa.func.count()).select_from(idempotency_keys))).scalar_one()
     assert count == 1
+
+
+async def test_different_idempotency_keys_in_one_tenant_are_different_requests(world: World) -> None:
+    first = await world.ok("agents_create", world.agent, name="one", role="viewer", idempotency_key="a")
+    second = await world.ok("agents_create", world.agent, name="two", role="viewer", idempotency_key="b")
+    assert first["principal"]["id"] != second["principal"]["id"]
+    assert (await world.ok("agents_create", world.agent, name="one", role="viewer", idempotency_key="a")) == first
+
+
+async def test_a_call_that_loses_the_race_for_its_idempotency_key_is_a_conflict_and_changes_nothing(
+    world: World, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = REGISTRY["agents_create"]
+
+    async def racing(call: Call, args: Any) -> Any:
+        # Another replica records the same key while this call's handler runs.
+        result = await original.handler(call, args)
+        await call.conn.execute(
+            idempotency_keys.insert().values(
+                scope=call.tenant_id,
+                key=args.idempotency_key,
+                operation="agents_create",
+                request_sha256="0" * 64,
+                result={},
+                created_at=utcnow(),
+            )
+        )
+        return result
+
+    monkeypatch.setitem(REGISTRY, "agents_create", dataclasses.replace(original, handler=racing))
+    before = await probe.rows()
+    code = await world.code("agents_create", world.agent, name="helper", role="viewer", idempotency_key="race")
+    assert code == "conflict"
+    assert await probe.rows() == before
