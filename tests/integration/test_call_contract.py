@@ -164,3 +164,17 @@ async def test_the_recorded_duration_is_the_calls_wall_time_in_milliseconds(
     monkeypatch.setattr(time, "perf_counter", lambda: next(readings, 10.25))
     outcome = await world.call("whoami", world.agent)
     assert (await probe.event(outcome.event_id))["duration_ms"] == 250.0
+
+
+async def test_a_new_tenants_log_starts_with_its_creation(world: World, probe: StoreProbe) -> None:
+    outcome = await world.call("tenants_create", world.owner, slug="globex", name="Globex")
+    assert outcome.result is not None
+    event = await probe.event(outcome.event_id)
+    tenant_id = outcome.result["tenant"]["id"]
+    assert (event["tenant_id"], event["chain"], event["seq"]) == (tenant_id, tenant_id, 1)
+
+
+@pytest.mark.parametrize("arguments", [["acme"], "acme", 7])
+async def test_arguments_that_are_not_an_object_are_an_invalid_argument(world: World, arguments: object) -> None:
+    outcome = await world.dispatcher.call(Invocation("tenants_get", arguments, world.agent, "cli"))
+    assert outcome.error is not None and outcome.error.code == "invalid_argument"
