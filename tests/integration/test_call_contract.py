@@ -7,7 +7,8 @@ import time
 import pytest
 
 from scalemule.core import identity
-from scalemule.dispatch import ErrorBody, Invocation
+from scalemule.dispatch import Dispatcher, ErrorBody, Exposure, Invocation
+from scalemule.operations import REGISTRY
 from tests.conftest import StoreProbe, World
 
 pytestmark = pytest.mark.anyio
@@ -178,3 +179,30 @@ async def test_a_new_tenants_log_starts_with_its_creation(world: World, probe: S
 async def test_arguments_that_are_not_an_object_are_an_invalid_argument(world: World, arguments: object) -> None:
     outcome = await world.dispatcher.call(Invocation("tenants_get", arguments, world.agent, "cli"))
     assert outcome.error is not None and outcome.error.code == "invalid_argument"
+
+
+async def test_the_operators_cli_reaches_operations_that_are_not_tools(world: World) -> None:
+    hidden = [op for op in REGISTRY.values() if not op.tool]
+    assert hidden, "expected operations served only as resources and to the CLI"
+    for op in hidden:
+        outcome = await world.dispatcher.call(Invocation(op.name, {}, world.owner, "cli"))
+        assert outcome.error is None or outcome.error.code != "not_found", op.name
+
+
+async def test_a_read_only_server_and_a_narrow_toolset_each_say_why_a_tool_is_refused(world: World) -> None:
+    runtime = world.dispatcher.runtime
+    read_only = Dispatcher(runtime, Exposure(toolsets=None, read_only=True))
+    narrow = Dispatcher(runtime, Exposure(toolsets=frozenset({"audit"})))
+    write = Invocation("config_set", {"env": "dev", "key": "k", "value": 1}, world.agent, "stdio")
+    read = Invocation("config_get", {"env": "dev", "key": "k"}, world.agent, "stdio")
+    refused = {
+        "read-only, write": await read_only.call(write),
+        "narrow, write": await narrow.call(write),
+        "narrow, read": await narrow.call(read),
+    }
+    for outcome in refused.values():
+        assert outcome.error is not None and outcome.error.code == "permission_denied"
+    assert "--read-only" in refused["read-only, write"].error.message  # type: ignore[union-attr]
+    for case in ("narrow, write", "narrow, read"):
+        message = refused[case].error.message  # type: ignore[union-attr]
+        assert "toolset 'config'" in message and "--read-only" not in message, case
