@@ -9,6 +9,8 @@ non-equivalent mutants, or when an equivalent entry no longer matches any surviv
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
 import re
 import subprocess
 import sys
@@ -61,10 +63,22 @@ def _results() -> dict[str, str]:
     return statuses
 
 
-def _added_lines(name: str) -> str:
-    diff = subprocess.run([MUTMUT, "show", name], capture_output=True, text=True, check=True).stdout
-    added = [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
-    return " ".join(" ".join(added).split())
+def _added_lines(name: str, path: str) -> str:
+    # The lines a mutant adds to its function, read from mutmut's copy (no `mutmut show` per mutant).
+    mutated = Path("mutants") / path
+    spans = json.loads(mutated.with_name(mutated.name + ".spans").read_text(encoding="utf-8"))["spans"]
+    lines = mutated.read_text(encoding="utf-8").splitlines()
+    short = name.rsplit(".", 1)[1]
+
+    orig = short.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"
+
+    def body(key: str) -> list[str]:
+        start, end = spans[key]
+        # The mutant's def line names the mutant: spelled as the original's, so only the change differs.
+        return [line.strip().replace(key + "(", orig + "(") for line in lines[start - 1 : end]]
+
+    diff = difflib.ndiff(body(orig), body(short))
+    return " ".join(" ".join(d[2:] for d in diff if d.startswith("+ ")).split())
 
 
 def _function(name: str) -> tuple[str, str]:
@@ -101,7 +115,7 @@ def main() -> int:
         score.statuses[status] += 1
         if status not in SURVIVED:
             continue
-        added = _added_lines(name)
+        added = _added_lines(name, score.path)
         for i, entry in enumerate(equivalents):
             same = entry["module"] == module and entry["function"] == func
             if same and " ".join(entry["mutation"].split()) == added:
