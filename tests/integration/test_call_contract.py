@@ -206,3 +206,12 @@ async def test_a_read_only_server_and_a_narrow_toolset_each_say_why_a_tool_is_re
     for case in ("narrow, write", "narrow, read"):
         message = refused[case].error.message  # type: ignore[union-attr]
         assert "toolset 'config'" in message and "--read-only" not in message, case
+
+
+async def test_an_empty_operation_name_is_recorded_empty_and_a_long_text_inside_a_target_is_cut(
+    world: World, probe: StoreProbe
+) -> None:
+    empty = await world.dispatcher.call(Invocation("", {}, world.agent, "cli"))
+    assert (await probe.event(empty.event_id))["operation"] == ""
+    long = await world.call("config_get", world.agent, env="dev", key=["x" * 300])
+    assert (await probe.event(long.event_id))["target"] == "['" + "x" * 256 + "…(300 chars)']"
