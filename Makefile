@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint schemas bench clean
+.PHONY: install demo test lint schemas bench mutate clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,5 +33,14 @@ bench: install  ## every performance target: ratio to the SDK's floor measured i
 	$(BIN)/python benchmarks/jobs_throughput.py
 	$(BIN)/python benchmarks/audit_verify.py
 
+$(BIN)/.mutmut-installed: $(BIN)/.installed
+	$(BIN)/pip install --quiet "mutmut==3.8.0"
+	touch $@
+
+mutate: $(BIN)/.mutmut-installed  ## mutation score of the security core (mutation/README.md); not part of `make test`
+	rm -rf mutants
+	PYTHONPATH=$(CURDIR)/mutation $(BIN)/mutmut run --max-children $(or $(MUTATE_JOBS),2)
+	$(BIN)/python mutation/report.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants

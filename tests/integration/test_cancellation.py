@@ -38,3 +38,5 @@ async def test_a_cancelled_call_is_rolled_back_and_recorded_as_cancelled(
         last = (await conn.execute(sa.select(audit_events).order_by(audit_events.c.seq.desc()).limit(1))).one()
     assert written == 0
     assert (last.operation, last.outcome, last.actor_name) == ("config_set", "cancelled", "acme-agent")
+    # Recorded as the operation it was: its permission, and its arguments by field.
+    assert (last.permission, last.args) == ("config:write", {"env": "dev", "key": "k", "value": 1})

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,69 @@ def test_key_managers_reach_the_keys_of_roles_they_could_grant() -> None:
     assert grantable_roles(ROLES["owner"]) == set(ROLES)
     viewer = key_audience(USER, _key(None), tenant, ROLES["viewer"])
     assert viewer.tenant_id is None and viewer.roles == frozenset() and viewer.own_tenant_id is None
+
+
+def _documented_roles() -> dict[str, set[str]]:
+    """The roles table of docs/concepts.md: role -> the permissions ticked in its column."""
+    text = (Path(__file__).parents[2] / "docs" / "concepts.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    header = next(r for r in rows if r.startswith("| permission | allows | owner"))
+    roles = [cell.strip() for cell in header.strip("|").split("|")][2:]
+    table: dict[str, set[str]] = {role: set() for role in roles}
+    start = rows.index(header) + 1
+    for row in rows[start:]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        if len(cells) != len(roles) + 2 or not cells[0].startswith("`"):
+            break
+        for role, mark in zip(roles, cells[2:], strict=True):
+            if mark == "✓":
+                table[role].add(cells[0].strip("`"))
+    return table
+
+
+def test_every_role_grants_exactly_the_permissions_its_documented_column_ticks() -> None:
+    documented = _documented_roles()
+    assert set(documented) == set(ROLES) == {"owner", "admin", "developer", "viewer", "worker"}
+    for role, granted in ROLES.items():
+        assert set(granted) == documented[role], role
+
+
+def test_the_roles_table_is_the_documented_one_written_out() -> None:
+    # The same table, literal, so a change to the docs and the code together still has to change a test.
+    read = {"tenants:read", "members:read", "config:read", "secrets:read", "storage:read", "jobs:read", "audit:read"}
+    develop = read | {
+        "agents:manage",
+        "keys:manage",
+        "config:write",
+        "secrets:write",
+        "storage:write",
+        "jobs:write",
+        "jobs:work",
+    }
+    admin = develop | {"members:manage", "secrets:reveal", "envs:write_protected"}
+    assert {
+        "owner": admin | {"tenants:admin"},
+        "admin": admin,
+        "developer": develop,
+        "viewer": read,
+        "worker": {"tenants:read", "config:read", "storage:read", "storage:write", "jobs:read", "jobs:work"},
+    } == ROLES
+    assert {
+        "user": {"tenants:create", "tenants:join"},
+        "agent": set(),
+        "service": set(),
+        "operator": set(PERMISSIONS),
+    } == KIND_PERMISSIONS
+
+
+def test_the_operator_holds_every_permission_without_a_role() -> None:
+    operator = Principal(id="operator", kind="operator", name="root")
+    assert effective_permissions(operator, None, None) == set(PERMISSIONS)
+
+
+def test_a_role_and_the_kind_add_up_before_the_scopes_narrow_them() -> None:
+    assert effective_permissions(USER, "viewer", None) == ROLES["viewer"] | {"tenants:create", "tenants:join"}
+    assert effective_permissions(USER, "viewer", ["tenants:create", "audit:read", "jobs:write"]) == {
+        "tenants:create",
+        "audit:read",
+    }

@@ -128,4 +128,60 @@ def test_lone_surrogates_and_nul_are_refused_at_any_depth_and_in_keys(value: obj
 
 
 def test_other_text_at_any_depth_is_accepted() -> None:
-    assert _Anything.model_validate({"value": {"a": ["żółw", 1, None, {"✓": 2.5}]}})
+    value = {"a": ["żółw", 1, None, {"✓": 2.5}]}
+    assert _Anything.model_validate({"value": value}).value == value
+
+
+def _nested(levels: int) -> object:
+    value: object = "leaf"
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def _depth(value: object) -> tuple[int, object]:
+    depth = 0
+    while isinstance(value, dict):
+        value, depth = value["a"], depth + 1
+    return depth, value
+
+
+def test_strings_up_to_256_characters_are_kept_whole() -> None:
+    assert bounded("x" * 256) == "x" * 256
+    assert bounded("x" * 257) == "x" * 256 + "…(257 chars)"
+
+
+def test_seven_levels_of_nesting_are_kept_and_the_eighth_is_cut() -> None:
+    assert _depth(bounded(_nested(6))) == (6, "leaf")
+    assert _depth(bounded(_nested(7))) == (7, "…")
+    # Each argument of a call gets those seven levels below it.
+    recorded = recorded_args(SetArgs, {"name": _nested(6)})
+    assert _depth(recorded["name"]) == (6, "leaf")
+    assert _depth(recorded_args(SetArgs, {"name": _nested(7)})["name"]) == (7, "…")
+
+
+def test_fifty_items_are_kept_and_the_rest_counted() -> None:
+    fifty = {f"k{i}": i for i in range(50)}
+    assert bounded(fifty) == fifty
+    assert bounded({**fifty, "k50": 50}) == {**fifty, "…": "1 more keys"}
+    assert bounded(list(range(50))) == list(range(50))
+    assert bounded(list(range(51))) == [*range(50), "…"]
+
+
+def test_object_keys_are_cut_to_64_characters_and_other_values_kept_or_shown_as_text() -> None:
+    assert bounded({"k" * 100: 1}) == {"k" * 64: 1}
+    assert bounded([None, True, 3, 2.5]) == [None, True, 3, 2.5]
+    assert bounded(b"x" * 300) == repr(b"x" * 300)[:256]
+
+
+def test_a_field_that_holds_free_json_is_recorded_as_given() -> None:
+    value = {"secret": "not a Sensitive field", "list": [{"secret": 1}]}
+    assert recorded_args(_Anything, {"value": value}) == {"value": value}
+
+
+def test_invalid_input_in_a_model_field_is_recorded_as_given_beside_redacted_items() -> None:
+    raw = {"many": ["x", {"label": "b", "secret": "s"}], "inner": "not an object"}
+    assert recorded_args(SetArgs, raw) == {
+        "many": ["x", {"label": "b", "secret": REDACTED}],
+        "inner": "not an object",
+    }
