@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def _store_state(data_dir: Path) -> tuple[list[str], list[str], bytes]:
     """Files of the data directory, the SQLite dump less the audit log, and the master key."""
     files = sorted(p.name for p in data_dir.iterdir() if not p.name.endswith(("-wal", "-shm")))
-    audit = ('INSERT INTO "audit_events"', 'INSERT INTO "audit_heads"')
+    audit = ('INSERT INTO "audit_events"', 'INSERT INTO "audit_heads"', 'INSERT INTO "audit_checkpoints"')
     with sqlite3.connect(data_dir / "scalemule.db") as db:
         dump = [line for line in db.iterdump() if not line.startswith(audit)]
     return files, dump, (data_dir / "master.key").read_bytes()

@@ -54,6 +54,12 @@ async def _invitations(world: World) -> Listing:
     return Listing(bob_key)
 
 
+async def _jobs(world: World) -> Listing:
+    for i in range(5):
+        await world.ok("jobs_enqueue", world.agent, kind="render", payload={"n": i})
+    return Listing(world.agent)
+
+
 async def _members(world: World) -> Listing:
     for i in range(5):
         await world.ok("agents_create", world.owner, tenant="acme", name=f"agent-{i}", role="viewer")
@@ -99,6 +105,7 @@ async def _audit(world: World) -> Listing:
 SEEDERS: dict[str, list[Seeder]] = {
     "tenants_list": [_tenants, _tenants_through_a_bound_key],
     "invitations_list": [_invitations],
+    "jobs_list": [_jobs],
     "members_list": [_members],
     "keys_list": [_keys],
     "config_list": [_config],

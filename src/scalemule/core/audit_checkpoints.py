@@ -180,7 +180,9 @@ def _append_public(data_dir: Path, private: Ed25519PrivateKey) -> None:
     path = data_dir / PUBLIC_KEYS_FILE
     if path.is_file() and key_id(raw) in parse_public_keys(path.read_text(encoding="ascii")):
         return
-    with path.open("a", encoding="ascii") as handle:
+    # Private like every file of the data directory (0600), whatever the umask.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="ascii") as handle:
         handle.write(f"{key_id(raw)} {base64.b64encode(raw).decode()}\n")
         handle.flush()
         os.fsync(handle.fileno())
