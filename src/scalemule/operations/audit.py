@@ -69,8 +69,10 @@ class EventView(Result):
 
 class AuditQueryArgs(TenantPageArgs):
     actor: Name | None = Field(default=None, description="Principal id or name.")
-    operation: Identifier | None = None
-    outcome: Literal["ok", "error", "denied", "cancelled"] | None = None
+    operation: Identifier | None = Field(default=None, description="Tool name, e.g. config_set.")
+    outcome: Literal["ok", "error", "denied", "cancelled"] | None = Field(
+        default=None, description="Only this outcome."
+    )
     since: datetime | None = Field(default=None, description="ISO 8601, inclusive.")
     until: datetime | None = Field(default=None, description="ISO 8601, exclusive.")
 
@@ -82,6 +84,7 @@ class EventsPage(Result):
 
 @operation(
     "audit_query",
+    title="Query the audit log",
     permission="audit:read",
     toolset="audit",
     read_only=True,
@@ -91,6 +94,7 @@ class EventsPage(Result):
             "scalemule://tenants/{tenant}/audit/recent",
             "The tenant's 50 most recent audit events",
             args=(("limit", 50),),
+            name="audit-recent",
         ),
     ),
 )

@@ -46,9 +46,10 @@ ExposureOf = Callable[[ServerRequestContext[Any, Any]], Exposure | None]
 
 
 def tool_definition(op: Operation) -> types.Tool:
-    """The MCP tool for ``op``: name, description, schemas and the four annotations."""
+    """The MCP tool for ``op``: name, title, description, schemas and the four annotations."""
     return types.Tool(
         name=op.name,
+        title=op.title,
         description=op.description,
         input_schema=op.input_schema,
         output_schema=op.output_schema,
@@ -152,7 +153,7 @@ def build_server(
         return types.ListResourceTemplatesResult(
             resource_templates=[
                 types.ResourceTemplate(
-                    uri_template=r.template, name=op.name, description=r.description, mime_type=r.mime_type
+                    uri_template=r.template, name=r.name, description=r.description, mime_type=r.mime_type
                 )
                 for op in REGISTRY.values()
                 for r in op.resources
