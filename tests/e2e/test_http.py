@@ -285,3 +285,17 @@ async def test_readiness_is_503_naming_only_which_store_failed(tmp_path: Path) -
         assert (status, body) == (503, {"status": "unavailable", "checks": {"database": "ok", "storage": "failed"}})
     finally:
         await reachable.close()
+
+
+async def test_an_http_server_signs_object_urls_for_the_port_it_listens_on(deployment: Deployment, url: str) -> None:
+    base = url.removesuffix("/mcp")
+    async with _client(url + "/x/storage", deployment.agent_key, "signer") as client:
+        put = await client.call_tool("storage_put_object", {"key": "signed/port.txt", "content": "served here"})
+        assert not put.is_error
+        signed = await client.call_tool("storage_create_signed_url", {"key": "signed/port.txt"})
+    assert signed.structured_content is not None and not signed.is_error
+    assert signed.structured_content["url"].startswith(f"{base}/blobs/")
+    assert base in signed.structured_content["served_by"]
+    async with httpx2.AsyncClient(timeout=30) as http:
+        response = await http.get(signed.structured_content["url"])
+    assert (response.status_code, response.text) == (200, "served here")
