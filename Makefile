@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint schemas bench mutate clean
+.PHONY: install demo test lint schemas conformance bench mutate clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ lint: install  ## ruff and strict mypy over src
 schemas: install  ## regenerate tool_schemas/ and docs/tools.md from the registry
 	$(BIN)/scalemule schemas
 
+conformance: install  ## the MCP conformance suite's server scenarios over HTTP (installs the suite with npm into .conformance/)
+	$(BIN)/python -m tests.e2e.conformance
+
 # BENCH_ARGS: e.g. --quick, --only latency,http, --stores sqlite (see benchmarks/README.md).
 bench: install  ## every performance target: ratio to the SDK's floor measured in the same run, PASS/OVER
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
@@ -43,4 +46,4 @@ mutate: $(BIN)/.mutmut-installed  ## mutation score of the security core (mutati
 	$(BIN)/python mutation/report.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache mutants .conformance

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx2
@@ -17,9 +20,11 @@ from mcp.client.streamable_http import streamable_http_client
 
 from scalemule.core import tokens
 from scalemule.core.object_rules import MAX_INLINE_BYTES
-from scalemule.dispatch import Invocation
+from scalemule.dispatch import Dispatcher, Invocation
 from scalemule.operations import REGISTRY
-from scalemule.surfaces.http import MAX_REQUEST_BYTES
+from scalemule.runtime import Runtime
+from scalemule.settings import Settings
+from scalemule.surfaces.http import MAX_REQUEST_BYTES, Health
 from tests.e2e.conftest import Deployment, http_server, mistyped
 
 pytestmark = pytest.mark.anyio
@@ -220,3 +225,77 @@ async def test_an_unknown_toolset_is_answered_400_with_a_suggestion(deployment: 
     error = response.json()["error"]
     assert error["code"] == -32602 and error["data"]["code"] == "invalid_argument"
     assert "Did you mean 'identity'?" in error["data"]["hint"]
+
+
+# --- Probes -------------------------------------------------------------------------------------------
+
+
+async def test_health_and_readiness_answer_without_credentials_and_reveal_nothing_else(url: str) -> None:
+    base = url.removesuffix("/mcp")
+    async with httpx2.AsyncClient(timeout=30) as http:
+        for path in ("/healthz", "/readyz"):
+            response = await http.get(base + path)
+            assert (response.status_code, response.json()) == (200, {"status": "ok"}), path
+            assert "www-authenticate" not in response.headers
+        assert (await http.post(base + "/healthz")).status_code == 405
+
+
+class _Unreachable:
+    """A blob store whose every call fails, as one behind a broken network would."""
+
+    kind = "broken"
+
+    async def read(self, ref: str, offset: int = 0, length: int | None = None) -> bytes:
+        raise OSError("no route to host")
+
+    async def close(self) -> None:
+        return None
+
+
+async def _probe(app: Any, path: str) -> tuple[int, Any]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b""}
+    await app(scope, receive, send)
+    return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+async def test_readiness_is_503_naming_only_which_store_failed(tmp_path: Path) -> None:
+    async def never_reached(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("probes are answered before anything else")
+
+    unreachable = Settings(data_dir=tmp_path, database_url="postgresql://scalemule@127.0.0.1:1/nothing")
+    runtime = Runtime.open(unreachable)
+    try:
+        status, body = await _probe(Health(never_reached, Dispatcher(runtime)), "/readyz")
+        assert (status, body) == (503, {"status": "unavailable", "checks": {"database": "failed", "storage": "ok"}})
+        assert (await _probe(Health(never_reached, Dispatcher(runtime)), "/healthz")) == (200, {"status": "ok"})
+    finally:
+        await runtime.close()
+    reachable = Runtime.open(Settings(data_dir=tmp_path))
+    broken = dataclasses.replace(reachable, blobs=_Unreachable())  # type: ignore[arg-type]
+    try:
+        status, body = await _probe(Health(never_reached, Dispatcher(broken)), "/readyz")
+        assert (status, body) == (503, {"status": "unavailable", "checks": {"database": "ok", "storage": "failed"}})
+    finally:
+        await reachable.close()
+
+
+async def test_an_http_server_signs_object_urls_for_the_port_it_listens_on(deployment: Deployment, url: str) -> None:
+    base = url.removesuffix("/mcp")
+    async with _client(url + "/x/storage", deployment.agent_key, "signer") as client:
+        put = await client.call_tool("storage_put_object", {"key": "signed/port.txt", "content": "served here"})
+        assert not put.is_error
+        signed = await client.call_tool("storage_create_signed_url", {"key": "signed/port.txt"})
+    assert signed.structured_content is not None and not signed.is_error
+    assert signed.structured_content["url"].startswith(f"{base}/blobs/")
+    assert base in signed.structured_content["served_by"]
+    async with httpx2.AsyncClient(timeout=30) as http:
+        response = await http.get(signed.structured_content["url"])
+    assert (response.status_code, response.text) == (200, "served here")

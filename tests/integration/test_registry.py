@@ -56,6 +56,40 @@ def test_every_operation_is_described_to_the_agent(name: str) -> None:
     assert _op(name).description.strip()
 
 
+# Arguments whose name says all an agent needs: the server instructions explain paging once, and an
+# idempotency key is any string the caller picks.
+SELF_EXPLANATORY = frozenset({"limit", "cursor", "idempotency_key"})
+SENTENCES = re.compile(r"^[A-Z0-9`].*[.)]$", re.DOTALL)
+
+
+@pytest.mark.parametrize("name", OPERATIONS)
+def test_every_operation_has_a_short_title(name: str) -> None:
+    title = _op(name).title
+    assert title and len(title) <= 40 and title[0].isupper() and not title.endswith("."), title
+    assert tool_definition(_op(name)).title == title
+
+
+@pytest.mark.parametrize("name", OPERATIONS)
+def test_every_description_is_sentences_without_hard_line_breaks(name: str) -> None:
+    description = _op(name).description
+    assert SENTENCES.match(description), description
+    assert description.rstrip(")").endswith("."), description
+    assert "\n" not in description.replace("\n\n", ""), description
+
+
+@pytest.mark.parametrize("name", OPERATIONS)
+def test_every_argument_an_agent_chooses_is_described(name: str) -> None:
+    properties = _op(name).input_schema.get("properties", {})
+    bare = [arg for arg, prop in properties.items() if arg not in SELF_EXPLANATORY and not prop.get("description")]
+    assert bare == [], f"{name}: arguments without a description: {bare}"
+
+
+def test_resource_templates_have_unique_names_that_are_not_tool_names() -> None:
+    names = [r.name for op in REGISTRY.values() for r in op.resources]
+    assert len(names) == len(set(names))
+    assert not set(names) & set(REGISTRY)
+
+
 @pytest.mark.parametrize("name", OPERATIONS)
 def test_every_operation_name_is_short_snake_case_without_dots(name: str) -> None:
     assert NAME.match(name) and len(name) <= 64 and "." not in name

@@ -48,7 +48,9 @@ def storage_settings(request: pytest.FixtureRequest, store: Settings) -> Setting
     if request.param == "local":
         return store
     endpoint: S3Endpoint = request.getfixturevalue("s3_endpoint")
-    return dataclasses.replace(store, s3_bucket=endpoint.bucket, s3_endpoint_url=endpoint.url, s3_prefix=s3_prefix())
+    return store.model_copy(
+        update={"s3_bucket": endpoint.bucket, "s3_endpoint_url": endpoint.url, "s3_prefix": s3_prefix()}
+    )
 
 
 @asynccontextmanager
@@ -386,7 +388,7 @@ async def test_delete_removes_the_object_and_frees_its_bytes(sworld: World) -> N
 
 
 async def test_quota_exceeded_when_a_put_would_pass_it(storage_settings: Settings) -> None:
-    async with opened(dataclasses.replace(storage_settings, storage_quota_bytes=1000)) as world:
+    async with opened(storage_settings.model_copy(update={"storage_quota_bytes": 1000})) as world:
         await world.ok("storage_put_object", world.agent, key="a", content="x" * 600)
         outcome = await world.call("storage_put_object", world.agent, key="b", content="y" * 600)
         assert outcome.error is not None and outcome.error.code == "quota_exceeded"
@@ -636,6 +638,18 @@ async def test_a_signed_get_url_serves_exactly_the_object_and_says_what_it_must_
     assert (status, body) == (200, data)
 
 
+async def test_a_signed_url_says_what_serves_it(sworld: World) -> None:
+    await sworld.ok("storage_put_object", sworld.agent, key="n.txt", content="hi")
+    put = await sworld.ok("storage_create_signed_url", sworld.agent, key="n.txt", method="PUT")
+    get = await sworld.ok("storage_create_signed_url", sworld.agent, key="n.txt")
+    base = sworld.dispatcher.runtime.settings.public_url
+    assert put["url"].startswith(base) and base in put["served_by"]
+    if get["url"].startswith(base):
+        assert get["served_by"] == put["served_by"]
+    else:  # S3 serves its own presigned GET URLs
+        assert get["served_by"] is None
+
+
 async def test_a_local_signed_url_serves_ranges_and_heads_and_records_each_read(store: Settings) -> None:
     # Local blobs only: S3 serves its own presigned URLs.
     async with opened(store) as sworld:
@@ -706,7 +720,7 @@ async def test_a_signed_put_url_stores_the_body_with_its_audit_event(sworld: Wor
 
 
 async def test_a_signed_put_over_the_quota_is_refused_and_stores_nothing(storage_settings: Settings) -> None:
-    async with opened(dataclasses.replace(storage_settings, storage_quota_bytes=1000)) as world:
+    async with opened(storage_settings.model_copy(update={"storage_quota_bytes": 1000})) as world:
         signed = await world.ok("storage_create_signed_url", world.agent, key="big.bin", method="PUT")
         status, body = await fetch(world, signed["url"], "PUT", b"x" * 1001)
         assert status == 413 and b"quota_exceeded" in body

@@ -6,7 +6,7 @@ import jsonschema
 from pydantic import BaseModel, Field
 
 from scalemule.operations import Resource
-from scalemule.operations.registry import compact_schema, shallow_schema
+from scalemule.operations.registry import compact_schema, one_paragraph, shallow_schema
 
 
 class _Inner(BaseModel):
@@ -58,14 +58,14 @@ def test_a_shallow_schema_keeps_every_top_level_field_and_stays_valid() -> None:
 
 
 def test_a_resource_uri_yields_the_operations_arguments() -> None:
-    recent = Resource("scalemule://tenants/{tenant}/audit/recent", "recent", args=(("limit", 50),))
+    recent = Resource("scalemule://tenants/{tenant}/audit/recent", "recent", args=(("limit", 50),), name="recent")
     assert recent.match("scalemule://tenants/acme/audit/recent") == {"limit": 50, "tenant": "acme"}
     assert recent.match("scalemule://tenants/acme") is None
     assert recent.match("scalemule://tenants/a/b/audit/recent") is None
 
 
 def test_the_last_uri_variable_spans_slashes_and_is_percent_decoded() -> None:
-    objects = Resource("scalemule://tenants/{tenant}/objects/{key}", "blob")
+    objects = Resource("scalemule://tenants/{tenant}/objects/{key}", "blob", name="object")
     assert objects.match("scalemule://tenants/acme/objects/menus/2024/a%20b.png") == {
         "tenant": "acme",
         "key": "menus/2024/a b.png",
@@ -124,3 +124,15 @@ def test_any_json_value_is_spelled_as_single_typed_branches_and_still_accepts_ev
         jsonschema.validate({"value": value}, shallow_schema(schema))
     assert _portability_problems(schema) == []
     assert _portability_problems(shallow_schema(schema)) == []
+
+
+def test_a_served_description_joins_wrapped_lines_and_keeps_paragraphs() -> None:
+    doc = """Store a value.
+    It replaces the last one.
+
+        Pass expected_version to guard
+        a concurrent change.
+    """
+    assert one_paragraph(doc) == (
+        "Store a value. It replaces the last one.\n\nPass expected_version to guard a concurrent change."
+    )

@@ -81,8 +81,10 @@ class EventView(Result):
 
 class AuditQueryArgs(TenantPageArgs):
     actor: Name | None = Field(default=None, description="Principal id or name.")
-    operation: Identifier | None = None
-    outcome: Literal["ok", "error", "denied", "cancelled"] | None = None
+    operation: Identifier | None = Field(default=None, description="Tool name, e.g. config_set.")
+    outcome: Literal["ok", "error", "denied", "cancelled"] | None = Field(
+        default=None, description="Only this outcome."
+    )
     target: str | None = Field(default=None, max_length=1000, description="What the call acted on, exactly.")
     permission: Identifier | None = Field(default=None, description="e.g. secrets:reveal")
     client: Name | None = Field(default=None, description="MCP client name (clientInfo.name).")
@@ -102,6 +104,7 @@ class EventsPage(Result):
 
 @operation(
     "audit_query",
+    title="Query the audit log",
     permission="audit:read",
     toolset="audit",
     read_only=True,
@@ -111,6 +114,7 @@ class EventsPage(Result):
             "scalemule://tenants/{tenant}/audit/recent",
             "The tenant's 50 most recent audit events",
             args=(("limit", 50),),
+            name="audit-recent",
         ),
     ),
 )
@@ -176,7 +180,15 @@ class EventProof(Result):
     )
 
 
-@operation("audit_get", permission="audit:read", toolset="audit", read_only=True, idempotent=True, target="event_id")
+@operation(
+    "audit_get",
+    title="Get one audit event with its proof",
+    permission="audit:read",
+    toolset="audit",
+    read_only=True,
+    idempotent=True,
+    target="event_id",
+)
 async def audit_get(call: Call, args: AuditGetArgs) -> EventProof:
     """Get one audit event in full (arguments, hashes) with its chain position and the signed checkpoint
     that covers it.
@@ -217,7 +229,14 @@ class VerifyView(Result):
     problem: ProblemView | None
 
 
-@operation("audit_verify", permission="audit:read", toolset="audit", read_only=True, idempotent=True)
+@operation(
+    "audit_verify",
+    title="Verify the audit log",
+    permission="audit:read",
+    toolset="audit",
+    read_only=True,
+    idempotent=True,
+)
 async def audit_verify_chain(call: Call, args: AuditVerifyArgs) -> VerifyView:
     """Verify the tenant's audit log: every event's hash and link, every signed checkpoint and its digest
     object, from genesis or from_seq. Names the first bad sequence number and what is wrong.

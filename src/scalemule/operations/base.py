@@ -110,8 +110,7 @@ class Args(BaseModel):
 class TenantArgs(Args):
     """Arguments of a tenant-scoped operation."""
 
-    # Described once in the server instructions rather than on every tool.
-    tenant: TenantSlug | None = None
+    tenant: TenantSlug | None = Field(default=None, description="Tenant slug; default: your key's tenant.")
 
 
 class PageArgs(Args):

@@ -80,7 +80,9 @@ class EnvsPage(Result):
     items: list[EnvView]
 
 
-@operation("envs_list", permission="config:read", toolset="config", read_only=True, idempotent=True)
+@operation(
+    "envs_list", title="List environments", permission="config:read", toolset="config", read_only=True, idempotent=True
+)
 async def envs_list(call: Call, args: TenantArgs) -> EnvsPage:
     """List the tenant's environments (dev, staging, prod and any created) and which are protected."""
     return EnvsPage(items=[EnvView.of(e) for e in await config.list_environments(call.conn, call.tenant_id)])
@@ -91,7 +93,7 @@ class EnvsCreateArgs(TenantArgs):
     protected: bool = Field(default=False, description="writes need envs:write_protected (owner, admin)")
 
 
-@operation("envs_create", permission="config:write", toolset="config", target="name")
+@operation("envs_create", title="Create an environment", permission="config:write", toolset="config", target="name")
 async def envs_create(call: Call, args: EnvsCreateArgs) -> EnvView:
     """Create an environment. Writing to a protected one, or creating it, needs envs:write_protected
     (owners and admins)."""
@@ -106,13 +108,13 @@ async def envs_create(call: Call, args: EnvsCreateArgs) -> EnvView:
 
 
 class ConfigSetArgs(TenantArgs):
-    env: EnvName
+    env: EnvName = Field(description="Environment, e.g. 'dev'.")
     key: ConfigKey = Field(description="letters, digits, _ . : / -")
     value: JsonValue = Field(description="any JSON value, up to 64 KiB")
     expected_version: Version | None = Field(default=None, description="fail unless current; 0 = must not exist")
 
 
-@operation("config_set", permission="config:write", toolset="config", target="key")
+@operation("config_set", title="Set a config value", permission="config:write", toolset="config", target="key")
 async def config_set(call: Call, args: ConfigSetArgs) -> EntryView:
     """Set a config value (a new version). Pass expected_version to avoid overwriting a concurrent change.
 
@@ -132,12 +134,20 @@ async def config_set(call: Call, args: ConfigSetArgs) -> EntryView:
 
 
 class ConfigGetArgs(TenantArgs):
-    env: EnvName
-    key: ConfigKey
+    env: EnvName = Field(description="Environment, e.g. 'dev'.")
+    key: ConfigKey = Field(description="Config key.")
     version: Version | None = Field(default=None, description="an older version (see config_history)")
 
 
-@operation("config_get", permission="config:read", toolset="config", read_only=True, idempotent=True, target="key")
+@operation(
+    "config_get",
+    title="Get a config value",
+    permission="config:read",
+    toolset="config",
+    read_only=True,
+    idempotent=True,
+    target="key",
+)
 async def config_get(call: Call, args: ConfigGetArgs) -> EntryView:
     """Read a config value, the current one or an older version. Use config_list to browse keys."""
     config.check_env_name(args.env)
@@ -147,8 +157,8 @@ async def config_get(call: Call, args: ConfigGetArgs) -> EntryView:
 
 
 class ConfigListArgs(TenantPageArgs):
-    env: EnvName
-    prefix: ConfigKey = ""
+    env: EnvName = Field(description="Environment, e.g. 'dev'.")
+    prefix: ConfigKey = Field(default="", description="Only keys starting with this.")
 
 
 class EntriesPage(Result):
@@ -156,7 +166,14 @@ class EntriesPage(Result):
     next_cursor: str | None
 
 
-@operation("config_list", permission="config:read", toolset="config", read_only=True, idempotent=True)
+@operation(
+    "config_list",
+    title="List config values",
+    permission="config:read",
+    toolset="config",
+    read_only=True,
+    idempotent=True,
+)
 async def config_list(call: Call, args: ConfigListArgs) -> EntriesPage:
     """List an environment's config keys and values, optionally under a prefix."""
     await readable_env(call, args.env)
@@ -172,12 +189,19 @@ async def config_list(call: Call, args: ConfigListArgs) -> EntriesPage:
 
 
 class ConfigDeleteArgs(TenantArgs):
-    env: EnvName
-    key: ConfigKey
-    expected_version: Version | None = None
+    env: EnvName = Field(description="Environment, e.g. 'dev'.")
+    key: ConfigKey = Field(description="Config key.")
+    expected_version: Version | None = Field(default=None, description="fail unless current")
 
 
-@operation("config_delete", permission="config:write", toolset="config", destructive=True, target="key")
+@operation(
+    "config_delete",
+    title="Delete a config key",
+    permission="config:write",
+    toolset="config",
+    destructive=True,
+    target="key",
+)
 async def config_delete(call: Call, args: ConfigDeleteArgs) -> EntryView:
     """Delete a config key; its history is kept (config_history) and a later config_set revives it."""
     await writable_env(call, args.env)
@@ -189,11 +213,19 @@ async def config_delete(call: Call, args: ConfigDeleteArgs) -> EntryView:
 
 
 class ConfigHistoryArgs(TenantPageArgs):
-    env: EnvName
-    key: ConfigKey
+    env: EnvName = Field(description="Environment, e.g. 'dev'.")
+    key: ConfigKey = Field(description="Config key.")
 
 
-@operation("config_history", permission="config:read", toolset="config", read_only=True, idempotent=True, target="key")
+@operation(
+    "config_history",
+    title="Show a config key's history",
+    permission="config:read",
+    toolset="config",
+    read_only=True,
+    idempotent=True,
+    target="key",
+)
 async def config_history(call: Call, args: ConfigHistoryArgs) -> EntriesPage:
     """List the versions of a config key, newest first, deletes included."""
     await readable_env(call, args.env)
@@ -229,8 +261,8 @@ class Diff(Result):
 
 
 class DiffArgs(TenantArgs):
-    from_env: EnvName
-    to_env: EnvName
+    from_env: EnvName = Field(description="Source environment, e.g. 'staging'.")
+    to_env: EnvName = Field(description="Target environment, e.g. 'prod'.")
 
 
 async def _diff(call: Call, from_env: str, to_env: str) -> Diff:
@@ -286,7 +318,14 @@ async def _diff(call: Call, from_env: str, to_env: str) -> Diff:
     )
 
 
-@operation("config_diff", permission="config:read", toolset="config", read_only=True, idempotent=True)
+@operation(
+    "config_diff",
+    title="Compare two environments",
+    permission="config:read",
+    toolset="config",
+    read_only=True,
+    idempotent=True,
+)
 async def config_diff(call: Call, args: DiffArgs) -> Diff:
     """Compare two environments: keys only in one, config values that differ, secrets by name and version.
 
@@ -311,7 +350,13 @@ class Plan(Result):
     left_alone: list[Change] = Field(description="only in to_env; promotion never deletes")
 
 
-@operation("config_promote", permission="config:write", toolset="config", target="to_env")
+@operation(
+    "config_promote",
+    title="Promote config between environments",
+    permission="config:write",
+    toolset="config",
+    target="to_env",
+)
 async def config_promote(call: Call, args: PromoteArgs) -> Plan:
     """Copy differing config and missing secrets from one environment to another. dry_run (default)
     returns the plan; a protected target needs envs:write_protected (owners and admins)."""
@@ -365,8 +410,8 @@ async def config_promote(call: Call, args: PromoteArgs) -> Plan:
 
 
 class ExportArgs(TenantArgs):
-    env: EnvName
-    format: Literal["dotenv", "json"] = "dotenv"
+    env: EnvName = Field(description="Environment, e.g. 'prod'.")
+    format: Literal["dotenv", "json"] = Field(default="dotenv", description="Output format.")
 
 
 class Export(Result):
@@ -385,7 +430,15 @@ def _dotenv_value(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in " \t\n\"'#$\\") else text
 
 
-@operation("config_export", permission="secrets:reveal", toolset="config", read_only=True, idempotent=True, tool=False)
+@operation(
+    "config_export",
+    title="Export an environment",
+    permission="secrets:reveal",
+    toolset="config",
+    read_only=True,
+    idempotent=True,
+    tool=False,
+)
 async def config_export(call: Call, args: ExportArgs) -> Export:
     """Export an environment's config and secret values for deployment (dotenv or JSON). CLI only."""
     await readable_env(call, args.env)
@@ -418,13 +471,18 @@ class Snapshot(Result):
 
 @operation(
     "config_snapshot",
+    title="Read an environment's config",
     permission="config:read",
     toolset="config",
     read_only=True,
     idempotent=True,
     tool=False,
     resources=(
-        Resource("scalemule://tenants/{tenant}/config/{env}", "An environment's config values and secret metadata"),
+        Resource(
+            "scalemule://tenants/{tenant}/config/{env}",
+            "An environment's config values and secret metadata",
+            name="config-snapshot",
+        ),
     ),
 )
 async def config_snapshot(call: Call, args: ExportArgs) -> Snapshot:

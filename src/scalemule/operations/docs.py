@@ -21,7 +21,9 @@ def topics() -> list[str]:
 
 
 class DocsGetArgs(Args):
-    topic: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")
+    topic: str = Field(
+        min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$", description="Docs topic, e.g. 'quickstart'."
+    )
 
 
 class DocText(Result):
@@ -31,12 +33,17 @@ class DocText(Result):
 
 @operation(
     "docs_get",
+    title="Read a docs topic",
     permission=AUTHENTICATED,
     toolset="docs",
     read_only=True,
     idempotent=True,
     tool=False,
-    resources=(Resource("scalemule://docs/{topic}", "A page of the ScaleMule docs", "text/markdown", body="markdown"),),
+    resources=(
+        Resource(
+            "scalemule://docs/{topic}", "A page of the ScaleMule docs", "text/markdown", body="markdown", name="docs"
+        ),
+    ),
 )
 async def docs_get(call: Call, args: DocsGetArgs) -> DocText:
     """Read one page of the ScaleMule docs."""

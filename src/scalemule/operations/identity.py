@@ -102,7 +102,9 @@ class WhoamiResult(Result):
     key: KeyView | None
 
 
-@operation("whoami", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
+@operation(
+    "whoami", title="Show who you are", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True
+)
 async def whoami(call: Call, args: TenantArgs) -> WhoamiResult:
     """Who you are: principal, tenant, role, permissions, key. Call it first; access_check tests
     given permissions."""
@@ -131,7 +133,14 @@ class AccessCheckResult(Result):
     env_protected: bool | None = Field(description="null without env")
 
 
-@operation("access_check", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
+@operation(
+    "access_check",
+    title="Check your permissions",
+    permission=AUTHENTICATED,
+    toolset="identity",
+    read_only=True,
+    idempotent=True,
+)
 async def access_check(call: Call, args: AccessCheckArgs) -> AccessCheckResult:
     """Check whether you hold permissions in a tenant (with env, whether you may use them there) before
     trying a call; whoami lists all."""
@@ -155,8 +164,8 @@ async def access_check(call: Call, args: AccessCheckArgs) -> AccessCheckResult:
 
 
 class TenantsCreateArgs(Args):
-    slug: Slug
-    name: Name
+    slug: Slug = Field(description="URL-safe id, e.g. 'menugen'.")
+    name: Name = Field(description="Display name.")
     idempotency_key: IdempotencyKey | None = None
 
 
@@ -165,7 +174,7 @@ class TenantRole(Result):
     role: str
 
 
-@operation("tenants_create", permission="tenants:create", toolset="identity", target="slug")
+@operation("tenants_create", title="Create a tenant", permission="tenants:create", toolset="identity", target="slug")
 async def tenants_create(call: Call, args: TenantsCreateArgs) -> TenantRole:
     """Create a tenant (an isolated workspace) owned by you. Users only. Yours: tenants_list."""
     tenant = await tenants.create_tenant(call.conn, slug=args.slug, name=args.name, owner=call.principal)
@@ -178,7 +187,14 @@ class TenantsPage(Result):
     next_cursor: str | None
 
 
-@operation("tenants_list", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
+@operation(
+    "tenants_list",
+    title="List your tenants",
+    permission=AUTHENTICATED,
+    toolset="identity",
+    read_only=True,
+    idempotent=True,
+)
 async def tenants_list(call: Call, args: PageArgs) -> TenantsPage:
     """List the tenants you belong to and your role in each; tenants_get shows one."""
     bound = call.key.tenant_id if call.key is not None else None
@@ -195,11 +211,12 @@ async def tenants_list(call: Call, args: PageArgs) -> TenantsPage:
 
 @operation(
     "tenants_get",
+    title="Show a tenant",
     permission="tenants:read",
     toolset="identity",
     read_only=True,
     idempotent=True,
-    resources=(Resource("scalemule://tenants/{tenant}", "A tenant and your role in it"),),
+    resources=(Resource("scalemule://tenants/{tenant}", "A tenant and your role in it", name="tenant"),),
 )
 async def tenants_get(call: Call, args: TenantArgs) -> TenantRole:
     """Show a tenant and your role in it; tenants_list shows all yours."""
@@ -212,8 +229,8 @@ async def tenants_get(call: Call, args: TenantArgs) -> TenantRole:
 
 class AgentsCreateArgs(TenantArgs):
     name: Name = Field(description="Unique within the tenant, e.g. 'menu-worker'.")
-    role: Role
-    kind: Literal["agent", "service"] = "agent"
+    role: Role = Field(description="Its role in the tenant.")
+    kind: Literal["agent", "service"] = Field(default="agent", description="service: a non-AI account.")
     idempotency_key: IdempotencyKey | None = None
 
 
@@ -223,7 +240,7 @@ class AgentView(Result):
     role: str
 
 
-@operation("agents_create", permission="agents:manage", toolset="identity", target="name")
+@operation("agents_create", title="Create an agent", permission="agents:manage", toolset="identity", target="name")
 async def agents_create(call: Call, args: AgentsCreateArgs) -> AgentView:
     """Create an agent or service account in the tenant, acting for your user; then
     keys_create(principal_id=...). Humans: members_add."""
@@ -247,7 +264,7 @@ class KeysCreateArgs(TenantArgs):
         description="Narrows the key (default: all you may give).",
     )
     principal_id: Identifier | None = Field(default=None, description="This tenant's agent or service; default: you.")
-    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650, description="Default: as long as yours.")
     bind_tenant: bool = Field(default=True, description="Key works only in this tenant.")
     idempotency_key: IdempotencyKey | None = None
 
@@ -277,7 +294,9 @@ async def _key_target(call: Call, target_id: str) -> frozenset[str]:
     return ROLES[role]
 
 
-@operation("keys_create", permission="keys:manage", toolset="identity", target="principal_id")
+@operation(
+    "keys_create", title="Create an API key", permission="keys:manage", toolset="identity", target="principal_id"
+)
 async def keys_create(call: Call, args: KeysCreateArgs) -> KeyCreated:
     """Issue an API key for yourself or this tenant's agent/service, never wider, longer-lived or less
     bound than yours; the token is shown once."""
@@ -299,7 +318,7 @@ async def keys_create(call: Call, args: KeysCreateArgs) -> KeyCreated:
 
 
 class KeysListArgs(TenantPageArgs):
-    principal_id: Identifier | None = None
+    principal_id: Identifier | None = Field(default=None, description="Only this principal's keys.")
 
 
 class KeysPage(Result):
@@ -311,7 +330,9 @@ def _audience(call: Call) -> KeyAudience:
     return key_audience(call.principal, call.key, call.tenant, call.permissions)
 
 
-@operation("keys_list", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True)
+@operation(
+    "keys_list", title="List API keys", permission=AUTHENTICATED, toolset="identity", read_only=True, idempotent=True
+)
 async def keys_list(call: Call, args: KeysListArgs) -> KeysPage:
     """List keys you may revoke: yours, and with keys:manage those of members whose role you could
     grant."""
@@ -327,7 +348,7 @@ async def keys_list(call: Call, args: KeysListArgs) -> KeysPage:
 
 
 class KeysRevokeArgs(TenantArgs):
-    key_id: Identifier
+    key_id: Identifier = Field(description="Key id (keys_list).")
 
 
 class KeyRevoked(Result):
@@ -337,6 +358,7 @@ class KeyRevoked(Result):
 
 @operation(
     "keys_revoke",
+    title="Revoke an API key",
     permission=AUTHENTICATED,
     toolset="identity",
     destructive=True,

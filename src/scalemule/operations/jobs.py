@@ -112,7 +112,7 @@ class JobStatus(Result):
 
 
 class JobIdArgs(TenantArgs):
-    job_id: Identifier
+    job_id: Identifier = Field(description="Job id.")
 
 
 # --- the jobs toolset: what an agent building an app uses ------------------------------------
@@ -121,16 +121,16 @@ class JobIdArgs(TenantArgs):
 class EnqueueArgs(TenantArgs):
     kind: Kind = Field(description="the handler to run, e.g. 'describe_dishes'")
     payload: JsonValue = Field(description="any JSON, ≤256 KiB; put big data in storage and pass its key")
-    queue: Queue = "default"
+    queue: Queue = Field(default="default", description="Queue name.")
     priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
     run_at: AwareDatetime | None = Field(default=None, description="ISO 8601; past = now")
-    delay_seconds: float | None = Field(default=None, ge=0, le=31_536_000)
-    max_attempts: int = Field(default=5, ge=1, le=100)
+    delay_seconds: float | None = Field(default=None, ge=0, le=31_536_000, description="Run after this delay.")
+    max_attempts: int = Field(default=5, ge=1, le=100, description="Attempts before dead.")
     timeout_seconds: int | None = Field(default=None, ge=1, le=86_400, description="per attempt")
     idempotency_key: IdempotencyKey | None = None
 
 
-@operation("jobs_enqueue", permission="jobs:write", toolset="jobs", target="kind")
+@operation("jobs_enqueue", title="Enqueue a job", permission="jobs:write", toolset="jobs", target="kind")
 async def jobs_enqueue(call: Call, args: EnqueueArgs) -> JobStatus:
     """Queue durable background work (minutes-long calls, batches) for a worker; returns the job at once.
 
@@ -155,6 +155,7 @@ async def jobs_enqueue(call: Call, args: EnqueueArgs) -> JobStatus:
 
 @operation(
     "jobs_get",
+    title="Get a job",
     permission="jobs:read",
     toolset="jobs",
     read_only=True,
@@ -164,6 +165,7 @@ async def jobs_enqueue(call: Call, args: EnqueueArgs) -> JobStatus:
         Resource(
             "scalemule://tenants/{tenant}/jobs/{job_id}",
             "A job: state, attempts, progress, result and last error",
+            name="job",
         ),
     ),
 )
@@ -207,9 +209,9 @@ class JobSummary(Result):
 
 
 class JobsListArgs(TenantPageArgs):
-    state: StateName | None = None
-    kind: Kind | None = None
-    queue: Queue | None = None
+    state: StateName | None = Field(default=None, description="Only jobs in this state.")
+    kind: Kind | None = Field(default=None, description="Only this kind.")
+    queue: Queue | None = Field(default=None, description="Only this queue.")
 
 
 class JobsPage(Result):
@@ -217,7 +219,7 @@ class JobsPage(Result):
     next_cursor: str | None
 
 
-@operation("jobs_list", permission="jobs:read", toolset="jobs", read_only=True, idempotent=True)
+@operation("jobs_list", title="List jobs", permission="jobs:read", toolset="jobs", read_only=True, idempotent=True)
 async def jobs_list(call: Call, args: JobsListArgs) -> JobsPage:
     """List the tenant's jobs, newest first, by state, kind or queue (no payloads: jobs_get has them)."""
     page, next_cursor = await paginate(
@@ -237,14 +239,16 @@ async def jobs_list(call: Call, args: JobsListArgs) -> JobsPage:
     return JobsPage(items=[JobSummary.of(j) for j in page], next_cursor=next_cursor)
 
 
-@operation("jobs_cancel", permission="jobs:write", toolset="jobs", destructive=True, target="job_id")
+@operation(
+    "jobs_cancel", title="Cancel a job", permission="jobs:write", toolset="jobs", destructive=True, target="job_id"
+)
 async def jobs_cancel(call: Call, args: JobIdArgs) -> JobStatus:
     """Cancel a job: a queued or failed one at once; a running one is asked to stop (cancel_requested)
     and its worker sees it on its next heartbeat. Finished jobs: failed_precondition."""
     return JobStatus.of(await jobs.cancel(call.conn, call.tenant_id, args.job_id, now=call.runtime.clock()))
 
 
-@operation("jobs_retry", permission="jobs:write", toolset="jobs", target="job_id")
+@operation("jobs_retry", title="Retry a job", permission="jobs:write", toolset="jobs", target="job_id")
 async def jobs_retry(call: Call, args: JobIdArgs) -> JobStatus:
     """Queue a failed, dead or cancelled job again now, with its attempts reset. New work: jobs_enqueue."""
     return JobStatus.of(await jobs.retry(call.conn, call.tenant_id, args.job_id, now=call.runtime.clock()))
@@ -257,7 +261,7 @@ class ClaimArgs(TenantArgs):
     queues: list[Queue] | None = Field(default=None, max_length=20, description="default: all")
     kinds: list[Kind] | None = Field(default=None, max_length=100, description="the kinds you handle")
     limit: int = Field(default=1, ge=1, le=100)
-    lease_seconds: int = Field(default=60, ge=1, le=3600)
+    lease_seconds: int = Field(default=60, ge=1, le=3600, description="Lease length; heartbeat to extend.")
 
 
 class ClaimedJob(Result):
@@ -294,7 +298,7 @@ class Claimed(Result):
     jobs: list[ClaimedJob]
 
 
-@operation("jobs_claim", permission="jobs:work", toolset="worker")
+@operation("jobs_claim", title="Claim jobs to work on", permission="jobs:work", toolset="worker")
 async def jobs_claim(call: Call, args: ClaimArgs) -> Claimed:
     """Take up to limit due jobs under a lease; returns at once ([] when none is due, then poll again).
 
@@ -320,13 +324,13 @@ async def jobs_claim(call: Call, args: ClaimArgs) -> Claimed:
 
 
 class LeasedArgs(TenantArgs):
-    job_id: Identifier
-    lease_token: LeaseToken
+    job_id: Identifier = Field(description="Claimed job id.")
+    lease_token: LeaseToken = Field(description="From jobs_claim.")
 
 
 class HeartbeatArgs(LeasedArgs):
-    progress: float | None = Field(default=None, ge=0, le=1)
-    message: str | None = Field(default=None, max_length=500)
+    progress: float | None = Field(default=None, ge=0, le=1, description="Fraction done.")
+    message: str | None = Field(default=None, max_length=500, description="Progress note.")
     extend_seconds: int | None = Field(default=None, ge=1, le=3600, description="default 60")
 
 
@@ -336,7 +340,7 @@ class HeartbeatResult(Result):
     lease_expires_at: datetime
 
 
-@operation("jobs_heartbeat", permission="jobs:work", toolset="worker", target="job_id")
+@operation("jobs_heartbeat", title="Extend a job's lease", permission="jobs:work", toolset="worker", target="job_id")
 async def jobs_heartbeat(call: Call, args: HeartbeatArgs) -> HeartbeatResult:
     """Extend a claimed job's lease and report progress (0..1, message). Send well within the lease.
 
@@ -364,7 +368,7 @@ class CompleteArgs(LeasedArgs):
     result: JsonValue = Field(default=None, description="any JSON, ≤256 KiB")
 
 
-@operation("jobs_complete", permission="jobs:work", toolset="worker", target="job_id")
+@operation("jobs_complete", title="Complete a job", permission="jobs:work", toolset="worker", target="job_id")
 async def jobs_complete(call: Call, args: CompleteArgs) -> JobStatus:
     """Finish a claimed job with its result. A stale lease_token (lease expired, job rescued) is a conflict."""
     now = call.runtime.clock()
@@ -378,7 +382,7 @@ class FailArgs(LeasedArgs):
     retryable: bool = Field(default=True, description="false: dead now, no more attempts")
 
 
-@operation("jobs_fail", permission="jobs:work", toolset="worker", target="job_id")
+@operation("jobs_fail", title="Fail a job attempt", permission="jobs:work", toolset="worker", target="job_id")
 async def jobs_fail(call: Call, args: FailArgs) -> JobStatus:
     """Fail a claimed job's attempt: it runs again after a backoff, or is dead when out of attempts or
     not retryable (cancelled if cancellation was requested). A stale lease_token is a conflict."""

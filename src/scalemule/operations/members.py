@@ -67,7 +67,9 @@ class MembersPage(Result):
     next_cursor: str | None
 
 
-@operation("members_list", permission="members:read", toolset="identity", read_only=True, idempotent=True)
+@operation(
+    "members_list", title="List members", permission="members:read", toolset="identity", read_only=True, idempotent=True
+)
 async def members_list(call: Call, args: TenantPageArgs) -> MembersPage:
     """List the tenant's members and roles, and people invited (with their invitation)."""
     page, next_cursor = await paginate(
@@ -82,7 +84,7 @@ async def members_list(call: Call, args: TenantPageArgs) -> MembersPage:
 class MembersAddArgs(TenantArgs):
     email: Email | None = Field(default=None, description="A person's email (user created if new).")
     principal_id: Identifier | None = Field(default=None, description="A user, or an agent of this tenant.")
-    role: Role
+    role: Role = Field(description="Role to grant.")
     name: Name | None = Field(default=None, description="New user's name (default: email).")
 
     @model_validator(mode="after")
@@ -92,7 +94,7 @@ class MembersAddArgs(TenantArgs):
         return self
 
 
-@operation("members_add", permission="members:manage", toolset="identity", target="email")
+@operation("members_add", title="Invite a member", permission="members:manage", toolset="identity", target="email")
 async def members_add(call: Call, args: MembersAddArgs) -> MemberView:
     """Invite a person by email or user id; returns the invitation they accept with
     invitations_respond. Agents of this tenant (agents_create) join directly."""
@@ -134,11 +136,11 @@ def _invited(principal: Principal, email: str | None, invitation: Invitation) ->
 
 
 class MemberArgs(TenantArgs):
-    principal_id: Identifier
+    principal_id: Identifier = Field(description="Member's principal id.")
 
 
 class MembersSetRoleArgs(MemberArgs):
-    role: Role
+    role: Role = Field(description="New role.")
 
 
 async def _check_manageable(call: Call, principal_id: str) -> Member:
@@ -149,6 +151,7 @@ async def _check_manageable(call: Call, principal_id: str) -> Member:
 
 @operation(
     "members_set_role",
+    title="Change a member's role",
     permission="members:manage",
     toolset="identity",
     idempotent=True,
@@ -164,6 +167,7 @@ async def members_set_role(call: Call, args: MembersSetRoleArgs) -> MemberView:
 
 @operation(
     "members_remove",
+    title="Remove a member",
     permission="members:manage",
     toolset="identity",
     destructive=True,
@@ -189,7 +193,7 @@ class TenantLeft(Result):
     role: str = Field(description="The role you had")
 
 
-@operation("members_leave", permission=AUTHENTICATED, toolset="identity", destructive=True)
+@operation("members_leave", title="Leave a tenant", permission=AUTHENTICATED, toolset="identity", destructive=True)
 async def members_leave(call: Call, args: TenantArgs) -> TenantLeft:
     """Leave a tenant yourself; the last owner cannot. To remove others: members_remove."""
     member = await tenants.remove_member(
@@ -230,7 +234,14 @@ class InvitationsPage(Result):
     next_cursor: str | None
 
 
-@operation("invitations_list", permission="tenants:join", toolset="identity", read_only=True, idempotent=True)
+@operation(
+    "invitations_list",
+    title="List your invitations",
+    permission="tenants:join",
+    toolset="identity",
+    read_only=True,
+    idempotent=True,
+)
 async def invitations_list(call: Call, args: PageArgs) -> InvitationsPage:
     """Your pending invitations to tenants; answer with invitations_respond."""
     page, next_cursor = await paginate(
@@ -243,7 +254,7 @@ async def invitations_list(call: Call, args: PageArgs) -> InvitationsPage:
 
 
 class InvitationsRespondArgs(Args):
-    invitation_id: Identifier
+    invitation_id: Identifier = Field(description="From invitations_list.")
     accept: bool = Field(description="false: decline")
 
 
@@ -252,7 +263,13 @@ class InvitationAnswer(Result):
     accepted: bool
 
 
-@operation("invitations_respond", permission="tenants:join", toolset="identity", target="invitation_id")
+@operation(
+    "invitations_respond",
+    title="Answer an invitation",
+    permission="tenants:join",
+    toolset="identity",
+    target="invitation_id",
+)
 async def invitations_respond(call: Call, args: InvitationsRespondArgs) -> InvitationAnswer:
     """Accept (join with the invited role) or decline an invitation from invitations_list."""
     invitation = await invitations.respond(

@@ -169,7 +169,15 @@ class PromptsPage(Result):
     items: list[PromptView]
 
 
-@operation("prompts_list", permission=AUTHENTICATED, toolset="prompts", read_only=True, idempotent=True, tool=False)
+@operation(
+    "prompts_list",
+    title="List prompts",
+    permission=AUTHENTICATED,
+    toolset="prompts",
+    read_only=True,
+    idempotent=True,
+    tool=False,
+)
 async def prompts_list(call: Call, args: PromptsListArgs) -> PromptsPage:
     """List the prompts: recipes for the workflows agents and operators repeat."""
     return PromptsPage(
@@ -188,8 +196,8 @@ async def prompts_list(call: Call, args: PromptsListArgs) -> PromptsPage:
 
 
 class PromptsGetArgs(Args):
-    name: str = Field(min_length=1, max_length=64)
-    arguments: dict[str, str] = Field(default_factory=dict, max_length=20)
+    name: str = Field(min_length=1, max_length=64, description="Prompt name.")
+    arguments: dict[str, str] = Field(default_factory=dict, max_length=20, description="Prompt arguments.")
 
 
 class PromptText(Result):
@@ -200,6 +208,7 @@ class PromptText(Result):
 
 @operation(
     "prompts_get",
+    title="Get a prompt",
     permission=AUTHENTICATED,
     toolset="prompts",
     read_only=True,

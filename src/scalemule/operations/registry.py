@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 from urllib.parse import unquote
@@ -131,6 +131,7 @@ class Resource:
 
     Attributes:
         template: e.g. ``scalemule://tenants/{tenant}/objects/{key}``; the last ``{name}`` may span slashes.
+        name: the template's short name in a client's resource list (never a tool's name).
         description: what reading it returns.
         mime_type: the content's type.
         body: the result field holding the content; None serves the whole result as JSON.
@@ -144,6 +145,7 @@ class Resource:
     body: str | None = None
     blob: bool = False
     args: tuple[tuple[str, Any], ...] = ()
+    name: str = field(kw_only=True)
 
     @cached_property
     def pattern(self) -> re.Pattern[str]:
@@ -171,6 +173,7 @@ class Operation:
     """One operation: its contract (models, permission, annotations) and its handler."""
 
     name: str
+    title: str
     description: str
     args_model: type[BaseModel]
     result_model: type[BaseModel]
@@ -210,6 +213,16 @@ class Operation:
 REGISTRY: dict[str, Operation] = {}
 
 
+def one_paragraph(docstring: str) -> str:
+    """A handler's docstring as served: wrapped lines joined, blank-line paragraph breaks kept.
+
+    Clients show a tool description as flowing text; a hard line break from the source's wrapping
+    would show as a break mid-sentence.
+    """
+    paragraphs = inspect.cleandoc(docstring).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines() if line.strip()) for p in paragraphs).strip()
+
+
 def resource_for(uri: str) -> tuple[Operation, Resource, dict[str, Any]] | None:
     """The operation and template serving ``uri``, with the arguments the URI implies.
 
@@ -231,6 +244,7 @@ def resource_for(uri: str) -> tuple[Operation, Resource, dict[str, Any]] | None:
 def operation(
     name: str,
     *,
+    title: str,
     permission: str,
     toolset: str,
     read_only: bool = False,
@@ -244,6 +258,7 @@ def operation(
 
     Args:
         name: the public tool name (snake_case, domain first).
+        title: a short human title a client shows for the tool ("Set a config value").
         permission: the permission the caller must hold, or ``AUTHENTICATED``.
         toolset: the group an operator enables with ``--toolsets``.
         read_only: changes nothing (also allowed under ``--read-only``).
@@ -265,7 +280,8 @@ def operation(
         args_model, result_model = hints["args"], hints["return"]
         REGISTRY[name] = Operation(
             name=name,
-            description=inspect.cleandoc(handler.__doc__ or ""),
+            title=title,
+            description=one_paragraph(handler.__doc__ or ""),
             args_model=args_model,
             result_model=result_model,
             permission=permission,

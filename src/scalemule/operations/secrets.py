@@ -35,13 +35,13 @@ class SecretView(Result):
 
 
 class SecretsSetArgs(TenantArgs):
-    env: EnvName
+    env: EnvName = Field(description="Environment, e.g. 'prod'.")
     name: ConfigKey = Field(description="e.g. IMAGE_API_KEY")
     value: SecretText = Field(description="up to 64 KiB; never shown again except by secrets_reveal")
     expected_version: Version | None = Field(default=None, description="fail unless current; 0 = must not exist")
 
 
-@operation("secrets_set", permission="secrets:write", toolset="secrets", target="name")
+@operation("secrets_set", title="Set a secret", permission="secrets:write", toolset="secrets", target="name")
 async def secrets_set(call: Call, args: SecretsSetArgs) -> SecretView:
     """Store a secret (API key, password) encrypted as a new version; the value is never echoed.
 
@@ -63,7 +63,7 @@ async def secrets_set(call: Call, args: SecretsSetArgs) -> SecretView:
 
 
 class SecretsListArgs(TenantPageArgs):
-    env: EnvName
+    env: EnvName = Field(description="Environment, e.g. 'prod'.")
 
 
 class SecretsPage(Result):
@@ -71,7 +71,9 @@ class SecretsPage(Result):
     next_cursor: str | None
 
 
-@operation("secrets_list", permission="secrets:read", toolset="secrets", read_only=True, idempotent=True)
+@operation(
+    "secrets_list", title="List secrets", permission="secrets:read", toolset="secrets", read_only=True, idempotent=True
+)
 async def secrets_list(call: Call, args: SecretsListArgs) -> SecretsPage:
     """List an environment's secrets: names, versions, who set them and when. Never values."""
     await readable_env(call, args.env)
@@ -85,8 +87,8 @@ async def secrets_list(call: Call, args: SecretsListArgs) -> SecretsPage:
 
 
 class SecretNameArgs(TenantArgs):
-    env: EnvName
-    name: ConfigKey
+    env: EnvName = Field(description="Environment, e.g. 'prod'.")
+    name: ConfigKey = Field(description="Secret name.")
 
 
 class SecretsRevealArgs(SecretNameArgs):
@@ -100,7 +102,13 @@ class Revealed(Result):
 
 
 @operation(
-    "secrets_reveal", permission="secrets:reveal", toolset="secrets", read_only=True, idempotent=True, target="name"
+    "secrets_reveal",
+    title="Reveal a secret value",
+    permission="secrets:reveal",
+    toolset="secrets",
+    read_only=True,
+    idempotent=True,
+    target="name",
 )
 async def secrets_reveal(call: Call, args: SecretsRevealArgs) -> Revealed:
     """Return a secret's value. Needs secrets:reveal (owner/admin by default); use secrets_list for metadata."""
@@ -112,7 +120,14 @@ async def secrets_reveal(call: Call, args: SecretsRevealArgs) -> Revealed:
     return Revealed(name=info.name, version=info.version, value=value)
 
 
-@operation("secrets_delete", permission="secrets:write", toolset="secrets", destructive=True, target="name")
+@operation(
+    "secrets_delete",
+    title="Delete a secret",
+    permission="secrets:write",
+    toolset="secrets",
+    destructive=True,
+    target="name",
+)
 async def secrets_delete(call: Call, args: SecretNameArgs) -> SecretView:
     """Delete a secret and all its kept versions. Irreversible."""
     await writable_env(call, args.env, "secrets:write")

@@ -74,12 +74,12 @@ class ObjectInfo(ObjectRef):
 
 class PutObjectArgs(TenantArgs):
     key: ObjectKey = Field(description="e.g. 'menus/week-1.json'")
-    content: Content
-    encoding: Literal["text", "base64"] = "text"
-    content_type: str | None = Field(default=None, max_length=255)
+    content: Content = Field(description="The bytes, as text or base64.")
+    encoding: Literal["text", "base64"] = Field(default="text", description="How content is encoded.")
+    content_type: str | None = Field(default=None, max_length=255, description="MIME type.")
     metadata: dict[str, str] = Field(default_factory=dict, description="≤2 KiB")
-    if_none_match: bool = False
-    if_match: Etag | None = None
+    if_none_match: bool = Field(default=False, description="Fail if the key exists.")
+    if_match: Etag | None = Field(default=None, description="Fail unless the etag is current.")
     idempotency_key: IdempotencyKey | None = None
 
 
@@ -104,7 +104,14 @@ def _decode(args: PutObjectArgs) -> bytes:
     return data
 
 
-@operation("storage_put_object", permission="storage:write", toolset="storage", destructive=True, target="key")
+@operation(
+    "storage_put_object",
+    title="Store an object",
+    permission="storage:write",
+    toolset="storage",
+    destructive=True,
+    target="key",
+)
 async def storage_put_object(call: Call, args: PutObjectArgs) -> ObjectRef:
     """Store text or base64 (≤16 MiB) at a key, replacing any object there.
 
@@ -128,13 +135,15 @@ async def storage_put_object(call: Call, args: PutObjectArgs) -> ObjectRef:
 
 
 class KeyArgs(TenantArgs):
-    key: ObjectKey
+    key: ObjectKey = Field(description="Object key.")
 
 
 class GetObjectArgs(KeyArgs):
-    max_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1, le=MAX_INLINE_BYTES)
-    offset: int = Field(default=0, ge=0, le=2**62)
-    length: int | None = Field(default=None, ge=0, le=2**62)
+    max_bytes: int = Field(
+        default=DEFAULT_MAX_BYTES, ge=1, le=MAX_INLINE_BYTES, description="Return at most this many."
+    )
+    offset: int = Field(default=0, ge=0, le=2**62, description="First byte to read.")
+    length: int | None = Field(default=None, ge=0, le=2**62, description="Bytes to read.")
 
 
 class ObjectContent(ObjectRef):
@@ -161,7 +170,13 @@ def _render(obj: StoredObject, data: bytes, *, cut: bool) -> tuple[Literal["text
 
 
 @operation(
-    "storage_get_object", permission="storage:read", toolset="storage", read_only=True, idempotent=True, target="key"
+    "storage_get_object",
+    title="Get an object",
+    permission="storage:read",
+    toolset="storage",
+    read_only=True,
+    idempotent=True,
+    target="key",
 )
 async def storage_get_object(call: Call, args: GetObjectArgs) -> ObjectContent:
     """Read an object (text if textual, else base64): max_bytes from offset; truncated and next_offset
@@ -186,7 +201,13 @@ async def storage_get_object(call: Call, args: GetObjectArgs) -> ObjectContent:
 
 
 @operation(
-    "storage_head_object", permission="storage:read", toolset="storage", read_only=True, idempotent=True, target="key"
+    "storage_head_object",
+    title="Get object metadata",
+    permission="storage:read",
+    toolset="storage",
+    read_only=True,
+    idempotent=True,
+    target="key",
 )
 async def storage_head_object(call: Call, args: KeyArgs) -> ObjectInfo:
     """Show an object's size, type, sha256, etag, metadata and writers, without content."""
@@ -200,6 +221,7 @@ class ObjectBlob(ObjectRef):
 
 @operation(
     "storage_read_object",
+    title="Read an object",
     permission="storage:read",
     toolset="storage",
     read_only=True,
@@ -213,6 +235,7 @@ class ObjectBlob(ObjectRef):
             "application/octet-stream",
             body="content",
             blob=True,
+            name="object",
         ),
     ),
 )
@@ -239,7 +262,7 @@ async def storage_read_object(call: Call, args: KeyArgs) -> ObjectBlob:
 
 
 class ListObjectsArgs(TenantPageArgs):
-    prefix: ObjectKey = ""
+    prefix: ObjectKey = Field(default="", description="Only keys starting with this.")
     delimiter: str | None = Field(default=None, max_length=16, description="'/': one level")
 
 
@@ -257,7 +280,14 @@ class ObjectsPage(Result):
     next_cursor: str | None
 
 
-@operation("storage_list_objects", permission="storage:read", toolset="storage", read_only=True, idempotent=True)
+@operation(
+    "storage_list_objects",
+    title="List objects",
+    permission="storage:read",
+    toolset="storage",
+    read_only=True,
+    idempotent=True,
+)
 async def storage_list_objects(call: Call, args: ListObjectsArgs) -> ObjectsPage:
     """List objects by key under a prefix; with delimiter, sub-levels come back in prefixes."""
     listing = await storage.list_objects(
@@ -279,11 +309,12 @@ async def storage_list_objects(call: Call, args: ListObjectsArgs) -> ObjectsPage
 
 
 class DeleteObjectArgs(KeyArgs):
-    if_match: Etag | None = None
+    if_match: Etag | None = Field(default=None, description="Fail unless the etag is current.")
 
 
 @operation(
     "storage_delete_object",
+    title="Delete an object",
     permission="storage:write",
     toolset="storage",
     destructive=True,
@@ -300,8 +331,10 @@ async def storage_delete_object(call: Call, args: DeleteObjectArgs) -> ObjectRef
 
 
 class SignedUrlArgs(KeyArgs):
-    method: Literal["GET", "PUT"] = "GET"
-    expires_in_seconds: int = Field(default=DEFAULT_EXPIRY_SECONDS, ge=1, le=MAX_EXPIRY_SECONDS)
+    method: Literal["GET", "PUT"] = Field(default="GET", description="GET to download, PUT to upload.")
+    expires_in_seconds: int = Field(
+        default=DEFAULT_EXPIRY_SECONDS, ge=1, le=MAX_EXPIRY_SECONDS, description="URL lifetime."
+    )
     content_type: str | None = Field(default=None, max_length=255, description="PUT only")
 
 
@@ -311,9 +344,12 @@ class SignedUrl(Result):
     expires_at: datetime
     sha256: str | None
     size: int | None
+    served_by: str | None = Field(description="What must run for url to work; null: the object store.")
 
 
-@operation("storage_create_signed_url", permission="storage:read", toolset="storage", target="key")
+@operation(
+    "storage_create_signed_url", title="Create a signed URL", permission="storage:read", toolset="storage", target="key"
+)
 async def storage_create_signed_url(call: Call, args: SignedUrlArgs) -> SignedUrl:
     """Make an expiring URL to GET or PUT an object's bytes directly, so big files skip the conversation
     (default 15 minutes, at most 7 days)."""
@@ -325,7 +361,12 @@ async def storage_create_signed_url(call: Call, args: SignedUrlArgs) -> SignedUr
         content_type = None if args.content_type is None else object_rules.check_content_type(args.content_type)
         grant = replace(base, content_type=content_type, nonce=new_nonce())
         return SignedUrl(
-            url=call.runtime.signed_url(grant), method="PUT", expires_at=grant.expires, sha256=None, size=None
+            url=call.runtime.signed_url(grant),
+            method="PUT",
+            expires_at=grant.expires,
+            sha256=None,
+            size=None,
+            served_by=call.runtime.signed_url_server,
         )
     obj = await storage.head(call.conn, tenant_id=call.tenant_id, key=key)
     grant = replace(base, etag=obj.etag)
@@ -342,4 +383,5 @@ async def storage_create_signed_url(call: Call, args: SignedUrlArgs) -> SignedUr
         expires_at=grant.expires,
         sha256=obj.sha256,
         size=obj.size,
+        served_by=None if direct else call.runtime.signed_url_server,
     )

@@ -203,6 +203,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         assert key is not None
         await _with_job_maintenance(runtime, lambda: serve_stdio(dispatcher, key))
 
+    settings = settings.for_http(args.host, args.port) if args.transport == "http" else settings
     anyio.run(_with_runtime, settings, body)
     return 0
 

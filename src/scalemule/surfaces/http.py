@@ -192,6 +192,48 @@ async def _json_rpc_error(send: Send, status: int, code: int, error: ErrorBody) 
     await send({"type": "http.response.body", "body": payload})
 
 
+class Health:
+    """``GET /healthz`` (the process answers) and ``GET /readyz`` (its database and object store do),
+    without authentication, so a load balancer or orchestrator can probe every replica.
+
+    They reveal nothing but the status: no version, no store kind, no error text (that goes to the log).
+    """
+
+    def __init__(self, app: ASGIApp, dispatcher: Dispatcher) -> None:
+        self.app = app
+        self.dispatcher = dispatcher
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path") if scope["type"] == "http" else None
+        if path not in ("/healthz", "/readyz"):
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await _json(send, 405, {"status": "method not allowed"}, ((b"allow", b"GET, HEAD"),))
+            return
+        if path == "/healthz":
+            await _json(send, 200, {"status": "ok"})
+            return
+        checks = await self.dispatcher.runtime.readiness()
+        if all(checks.values()):
+            await _json(send, 200, {"status": "ok"})
+            return
+        named = {name: "ok" if fine else "failed" for name, fine in checks.items()}
+        await _json(send, 503, {"status": "unavailable", "checks": named})
+
+
+async def _json(send: Send, status: int, body: dict[str, Any], extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    payload = json.dumps(body).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        (b"cache-control", b"no-store"),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
 def build_app(dispatcher: Dispatcher, *, host: str = "127.0.0.1") -> Starlette:
     """The ASGI app serving MCP at ``/mcp``; stateless, so replicas can share a load balancer."""
     server = build_server(dispatcher, bearer_token, "http", chosen_exposure)
@@ -202,4 +244,6 @@ def build_app(dispatcher: Dispatcher, *, host: str = "127.0.0.1") -> Starlette:
     app.add_middleware(ToolsetChoice)
     # Outermost: signed object URLs carry their own credential, so they are answered before BearerAuth.
     app.add_middleware(SignedObjects, dispatcher=dispatcher)
+    # Probes carry no credential and must answer even when nothing else would.
+    app.add_middleware(Health, dispatcher=dispatcher)
     return app

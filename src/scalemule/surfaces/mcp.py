@@ -15,15 +15,18 @@ from scalemule.core.unit_of_work import network_source
 from scalemule.dispatch import Dispatcher, Exposure, Invocation, Outcome, toolsets
 from scalemule.operations import REGISTRY, Operation, resource_for
 from scalemule.operations.docs import topics
+from scalemule.operations.prompts import PROMPTS
 
 
 def instructions(exposure: Exposure) -> str:
     """The server's instructions: what ScaleMule is, how to call it, and what this server serves."""
     chosen = "every toolset" if exposure.toolsets is None else ", ".join(sorted(exposure.toolsets))
     others = [t for t in toolsets() if exposure.toolsets is not None and t not in exposure.toolsets]
+    # The default list takes tools from several toolsets: the others are not absent, only incomplete.
+    partly = exposure.toolsets is not None and "default" in exposure.toolsets
     more = (
-        f" Not served here: {', '.join(others)} (start the server with --toolsets, or over HTTP send the "
-        "X-MCP-Toolsets header)."
+        f" {'More tools in' if partly else 'Not served here'}: {', '.join(others)} (start the server with "
+        "--toolsets, or over HTTP send the X-MCP-Toolsets header)."
         if others
         else ""
     )
@@ -32,10 +35,11 @@ def instructions(exposure: Exposure) -> str:
         "tenants, config and secrets per environment, object storage, background jobs and an audit log. "
         "Start with whoami. Tenant-scoped tools take an optional `tenant` slug; without it they act in "
         "your key's tenant (or your only one). Lists page with `limit` and `cursor` (pass `next_cursor`). "
+        "Creates take an optional `idempotency_key`: a retry with the same key replays the first result. "
         "Errors begin with a stable code and say what to do next. "
         "Work that takes longer than a call: jobs_enqueue, then poll jobs_get. "
         f"Tools served: {chosen}{' (read-only)' if exposure.read_only else ''}.{more} "
-        "Prompts: set_up_app_backend, ship_config_to_prod, investigate_agent. Docs: scalemule://docs/{topic}."
+        f"Prompts: {', '.join(PROMPTS)}. Docs: scalemule://docs/{{topic}}."
     )
 
 
@@ -46,9 +50,10 @@ ExposureOf = Callable[[ServerRequestContext[Any, Any]], Exposure | None]
 
 
 def tool_definition(op: Operation) -> types.Tool:
-    """The MCP tool for ``op``: name, description, schemas and the four annotations."""
+    """The MCP tool for ``op``: name, title, description, schemas and the four annotations."""
     return types.Tool(
         name=op.name,
+        title=op.title,
         description=op.description,
         input_schema=op.input_schema,
         output_schema=op.output_schema,
@@ -152,7 +157,7 @@ def build_server(
         return types.ListResourceTemplatesResult(
             resource_templates=[
                 types.ResourceTemplate(
-                    uri_template=r.template, name=op.name, description=r.description, mime_type=r.mime_type
+                    uri_template=r.template, name=r.name, description=r.description, mime_type=r.mime_type
                 )
                 for op in REGISTRY.values()
                 for r in op.resources

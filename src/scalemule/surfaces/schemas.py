@@ -1,4 +1,5 @@
-"""Generated files: tool_schemas/*.json and docs/tools.md, both derived from the registry.
+"""Generated files: tool_schemas/*.json and docs/tools.md, derived from the registry, and the settings
+table in docs/operations.md, derived from the settings model.
 
 ``scalemule schemas`` rewrites them; ``scalemule schemas --check`` (and a test) fails on drift.
 """
@@ -11,12 +12,18 @@ from typing import Any
 
 from scalemule.dispatch import DEFAULT_TOOLS
 from scalemule.operations import REGISTRY, Operation
+from scalemule.settings import settings_table
+
+# The generated part of docs/operations.md lies between these lines; the rest is written by hand.
+SETTINGS_START = "<!-- settings table: generated from the settings model by `scalemule schemas` -->"
+SETTINGS_END = "<!-- end of settings table -->"
 
 
 def tool_schema(op: Operation) -> dict[str, Any]:
     """The published contract of one tool."""
     return {
         "name": op.name,
+        "title": op.title,
         "description": op.description,
         "toolset": op.toolset,
         "permission": op.permission,
@@ -51,6 +58,8 @@ def tools_markdown() -> str:
             lines += [
                 f"### `{op.name}`" + (" (default)" if op.name in DEFAULT_TOOLS else ""),
                 "",
+                f"**{op.title}.**",
+                "",
                 op.description,
                 "",
                 f"- permission: `{op.permission}`",
@@ -76,7 +85,19 @@ def render(root: Path) -> dict[Path, str]:
         for op in _tools()
     }
     files[root / "docs" / "tools.md"] = tools_markdown()
+    operations = root / "docs" / "operations.md"
+    if operations.exists():
+        files[operations] = with_settings_table(operations.read_text(encoding="utf-8"))
     return files
+
+
+def with_settings_table(markdown: str) -> str:
+    """``markdown`` with the settings table between its markers rewritten from the settings model."""
+    head, start, rest = markdown.partition(SETTINGS_START)
+    _, end, tail = rest.partition(SETTINGS_END)
+    if not start or not end:
+        return markdown
+    return f"{head}{SETTINGS_START}\n{settings_table()}{SETTINGS_END}{tail}"
 
 
 def drift(root: Path) -> list[Path]:
