@@ -20,6 +20,7 @@ class Settings:
         s3_endpoint_url: an S3-compatible endpoint (MinIO, R2, ...); None is AWS.
         s3_prefix: key prefix inside the bucket, so deployments can share one.
         public_url: the HTTP surface's base URL, used in signed URLs it serves.
+        task_ttl_seconds: how long a task handle is promised to stay readable (its ``ttlMs``).
     """
 
     data_dir: Path = field(default_factory=lambda: Path(".scalemule"))
@@ -31,6 +32,7 @@ class Settings:
     s3_endpoint_url: str | None = None
     s3_prefix: str = ""
     public_url: str = "http://127.0.0.1:8765"
+    task_ttl_seconds: int = 7 * 24 * 3600
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -46,6 +48,7 @@ class Settings:
             s3_endpoint_url=env.get("SCALEMULE_S3_ENDPOINT_URL") or None,
             s3_prefix=env.get("SCALEMULE_S3_PREFIX") or "",
             public_url=(env.get("SCALEMULE_PUBLIC_URL") or "http://127.0.0.1:8765").rstrip("/"),
+            task_ttl_seconds=int(env.get("SCALEMULE_TASK_TTL_SECONDS") or 7 * 24 * 3600),
         )
 
     @property
