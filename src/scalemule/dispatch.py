@@ -39,7 +39,6 @@ from scalemule.operations import REGISTRY, Operation
 from scalemule.operations.base import AuditNote, Call, bounded, encodable, recorded_args, redacted
 from scalemule.runtime import Runtime
 
-
 Via = Literal["tool", "resource", "prompt", "task"]
 
 

@@ -201,9 +201,7 @@ async def test_a_dead_job_surfaces_as_a_completed_task_with_an_is_error_result(
 ) -> None:
     created = await run_task(agent, payload={}, max_attempts=1)
     token = await claim(deployment, created["taskId"])
-    await owner_call(
-        deployment, "jobs_fail", job_id=created["taskId"], lease_token=token, error="menu text unreadable"
-    )
+    await owner_call(deployment, "jobs_fail", job_id=created["taskId"], lease_token=token, error="menu text unreadable")
     dead = await get_task(agent, created["taskId"])
     assert dead["status"] == "completed" and dead["result"]["isError"] is True
     assert dead["result"]["structuredContent"]["error"]["code"] == "failed_precondition"
@@ -236,6 +234,7 @@ async def test_a_client_without_the_extension_gets_an_ordinary_result_never_a_ta
         {"name": "jobs_run", "arguments": {"kind": "tasks.e2e", "payload": {}, "wait_seconds": 0.2}},
         tasks=False,
     )
+    assert "result" in answer, answer
     result = answer["result"]
     assert result["resultType"] == "complete" and result["isError"] is False
     outcome = result["structuredContent"]

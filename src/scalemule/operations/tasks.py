@@ -155,9 +155,7 @@ class CancelAck(Result):
     state: str
 
 
-@operation(
-    "tasks_cancel", permission="jobs:write", toolset="jobs", destructive=True, target="task_id", tool=False
-)
+@operation("tasks_cancel", permission="jobs:write", toolset="jobs", destructive=True, target="task_id", tool=False)
 async def tasks_cancel(call: Call, args: TaskArgs) -> CancelAck:
     """Ask a task's job to stop, as jobs_cancel does, for ``tasks/cancel``; a finished one is left as it
     is (the protocol's cancellation is cooperative and always acknowledged)."""

@@ -124,15 +124,19 @@ def build_server(
     ) -> types.ListToolsResult:
         return types.ListToolsResult(tools=tools_for(exposure_of(ctx)))
 
-    async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> dict[str, Any]:
-        # A dict, not a CallToolResult: a task-aware client may get a CreateTaskResult instead.
+    async def call_tool(
+        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult | dict[str, Any]:
+        # Registered as a plain request method (below) so that a task-aware client may get a
+        # CreateTaskResult, whose resultType the SDK passes through; every other answer is a CallToolResult.
         outcome = await invoke(ctx, params.name, params.arguments)
         if outcome.error is not None:
-            return tasks.error_result(outcome.error)
+            return types.CallToolResult.model_validate(tasks.error_result(outcome.error))
         assert outcome.result is not None
         if params.name not in tasks.TASK_TOOLS:
-            return tasks.ok_result(outcome.result)
-        return await as_task(ctx, params, outcome.result)
+            return types.CallToolResult.model_validate(tasks.ok_result(outcome.result))
+        answer = await as_task(ctx, params, outcome.result)
+        return answer if answer.get("resultType") == "task" else types.CallToolResult.model_validate(answer)
 
     async def as_task(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams, run: dict[str, Any]
@@ -162,9 +166,7 @@ def build_server(
     async def get_task(ctx: ServerRequestContext[Any, Any], params: types.GetTaskRequestParams) -> dict[str, Any]:
         return await task_method(ctx, "tasks_get", params.task_id)
 
-    async def cancel_task(
-        ctx: ServerRequestContext[Any, Any], params: types.CancelTaskRequestParams
-    ) -> dict[str, Any]:
+    async def cancel_task(ctx: ServerRequestContext[Any, Any], params: types.CancelTaskRequestParams) -> dict[str, Any]:
         return await task_method(ctx, "tasks_cancel", params.task_id)
 
     async def update_task(ctx: ServerRequestContext[Any, Any], params: types.GetTaskRequestParams) -> dict[str, Any]:
