@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 import anyio
 
 from scalemule import __version__
-from scalemule.core import bootstrap, crypto, identity, secrets, unit_of_work
+from scalemule.core import audit_checkpoints, bootstrap, crypto, identity, secrets, unit_of_work
 from scalemule.core.errors import InvalidArgument, ScaleMuleError
 from scalemule.core.identity import KeyRecord
 from scalemule.core.pages import paginate
@@ -99,6 +100,7 @@ def private_dir(path: Path) -> None:
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     private_dir(settings.data_dir)
+    audit_checkpoints.create_signing_key_file(settings.data_dir)
 
     async def body(runtime: Runtime) -> bootstrap.Bootstrap:
         await migrate.upgrade(runtime.db.engine)
@@ -324,6 +326,138 @@ def cmd_storage_sweep(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+class _Bar:
+    """A progress bar on stderr when it is a terminal; silent when piped."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.shown = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.shown and total:
+            filled = 30 * done // total
+            bar = "#" * filled + "." * (30 - filled)
+            print(f"\r{self.label} [{bar}] {done}/{total} events", end="", file=sys.stderr, flush=True)
+            if done >= total:
+                print(file=sys.stderr)
+
+
+async def _chains(runtime: Runtime, slug: str | None) -> list[tuple[str, str]]:
+    """(chain, label) pairs: one tenant's chain by slug, or every chain (``--all``)."""
+    from scalemule.core import audit_verify, tenants
+
+    if slug is None:
+        found = await audit_verify.chains(audit_verify.reader(runtime.db), runtime.blobs)
+        return [(chain, chain) for chain in found]
+    async with runtime.db.transaction() as conn:
+        tenant = await tenants.find_for_operator(conn, slug)
+    return [(tenant.id, slug)]
+
+
+def _public_keys(values: list[str]) -> dict[str, bytes]:
+    from scalemule.core.audit_checkpoints import parse_public_keys
+
+    keys: dict[str, bytes] = {}
+    for value in values:
+        text = Path(value).read_text(encoding="utf-8") if Path(value).is_file() else value
+        if text.lstrip().startswith("{"):  # the JSON 'scalemule audit public-key' prints
+            text = "\n".join(f"{k['key_id']} {k['public_key']}" for k in json.loads(text)["keys"])
+        keys |= parse_public_keys(text)
+    return keys
+
+
+def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from scalemule.core import audit_export, audit_verify
+
+    if args.file is not None:
+        if not args.public_key:
+            raise InvalidArgument(
+                "--file needs --public-key", hint="Pass the keys 'scalemule audit public-key' prints."
+            )
+        keys = _public_keys(args.public_key)
+        with open(args.file, encoding="utf-8") as first, open(args.file, encoding="utf-8") as second:
+            report = audit_export.verify_lines(first, second, keys)
+        _print_json({"ok": report.ok, "chains": [report.to_dict()]})
+        return 0 if report.ok else 1
+    if (args.tenant is None) == (not args.all):
+        raise InvalidArgument("say which log to verify", hint="Pass --tenant SLUG, --all, or --file with --public-key.")
+
+    async def body(runtime: Runtime) -> tuple[list[dict[str, Any]], int]:
+        await _require_schema(runtime)
+        results, repaired = [], 0
+        for chain, label in await _chains(runtime, args.tenant):
+            report, fixed = await audit_verify.verify_stored(
+                runtime.db, runtime.notary, chain, from_seq=args.from_seq, to_seq=args.to_seq,
+                progress=_Bar(label), repair_digests=args.repair_digests,
+            )  # fmt: skip
+            results.append({**report.to_dict(), "tenant": label})
+            repaired += fixed
+        if repaired:
+            await unit_of_work.operator(runtime.db, "audit_repair_digests", {"repaired": repaired})[0].commit()
+        return results, repaired
+
+    results, repaired = anyio.run(_with_runtime, settings, body)
+    ok = all(r["ok"] for r in results)
+    _print_json({"ok": ok, "chains": results} | ({"repaired_digests": repaired} if args.repair_digests else {}))
+    return 0 if ok else 1
+
+
+def cmd_audit_export(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import datetime
+
+    from scalemule.core import audit_export
+
+    def moment(text: str | None) -> datetime | None:
+        return None if text is None else datetime.fromisoformat(text)
+
+    async def body(runtime: Runtime, out: Any) -> None:
+        await _require_schema(runtime)
+        ((chain, _),) = await _chains(runtime, args.tenant)
+        what = {"format": args.format, "since": args.since, "until": args.until}
+        work, _ = unit_of_work.operator(runtime.db, "audit_export", what, tenant_id=chain, target=args.tenant)
+        async with work.recorded():
+            window = audit_export.Window(chain, args.tenant, moment(args.since), moment(args.until), args.format)
+            async for line in audit_export.export(runtime.db, runtime.notary, window):
+                out.write(line + "\n")
+            await work.commit()
+
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout if args.output is None else stack.enter_context(open(args.output, "w", encoding="utf-8"))
+        anyio.run(_with_runtime, settings, lambda runtime: body(runtime, out))
+    return 0
+
+
+def cmd_audit_public_key(args: argparse.Namespace, settings: Settings) -> int:
+    import base64
+
+    from scalemule.core.audit_checkpoints import SigningKeys
+
+    signing = SigningKeys(settings.data_dir)
+    current = signing.current()[0] if signing.from_environment or signing.path.is_file() else None
+    keys = [
+        {"key_id": kid, "public_key": base64.b64encode(raw).decode(), "current": kid == current}
+        for kid, raw in signing.public_keys().items()
+    ]
+    _print_json({"keys": keys})
+    return 0
+
+
+def cmd_audit_rotate_signing_key(args: argparse.Namespace, settings: Settings) -> int:
+    from scalemule.core.audit_checkpoints import SigningKeys
+
+    async def body(runtime: Runtime) -> dict[str, str]:
+        await _require_schema(runtime)
+        work, trace = unit_of_work.operator(runtime.db, "audit_rotate_signing_key")
+        async with work.recorded():
+            signing = SigningKeys(settings.data_dir)
+            trace.args.update(previous_key_id=signing.current()[0], key_id=signing.rotate())
+            await work.commit()
+        return dict(trace.args)
+
+    _print_json(anyio.run(_with_runtime, settings, body))
+    return 0
+
+
 def cmd_tools(args: argparse.Namespace, settings: Settings) -> int:
     for op in REGISTRY.values():
         if op.tool:
@@ -419,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
     p.set_defaults(run=cmd_storage_sweep)
 
+    _audit_parsers(sub)
     sub.add_parser("tools", help="list the operations").set_defaults(run=cmd_tools)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(run=cmd_migrate)
 
@@ -427,6 +562,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=".", help="repository root (default: .)")
     p.set_defaults(run=cmd_schemas)
     return parser
+
+
+def _audit_parsers(sub: Any) -> None:
+    audit_parser = sub.add_parser("audit", help="verify, export and sign the audit log").add_subparsers(
+        dest="audit_command", required=True
+    )
+    p = audit_parser.add_parser("verify", help="check hash chains, signed checkpoints and digest objects")
+    p.add_argument("--tenant", help="the tenant's chain (slug)")
+    p.add_argument("--all", action="store_true", help="every chain, the global one included")
+    p.add_argument("--from-seq", type=int, default=1, help="first sequence number (default: 1, genesis)")
+    p.add_argument("--to-seq", type=int, help="last sequence number (default: the head)")
+    p.add_argument("--repair-digests", action="store_true", help="rewrite missing digest objects of valid checkpoints")
+    p.add_argument("--file", help="verify an export offline (no database)")
+    p.add_argument("--public-key", action="append", default=[], help="trusted key (base64, or a file); repeatable")
+    p.set_defaults(run=cmd_audit_verify)
+    p = audit_parser.add_parser("export", help="stream a tenant's events with the checkpoints proving them")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--since", help="ISO 8601, inclusive")
+    p.add_argument("--until", help="ISO 8601, exclusive")
+    p.add_argument("--format", choices=["jsonl", "ocsf"], default="jsonl")
+    p.add_argument("--output", help="write to this file instead of stdout")
+    p.set_defaults(run=cmd_audit_export)
+    audit_parser.add_parser("public-key", help="print every checkpoint verification key").set_defaults(
+        run=cmd_audit_public_key
+    )
+    audit_parser.add_parser("rotate-signing-key", help="sign with a new key; old ones keep verifying").set_defaults(
+        run=cmd_audit_rotate_signing_key
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
