@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -39,6 +39,8 @@ from scalemule.operations import REGISTRY, Operation
 from scalemule.operations.base import AuditNote, Call, bounded, encodable, recorded_args, redacted
 from scalemule.runtime import Runtime
 
+Via = Literal["tool", "resource", "prompt", "task"]
+
 
 @dataclass(frozen=True)
 class Invocation:
@@ -54,8 +56,9 @@ class Invocation:
     request_id: str | None = None
     # Set for MCP resource reads: the URI read, recorded as the audit target.
     resource: str | None = None
-    # True for MCP prompts/list and prompts/get, served by operations that are not tools.
-    prompt: bool = False
+    # How the call reached us: as a tool, or as an MCP resource read, prompt or task method, which are
+    # served by operations that are not tools (Operation.tool=False) as well.
+    via: Via = "tool"
     # The toolsets a client chose for itself (over HTTP), in place of the server's; never lifts --read-only.
     exposure: Exposure | None = None
     # Where a network client connects from (core.unit_of_work.network_source): refused calls are
@@ -118,6 +121,7 @@ DEFAULT_TOOLS = frozenset(
         "jobs_get",
         "jobs_list",
         "jobs_cancel",
+        "jobs_run",
     }
 )
 DEFAULT = "default"
@@ -297,7 +301,7 @@ class Dispatcher:
                 hint="See resources/templates/list for the URIs served.",
             )
         # Operations that are not tools are served as MCP resources and prompts, and to the operator's CLI.
-        if op is None or (not op.tool and inv.resource is None and not inv.prompt and inv.transport != "cli"):
+        if op is None or (not op.tool and inv.resource is None and inv.via == "tool" and inv.transport != "cli"):
             tools = [o.name for o in REGISTRY.values() if o.tool]
             near = difflib.get_close_matches(name, tools, n=1)
             guess = f"Did you mean '{near[0]}'? " if near else ""

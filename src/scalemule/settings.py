@@ -69,6 +69,9 @@ class Settings(BaseSettings):
         default=None, description="An S3-compatible endpoint (MinIO, R2, ...); unset: AWS."
     )
     s3_prefix: str = Field(default="", description="Key prefix inside the bucket, so deployments can share one.")
+    task_ttl_seconds: int = Field(
+        default=7 * 24 * 3600, ge=1, description="How long a task handle stays readable (its `ttlMs`), in seconds."
+    )
     public_url: str = Field(
         default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
         description=(

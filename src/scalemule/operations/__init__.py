@@ -10,6 +10,7 @@ from scalemule.operations import (  # noqa: F401  (registers the operations)
     members,
     prompts,
     secrets,
+    tasks,
 )
 from scalemule.operations.registry import REGISTRY, Operation, Resource, operation, resource_for
 

@@ -12,10 +12,11 @@ from mcp.shared.exceptions import MCPError
 
 from scalemule import __version__
 from scalemule.core.unit_of_work import network_source
-from scalemule.dispatch import Dispatcher, Exposure, Invocation, Outcome, toolsets
+from scalemule.dispatch import Dispatcher, Exposure, Invocation, Outcome, Via, toolsets
 from scalemule.operations import REGISTRY, Operation, resource_for
 from scalemule.operations.docs import topics
 from scalemule.operations.prompts import PROMPTS
+from scalemule.surfaces import tasks
 
 
 def instructions(exposure: Exposure) -> str:
@@ -37,7 +38,8 @@ def instructions(exposure: Exposure) -> str:
         "your key's tenant (or your only one). Lists page with `limit` and `cursor` (pass `next_cursor`). "
         "Creates take an optional `idempotency_key`: a retry with the same key replays the first result. "
         "Errors begin with a stable code and say what to do next. "
-        "Work that takes longer than a call: jobs_enqueue, then poll jobs_get. "
+        "Work that takes longer than a call: jobs_run (MCP Tasks clients get a task handle), or "
+        "jobs_enqueue, then poll jobs_get. "
         f"Tools served: {chosen}{' (read-only)' if exposure.read_only else ''}.{more} "
         f"Prompts: {', '.join(PROMPTS)}. Docs: scalemule://docs/{{topic}}."
     )
@@ -95,7 +97,7 @@ def build_server(
         arguments: Any,
         resource: str | None = None,
         *,
-        prompt: bool = False,
+        via: Via = "tool",
     ) -> Outcome:
         params = ctx.session.client_params
         client = params.client_info if params is not None else None
@@ -116,7 +118,7 @@ def build_server(
                 session_id=session_id,
                 request_id=None if ctx.request_id is None else str(ctx.request_id),
                 resource=resource,
-                prompt=prompt,
+                via="resource" if resource is not None else via,
                 exposure=exposure_of(ctx),
                 source=None if address is None else network_source(address),
             )
@@ -129,17 +131,56 @@ def build_server(
 
     async def call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | dict[str, Any]:
+        # Registered as a plain request method (below) so that a task-aware client may get a
+        # CreateTaskResult, whose resultType the SDK passes through; every other answer is a CallToolResult.
         outcome = await invoke(ctx, params.name, params.arguments)
         if outcome.error is not None:
-            error = outcome.error
-            return types.CallToolResult(
-                content=[types.TextContent(text=error.text)],
-                structured_content={"error": {"code": error.code, "message": error.message, "hint": error.hint}},
-                is_error=True,
-            )
-        text = json.dumps(outcome.result, ensure_ascii=False, separators=(",", ":"))
-        return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=outcome.result)
+            return types.CallToolResult.model_validate(tasks.error_result(outcome.error))
+        assert outcome.result is not None
+        if params.name not in tasks.TASK_TOOLS:
+            return types.CallToolResult.model_validate(tasks.ok_result(outcome.result))
+        answer = await as_task(ctx, params, outcome.result)
+        return answer if answer.get("resultType") == "task" else types.CallToolResult.model_validate(answer)
+
+    async def as_task(
+        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams, run: dict[str, Any]
+    ) -> dict[str, Any]:
+        # The job is committed (dispatch returned), so the handle given here always resolves on tasks/get.
+        tenant = (params.arguments or {}).get("tenant")
+        args = {"task_id": run["job_id"], **({"tenant": tenant} if isinstance(tenant, str) else {})}
+        if tasks.task_aware(ctx):
+            seen = await invoke(ctx, "tasks_get", args, via="task")
+            if seen.error is not None:
+                return tasks.error_result(seen.error)
+            assert seen.result is not None
+            return tasks.created(seen.result)
+        wait = (params.arguments or {}).get("wait_seconds", 20)
+        return await tasks.wait_for(
+            lambda name, a: invoke(ctx, name, a, via="task"), run["job_id"], args.get("tenant"), float(wait)
+        )
+
+    async def task_method(ctx: ServerRequestContext[Any, Any], operation: str, task_id: str) -> dict[str, Any]:
+        tasks.require_tasks(ctx)
+        outcome = await invoke(ctx, operation, {"task_id": task_id}, via="task")
+        if outcome.error is not None:
+            raise tasks.protocol_error(outcome.error)
+        assert outcome.result is not None
+        return tasks.task(outcome.result) if operation == "tasks_get" else {}
+
+    async def get_task(ctx: ServerRequestContext[Any, Any], params: types.GetTaskRequestParams) -> dict[str, Any]:
+        return await task_method(ctx, "tasks_get", params.task_id)
+
+    async def cancel_task(ctx: ServerRequestContext[Any, Any], params: types.CancelTaskRequestParams) -> dict[str, Any]:
+        return await task_method(ctx, "tasks_cancel", params.task_id)
+
+    async def update_task(ctx: ServerRequestContext[Any, Any], params: types.GetTaskRequestParams) -> dict[str, Any]:
+        tasks.require_tasks(ctx)
+        raise MCPError(
+            code=types.INVALID_PARAMS,
+            message=f"task {params.task_id[:64]!r} asks for no input: no ScaleMule task ever does (input_required "
+            "is never used). Poll it with tasks/get.",
+        )
 
     async def list_resources(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -194,7 +235,7 @@ def build_server(
     async def list_prompts(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListPromptsResult:
-        outcome = await invoke(ctx, "prompts_list", {}, prompt=True)
+        outcome = await invoke(ctx, "prompts_list", {}, via="prompt")
         if outcome.error is not None:
             raise MCPError(code=types.INVALID_PARAMS, message=outcome.error.text)
         assert outcome.result is not None
@@ -214,22 +255,29 @@ def build_server(
         ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
     ) -> types.GetPromptResult:
         arguments = {"name": params.name, "arguments": params.arguments or {}}
-        outcome = await invoke(ctx, "prompts_get", arguments, prompt=True)
+        outcome = await invoke(ctx, "prompts_get", arguments, via="prompt")
         if outcome.error is not None:
             raise MCPError(code=types.INVALID_PARAMS, message=outcome.error.text)
         assert outcome.result is not None
         message = types.PromptMessage(role="user", content=types.TextContent(text=outcome.result["text"]))
         return types.GetPromptResult(description=outcome.result["description"], messages=[message])
 
-    return Server(
+    server: Server[Any] = Server(
         "scalemule",
         version=__version__,
         instructions=instructions(dispatcher.exposure),
         on_list_tools=list_tools,
-        on_call_tool=call_tool,
         on_list_resources=list_resources,
         on_list_resource_templates=list_templates,
         on_read_resource=read_resource,
         on_list_prompts=list_prompts,
         on_get_prompt=get_prompt,
     )
+    # tools/call is registered as a plain request method so that it may answer a CreateTaskResult; the
+    # tasks/* methods and the extension's advertisement are the Tasks extension (surfaces/tasks.py).
+    server.add_request_handler("tools/call", types.CallToolRequestParams, call_tool)
+    server.add_request_handler("tasks/get", types.GetTaskRequestParams, get_task)
+    server.add_request_handler("tasks/cancel", types.CancelTaskRequestParams, cancel_task)
+    server.add_request_handler("tasks/update", types.GetTaskRequestParams, update_task)
+    server.extensions[tasks.TASKS] = {}
+    return server
