@@ -5,9 +5,11 @@ from scalemule.operations import (  # noqa: F401  (registers the operations)
     audit,
     config,
     docs,
+    grants,
     identity,
     jobs,
     members,
+    permissions,
     prompts,
     secrets,
 )
