@@ -57,6 +57,7 @@ async def test_access_check_names_the_permissions_granted_and_missing(world: Wor
         "lacking": ["secrets:reveal"],
         "role": "developer",
         "env_protected": None,
+        "grants": [],
     }
     check = await world.ok("access_check", world.agent, permissions=["config:write"])
     assert check["allowed"] is True and check["missing"] == []

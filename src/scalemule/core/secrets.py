@@ -317,6 +317,12 @@ async def schedule_destroy(conn: Connection, tenant_id: str, env: str, name: str
     )
 
 
+async def has_due(conn: Connection, *, now: datetime) -> bool:
+    """True when some version's scheduled destruction is due (served by the destroy_after index)."""
+    v = secret_versions.c
+    return (await conn.execute(sa.select(v.version).where(v.destroy_after <= now).limit(1))).first() is not None
+
+
 async def purge_due(conn: Connection, *, now: datetime, limit: int = 200) -> int:
     """Destroy up to ``limit`` versions whose scheduled time has passed; returns how many."""
     v = secret_versions.c
