@@ -179,6 +179,7 @@ async def issue_worker_key(demo: Demo) -> None:
         {"name": "menugen worker", "principal_id": demo.fact("worker_id"), "scopes": WORKER_SCOPES},
     )
     demo.facts["worker_key"] = made["token"]
+    demo.facts["worker_key_id"] = made["key"]["id"]
     show(f"← key {made['key']['prefix']}… for {made['key']['principal_id']}; token shown once, never stored")
     show(f"  scopes: {', '.join(made['key']['scopes'])}")
     # The worker's own view: role permissions narrowed to the key's scopes.
@@ -293,6 +294,30 @@ async def store_secret(demo: Demo) -> None:
     if IMAGE_API_KEY in json.dumps(listed):
         raise StepFailed("secrets_list returned a secret value")
     await demo.denied("secrets_reveal", {"env": "dev", "name": "IMAGE_API_KEY"})
+
+
+async def grant_worker_secret(demo: Demo) -> None:
+    """The owner grants the worker's key IMAGE_API_KEY alone: no role that reveals every secret."""
+    made = demo.cli(
+        "call",
+        "grants_create",
+        f"tenant={TENANT}",
+        f"principal_id={demo.fact('worker_id')}",
+        f"key_id={demo.fact('worker_key_id')}",
+        "pattern=dev/IMAGE_API_KEY",
+        api_key=demo.owner_key,
+    )
+    show(f"← grant {made['id']}: {made['permission']} on {made['pattern']} for the worker's key only")
+    worker = demo.fact("worker_key")
+    check = demo.cli(
+        "call", "access_check", 'permissions=["secrets:reveal"]', "env=dev", "name=IMAGE_API_KEY", api_key=worker
+    )
+    other = demo.cli(
+        "call", "access_check", 'permissions=["secrets:reveal"]', "env=dev", "name=DB_PASSWORD", api_key=worker
+    )
+    show(f"← the worker may reveal dev/IMAGE_API_KEY: {check['allowed']}; dev/DB_PASSWORD: {other['allowed']}")
+    if not check["allowed"] or other["allowed"]:
+        raise StepFailed("the worker's grant should cover IMAGE_API_KEY and nothing else")
 
 
 async def diff_and_plan(demo: Demo) -> None:
@@ -450,7 +475,7 @@ async def describe_dishes(demo: Demo) -> None:
 
 async def flaky_job(demo: Demo) -> None:
     """A handler that fails twice: each failure is retried after a backoff, the third attempt succeeds."""
-    made = await demo.ok("jobs_enqueue", {"kind": "render_dish_image", "payload": {"dish": "Coq au vin"}})
+    made = await demo.ok("jobs_enqueue", {"kind": "render_dish_image", "payload": {"dish": "Coq au vin", "env": "dev"}})
     job = await follow(demo, made["id"], ("succeeded", "dead"))
     if (job["state"], job["attempt"]) != ("succeeded", 3):
         raise StepFailed(f"expected success on attempt 3, got {job['state']} on attempt {job['attempt']}")
@@ -481,6 +506,7 @@ STEPS: list[tuple[str, Step]] = [
     ("Other tenants stay out of reach (tenants_create as owner, whoami tenant=...)", cannot_cross_tenants),
     ("Set the app's configuration in dev (config_set)", configure_dev),
     ("Store the image API key as a secret (secrets_set, secrets_list)", store_secret),
+    ("Grant the worker that one secret (grants_create as owner, access_check)", grant_worker_secret),
     ("Diff dev against staging and plan a promotion (config_diff, config_promote)", diff_and_plan),
     ("Upload a menu photo (storage_put_object)", upload_photo),
     ("Read back its metadata and list the uploads (storage_head_object, storage_list_objects)", photo_metadata),

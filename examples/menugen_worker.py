@@ -2,7 +2,8 @@
 
 The walkthrough (examples/menugen.py) starts it with the worker agent's own key. Each handler receives
 the job's payload and a context: ``ctx.progress(fraction, message)`` (also extends the lease),
-``ctx.cancelled`` (set when someone calls jobs_cancel), and storage access in the worker's tenant.
+``ctx.cancelled`` (set when someone calls jobs_cancel), storage access in the worker's tenant, and
+``ctx.secret(env, name)`` for the secrets the worker was granted (render_dish_image's IMAGE_API_KEY).
 
 There is no vision model here: describing a dish stands in for the minutes-long call to one.
 """
@@ -47,6 +48,10 @@ async def describe_dishes(payload: Any, ctx: JobContext) -> Any:
 @handlers("render_dish_image")
 async def render_dish_image(payload: Any, ctx: JobContext) -> Any:
     """Render one dish's image; the image API times out on the first two attempts."""
+    # The worker's key holds a grant on this one secret, not a role that reveals every secret.
+    api_key = await ctx.secret(payload.get("env", "dev"), "IMAGE_API_KEY")
+    if not api_key:
+        raise PermanentError("IMAGE_API_KEY is empty")
     if ctx.attempt < 3:
         raise TimeoutError(f"image API timed out rendering {payload['dish']!r} (attempt {ctx.attempt})")
     return {"dish": payload["dish"], "image": f"images/{payload['dish'].lower().replace(' ', '-')}.png"}

@@ -36,7 +36,7 @@ from scalemule.db.engine import Connection
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import idempotency_keys
 from scalemule.operations import REGISTRY, Operation
-from scalemule.operations.base import AuditNote, Call, bounded, encodable, recorded_args, redacted
+from scalemule.operations.base import SHOWN_ONCE, AuditNote, Call, bounded, encodable, recorded_args, redacted
 from scalemule.runtime import Runtime
 
 Via = Literal["tool", "resource", "prompt", "task"]
@@ -111,7 +111,6 @@ DEFAULT_TOOLS = frozenset(
         "config_delete",
         "secrets_set",
         "secrets_list",
-        "secrets_delete",
         "storage_put_object",
         "storage_get_object",
         "storage_list_objects",
@@ -316,10 +315,12 @@ class Dispatcher:
                     f"{name} changes state and this server runs --read-only",
                     hint="Use a read-only tool, or ask the operator.",
                 )
+            # What the operation also serves as a resource is readable whatever the toolsets: say so.
+            readable = f"Or read the resource {op.resources[0].template} (resources/read). " if op.resources else ""
             raise PermissionDenied(
                 f"{name} belongs to toolset '{op.toolset}', which is not enabled here",
-                hint=f"Enable it: start the server with --toolsets default,{op.toolset}, or over HTTP send "
-                f"'X-MCP-Toolsets: default,{op.toolset}' (or use /mcp/x/default,{op.toolset}).",
+                hint=f"{readable}Enable it: start the server with --toolsets default,{op.toolset}, or over HTTP "
+                f"send 'X-MCP-Toolsets: default,{op.toolset}' (or use /mcp/x/default,{op.toolset}).",
             )
         return op
 
@@ -334,9 +335,7 @@ class Dispatcher:
                 caller.tenant, caller.role = found
         bound = who.key.tenant_id is not None
         permissions = effective_permissions(who.principal, caller.role, who.key.scopes, bound=bound)
-        if op.permission != AUTHENTICATED and access.missing(permissions, op.permission):
-            raise _denied(op, caller, permissions)
-        return Call(
+        call = Call(
             conn=conn,
             runtime=self.runtime,
             principal=who.principal,
@@ -346,6 +345,13 @@ class Dispatcher:
             permissions=permissions,
             audit=caller.note,
         )
+        if (
+            op.permission != AUTHENTICATED
+            and access.missing(permissions, op.permission)
+            and not await _by_grant(call, op)
+        ):
+            raise _denied(op, caller, permissions)
+        return call
 
     async def _run(self, call: Call, op: Operation, raw: Any) -> dict[str, Any]:
         try:
@@ -365,7 +371,9 @@ class Dispatcher:
                     f"idempotency_key {key!r} was already used with other arguments",
                     hint="Use a fresh idempotency_key for a different request.",
                 )
-            return dict(previous.result)
+            # Said on every replay, so no client mistakes it for a fresh result; a one-time value
+            # (a token) was stored as a marker and is never shown again.
+            return {**previous.result, "replayed": True}
         replay = (await op.handler(call, args)).model_dump(mode="json")
         async with constraint_errors(
             {
@@ -381,11 +389,17 @@ class Dispatcher:
                     key=key,
                     operation=op.name,
                     request_sha256=fingerprint,
-                    result=redacted(op.result_model, replay),
+                    result=redacted(op.result_model, replay, SHOWN_ONCE),
                     created_at=utcnow(),
                 )
             )
         return replay
+
+
+async def _by_grant(call: Call, op: Operation) -> bool:
+    # A permission a grant can give on named targets lets the call on when some grant gives it
+    # somewhere; the handler decides for its target (Call.require_on). Only then are grants read.
+    return op.permission in access.GRANTABLE and access.may_reach(call.permissions, await call.grants(), op.permission)
 
 
 async def _resolve_tenant(

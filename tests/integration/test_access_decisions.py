@@ -106,3 +106,39 @@ async def test_access_check_with_an_environment_reports_the_decision_writes_into
             outcome = await world.call(name, token, tenant="acme", **arguments)
             refused = outcome.error is not None and outcome.error.code in REFUSED
             assert refused == (permission in check["missing"]), (role, shape, name, check, outcome.error)
+
+
+async def test_access_check_reports_the_decision_every_operation_gets_for_a_granted_key(world: World) -> None:
+    agent = await world.ok("agents_create", world.owner, tenant="acme", name="granted", role="worker")
+    token = await _key(world, agent["principal"]["id"], "worker", "bound")
+    key_id = (await world.ok("whoami", token))["key"]["id"]
+    await world.ok(
+        "grants_create", world.owner, tenant="acme", principal_id=agent["principal"]["id"], key_id=key_id,
+        pattern="prod/IMAGE_*",
+    )  # fmt: skip
+    check = await world.ok("access_check", token, tenant="acme", permissions=sorted(PERMISSIONS))
+    by_grant = {g["permission"] for g in check["grants"]}
+    assert by_grant == {"secrets:reveal"} and "secrets:reveal" in check["missing"]
+    for op in OPERATIONS:
+        outcome = await world.call(op.name, token, **({"tenant": "acme"} if op.tenant_scoped else {}))
+        refused = outcome.error is not None and outcome.error.code in REFUSED
+        # A permission held only through a grant reaches the handler, which decides per target (below).
+        expected = op.permission != AUTHENTICATED and op.permission not in check["granted"] + sorted(by_grant)
+        assert refused == expected, (op.name, check, outcome.error)
+
+
+@pytest.mark.parametrize("target", [("prod", "IMAGE_API_KEY"), ("prod", "IMAGE_2"), ("prod", "DB"), ("dev", "IMAGE_2")])
+async def test_access_check_with_a_secret_name_reports_the_decision_a_granted_reveal_gets(
+    world: World, target: tuple[str, str]
+) -> None:
+    env, name = target
+    await world.ok("secrets_set", world.owner, tenant="acme", env=env, name=name, value="v")
+    agent = await world.ok("agents_create", world.owner, tenant="acme", name="granted", role="worker")
+    token = await _key(world, agent["principal"]["id"], "worker", "scoped")
+    await world.ok(
+        "grants_create", world.owner, tenant="acme", principal_id=agent["principal"]["id"], pattern="prod/IMAGE_*"
+    )
+    check = await world.ok("access_check", token, tenant="acme", permissions=["secrets:reveal"], env=env, name=name)
+    outcome = await world.call("secrets_reveal", token, tenant="acme", env=env, name=name)
+    assert check["allowed"] == (outcome.error is None), (target, check, outcome.error)
+    assert check["allowed"] == (env == "prod" and name.startswith("IMAGE_"))

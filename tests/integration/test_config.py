@@ -85,6 +85,7 @@ async def test_access_check_with_an_environment_applies_the_protected_environmen
         "lacking": ["envs:write_protected"],
         "role": "developer",
         "env_protected": True,
+        "grants": [],
     }
     dev = await world.ok("access_check", world.agent, permissions=asked, env="dev")
     assert (dev["allowed"], dev["env_protected"], dev["lacking"]) == (True, False, [])

@@ -12,7 +12,7 @@ from scalemule.core import ids, tokens
 from scalemule.core.access import ROLES
 from scalemule.core.ids import utcnow
 from scalemule.db.tables import api_keys
-from scalemule.operations.base import REDACTED
+from scalemule.operations.base import REDACTED, SHOWN_ONCE
 from tests.conftest import StoreProbe, World
 from tests.integration.people import member_with_key
 
@@ -57,6 +57,7 @@ async def test_access_check_names_the_permissions_granted_and_missing(world: Wor
         "lacking": ["secrets:reveal"],
         "role": "developer",
         "env_protected": None,
+        "grants": [],
     }
     check = await world.ok("access_check", world.agent, permissions=["config:write"])
     assert check["allowed"] is True and check["missing"] == []
@@ -332,14 +333,13 @@ async def test_a_key_stops_working_for_its_principal_but_not_for_others(world: W
 # --- idempotency -----------------------------------------------------------------------------
 
 
-async def test_a_reused_idempotency_key_replays_the_first_result_with_the_token_redacted(
-    world: World, probe: StoreProbe
-) -> None:
+async def test_a_replay_says_it_is_one_and_that_the_token_was_shown_once(world: World, probe: StoreProbe) -> None:
     first = await world.ok("keys_create", world.agent, name="deploy", idempotency_key="req-1")
     count = len(await _key_rows(world))
     replay = await world.ok("keys_create", world.agent, name="deploy", idempotency_key="req-1")
     assert replay["key"] == first["key"]
-    assert replay["token"] == REDACTED and first["token"] != REDACTED
+    assert replay["replayed"] is True and "replayed" not in first
+    assert replay["token"] == SHOWN_ONCE and first["token"] not in (SHOWN_ONCE, REDACTED)
     assert len(await _key_rows(world)) == count
     assert first["token"] not in repr(await probe.rows())
 
@@ -353,7 +353,8 @@ async def test_reused_idempotency_key_with_other_args_is_a_conflict(world: World
 
 async def test_an_idempotent_tenant_creation_replays_instead_of_colliding(world: World) -> None:
     first = await world.ok("tenants_create", world.owner, slug="globex", name="Globex", idempotency_key="t-1")
-    assert await world.ok("tenants_create", world.owner, slug="globex", name="Globex", idempotency_key="t-1") == first
+    replay = await world.ok("tenants_create", world.owner, slug="globex", name="Globex", idempotency_key="t-1")
+    assert replay == {**first, "replayed": True}
     assert (
         await world.code("tenants_create", world.owner, slug="initech", name="Initech", idempotency_key="t-1")
         == "conflict"

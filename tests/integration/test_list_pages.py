@@ -96,6 +96,15 @@ async def _objects(world: World) -> Listing:
     return Listing(world.agent)
 
 
+async def _grants(world: World) -> Listing:
+    agent = await world.ok("agents_create", world.owner, tenant="acme", name="granted", role="worker")
+    for i in range(5):
+        await world.ok(
+            "grants_create", world.owner, tenant="acme", principal_id=agent["principal"]["id"], pattern=f"dev/S{i}"
+        )
+    return Listing(world.owner, {"tenant": "acme"})
+
+
 async def _audit(world: World) -> Listing:
     for i in range(6):
         await world.ok("config_set", world.agent, env="dev", key=f"a{i}", value=i)
@@ -108,6 +117,7 @@ SEEDERS: dict[str, list[Seeder]] = {
     "jobs_list": [_jobs],
     "members_list": [_members],
     "keys_list": [_keys],
+    "grants_list": [_grants],
     "config_list": [_config],
     "config_history": [_history],
     "secrets_list": [_secrets],

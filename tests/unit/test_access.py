@@ -9,15 +9,21 @@ from scalemule.core.access import (
     KIND_PERMISSIONS,
     PERMISSIONS,
     ROLES,
+    Grant,
     KeyInfo,
     KeyTerms,
     Principal,
     Tenant,
+    allowed,
+    check_can_give,
     check_can_grant,
+    check_grant_pattern,
     child_key_terms,
     effective_permissions,
     grantable_roles,
+    grants_reach,
     key_audience,
+    may_reach,
     unknown_permissions,
 )
 from scalemule.core.errors import InvalidArgument, PermissionDenied
@@ -210,3 +216,43 @@ def test_a_role_and_the_kind_add_up_before_the_scopes_narrow_them() -> None:
         "tenants:create",
         "audit:read",
     }
+
+
+def test_a_grant_matches_its_env_and_name_globs_and_only_its_permission() -> None:
+    grant = Grant("grt_1", "agt_1", None, "secrets:reveal", "prod/IMAGE_*")
+    assert grant.matches("secrets:reveal", ("prod", "IMAGE_API_KEY"))
+    assert not grant.matches("secrets:reveal", ("dev", "IMAGE_API_KEY"))
+    assert not grant.matches("secrets:reveal", ("prod", "image_api_key"))
+    assert not grant.matches("secrets:write", ("prod", "IMAGE_API_KEY"))
+
+
+def test_a_grant_decides_only_for_a_named_target() -> None:
+    grants = [Grant("grt_1", "agt_1", None, "secrets:reveal", "prod/IMAGE_API_KEY")]
+    assert allowed(frozenset(), grants, "secrets:reveal", target=("prod", "IMAGE_API_KEY"))
+    assert not allowed(frozenset(), grants, "secrets:reveal")
+    assert not allowed(frozenset(), grants, "secrets:reveal", target=("prod", "DB_PASSWORD"))
+    assert may_reach(frozenset(), grants, "secrets:reveal") and not may_reach(frozenset(), [], "secrets:reveal")
+
+
+def test_a_key_grant_reaches_only_its_key() -> None:
+    key = KeyInfo("key_1", "smk_", "agt_1", None, None, None)
+    other = KeyInfo("key_2", "smk_", "agt_1", None, None, None)
+    assert grants_reach(Grant("grt_1", "agt_1", "key_1", "secrets:reveal", "prod/*"), key)
+    assert not grants_reach(Grant("grt_1", "agt_1", "key_1", "secrets:reveal", "prod/*"), other)
+    assert grants_reach(Grant("grt_2", "agt_1", None, "secrets:reveal", "prod/*"), other)
+
+
+def test_a_granter_needs_member_authority_and_the_permission_itself() -> None:
+    check_can_give(frozenset({"members:manage", "secrets:reveal"}), "secrets:reveal")
+    with pytest.raises(PermissionDenied):
+        check_can_give(frozenset({"members:manage"}), "secrets:reveal")
+    with pytest.raises(PermissionDenied):
+        check_can_give(frozenset({"secrets:reveal"}), "secrets:reveal")
+    with pytest.raises(InvalidArgument):
+        check_can_give(ROLES["owner"], "secrets:write")
+
+
+@pytest.mark.parametrize("pattern", ["IMAGE_API_KEY", "prod/", "/X", "Prod/X", "prod/a b", "prod/[ab]"])
+def test_a_grant_pattern_must_be_env_slash_name(pattern: str) -> None:
+    with pytest.raises(InvalidArgument):
+        check_grant_pattern(pattern)

@@ -64,11 +64,27 @@ def test_a_resource_uri_yields_the_operations_arguments() -> None:
     assert recent.match("scalemule://tenants/a/b/audit/recent") is None
 
 
-def test_the_last_uri_variable_spans_slashes_and_is_percent_decoded() -> None:
-    objects = Resource("scalemule://tenants/{tenant}/objects/{key}", "blob", name="object")
+def test_a_reserved_uri_variable_spans_slashes_and_is_percent_decoded() -> None:
+    objects = Resource("scalemule://tenants/{tenant}/objects/{+key}", "blob", name="object")
     assert objects.match("scalemule://tenants/acme/objects/menus/2024/a%20b.png") == {
         "tenant": "acme",
         "key": "menus/2024/a b.png",
+    }
+
+
+def test_a_plain_uri_variable_matches_one_path_segment_only() -> None:
+    tenant = Resource("scalemule://tenants/{tenant}", "tenant", name="tenant")
+    assert tenant.match("scalemule://tenants/acme/audit/recent") is None
+    assert tenant.match("scalemule://tenants/acme/audit/recent?cursor=abc") is None
+    assert tenant.match("scalemule://tenants/acme") == {"tenant": "acme"}
+
+
+def test_a_query_string_becomes_arguments_of_the_operation() -> None:
+    recent = Resource("scalemule://tenants/{tenant}/audit/recent", "recent", name="audit-recent", args=(("limit", 50),))
+    assert recent.match("scalemule://tenants/acme/audit/recent?cursor=abc&limit=5") == {
+        "tenant": "acme",
+        "cursor": "abc",
+        "limit": "5",
     }
 
 

@@ -8,10 +8,13 @@ gets.
 
 from __future__ import annotations
 
+import difflib
 import getpass
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
 from typing import Literal
 
 from scalemule.core.errors import InvalidArgument, PermissionDenied
@@ -78,6 +81,16 @@ ROLES: dict[str, frozenset[str]] = {
     "viewer": frozenset(_READ),
     "worker": frozenset({"tenants:read", "config:read", "storage:read", "storage:write", "jobs:read", "jobs:work"}),
 }
+
+# What each role is for, in a line: shown where a role is chosen (the full lists: scalemule://permissions).
+ROLE_SUMMARY: dict[str, str] = {
+    "owner": "everything, the tenant itself included",
+    "admin": "everything but changing or deleting the tenant; writes protected envs (prod), reveals secrets",
+    "developer": "reads; writes config, secrets, storage and jobs outside protected envs; agents and keys",
+    "viewer": "reads only (never secret values)",
+    "worker": "claims and runs jobs, reads config, reads and writes storage",
+}
+ROLE_HELP = "; ".join(f"{role}: {text}" for role, text in ROLE_SUMMARY.items())
 
 # Permissions a principal holds by its kind, outside any tenant.
 KIND_PERMISSIONS: dict[str, frozenset[str]] = {
@@ -151,14 +164,29 @@ def missing(held: frozenset[str], permission: str, *, protected_env: bool = Fals
     return [p for p in needs(permission, protected_env=protected_env) if p not in held]
 
 
-def advice(lacking: Iterable[str]) -> str:
-    """What to do about lacking ``lacking``: the next step a denial names."""
+def advice(lacking: Iterable[str], permission: str | None = None) -> str:
+    """What to do about lacking ``lacking`` for an action needing ``permission``: the next step a
+    denial names."""
+    if PROTECTED_WRITE in lacking and permission == "secrets:write":
+        # Never promote a secret: that would copy another environment's credential into this one.
+        return (
+            "Secrets in a protected environment are set by an owner or admin: ask one to call secrets_set "
+            "there with the production value (it is never copied from another environment)."
+        )
     if PROTECTED_WRITE in lacking:
         return (
             "Writes to a protected environment need an owner or admin: prepare the change in another "
-            "environment and ask one to apply it (config_promote for config; secrets_set for a secret)."
+            "environment and ask one to apply it with config_promote."
         )
     return "Use access_check or whoami to see what you may do, or ask an owner or admin."
+
+
+def unknown_permissions_error(unknown: list[str]) -> InvalidArgument:
+    """The refusal of unknown permission names, with the nearest known one."""
+    return InvalidArgument(
+        f"unknown permissions: {', '.join(unknown)}",
+        hint=f"{did_you_mean(unknown[0], PERMISSIONS)}Read scalemule://permissions for the list.",
+    )
 
 
 def unknown_permissions(names: Iterable[str]) -> list[str]:
@@ -185,9 +213,10 @@ def check_can_grant(caller: frozenset[str], role: str, *, action: str) -> None:
     """
     missing = sorted(ROLES[role] - caller)
     if missing:
+        allowed = [r for r in ROLES if can_grant(caller, r)]
         raise PermissionDenied(
             f"cannot {action} role '{role}': it carries {', '.join(missing)}, which you do not hold",
-            hint="Pick a role within your own permissions, or ask an owner.",
+            hint=f"Roles you may give: {', '.join(allowed) or 'none'}; or ask an owner.",
         )
 
 
@@ -264,13 +293,11 @@ def child_key_terms(
         )
     if scopes is not None:
         if unknown := unknown_permissions(scopes):
-            raise InvalidArgument(
-                f"unknown permissions: {', '.join(unknown)}", hint="See docs/security.md for the list."
-            )
+            raise unknown_permissions_error(unknown)
         if beyond := sorted(set(scopes) - allowed):
             raise PermissionDenied(
                 f"scopes {', '.join(beyond)} exceed what this key's principal may be given",
-                hint="Scopes can only narrow; drop those or ask an owner.",
+                hint=f"Scopes can only narrow: pick from {', '.join(sorted(allowed)) or 'nothing'}; or ask an owner.",
             )
     limit = parent.expires_at if parent is not None else None
     expires_at = limit
@@ -290,3 +317,115 @@ def child_key_terms(
         scopes=allowed if scopes is None else frozenset(scopes),
         expires_at=expires_at,
     )
+
+
+# --- Grants: one permission on named targets, narrower than any role -----------------------------
+
+# The permissions a grant may carry. A grant gives its permission on the targets its pattern names
+# (``env/name`` for a secret), where a role gives it everywhere.
+GRANTABLE: dict[str, str] = {"secrets:reveal": "env/name of secrets, e.g. prod/IMAGE_* (wildcards * ? allowed)"}
+# Who may grant: members:manage (the authority over others' reach) and the permission itself, held
+# outright through role and key, so a granted permission is never passed on and never widened.
+GRANT_AUTHORITY = "members:manage"
+_PATTERN_PART = re.compile(r"^[A-Za-z0-9_.:/*?-]{1,256}$")
+_ENV_PART = re.compile(r"^[a-z*?][a-z0-9*?-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A permission given to a principal (or one of its keys) on the targets ``pattern`` names.
+
+    Attributes:
+        id: the grant's id.
+        principal_id: who holds it.
+        key_id: the one key it reaches, or None: every key of the principal. Grants are not key
+            scopes: a key's scopes narrow its role, a grant adds one permission on named targets.
+        permission: one of GRANTABLE.
+        pattern: ``env/name`` glob, matched case-sensitively (``*`` and ``?``).
+    """
+
+    id: str
+    principal_id: str
+    key_id: str | None
+    permission: str
+    pattern: str
+
+    def matches(self, permission: str, target: tuple[str, str]) -> bool:
+        """True when this grant gives ``permission`` on ``target`` (env, name)."""
+        env_glob, name_glob = self.pattern.split("/", 1)
+        env, name = target
+        return permission == self.permission and fnmatchcase(env, env_glob) and fnmatchcase(name, name_glob)
+
+
+def grants_reach(grant: Grant, key: KeyInfo | None) -> bool:
+    """True when ``grant`` applies to calls made with ``key``."""
+    return grant.key_id is None or (key is not None and key.id == grant.key_id)
+
+
+def allowed(
+    held: frozenset[str],
+    grants: Iterable[Grant],
+    permission: str,
+    *,
+    target: tuple[str, str] | None = None,
+    protected_env: bool = False,
+) -> bool:
+    """The decision for one action: ``held`` covers it, or (for a grantable permission on ``target``)
+    a grant does. Without a target only ``held`` counts."""
+    if not missing(held, permission, protected_env=protected_env):
+        return True
+    return target is not None and any(g.matches(permission, target) for g in grants)
+
+
+def may_reach(held: frozenset[str], grants: Iterable[Grant], permission: str) -> bool:
+    """True when a call needing ``permission`` may reach its handler, which decides per target: it is
+    held, or some grant gives it somewhere."""
+    return permission in held or any(g.permission == permission for g in grants)
+
+
+def check_grant_pattern(pattern: str) -> str:
+    """Return ``pattern`` if it is a valid ``env/name`` glob.
+
+    Raises:
+        InvalidArgument: no ``/``, or characters an environment or secret name cannot hold.
+    """
+    env, _, name = pattern.partition("/")
+    if not (_ENV_PART.match(env) and name and _PATTERN_PART.match(name)):
+        raise InvalidArgument(
+            f"grant pattern {pattern[:80]!r} is not valid",
+            hint="Write env/name with * or ? wildcards, e.g. 'prod/IMAGE_API_KEY' or 'prod/IMAGE_*'.",
+        )
+    return pattern
+
+
+def check_can_give(held: frozenset[str], permission: str) -> None:
+    """Refuse a grant its granter could not make: never more than the granter holds.
+
+    Raises:
+        InvalidArgument: the permission cannot be granted (with a did-you-mean).
+        PermissionDenied: the granter lacks GRANT_AUTHORITY or the permission itself.
+    """
+    if permission not in GRANTABLE:
+        raise InvalidArgument(
+            f"{permission!r} cannot be granted on named targets",
+            hint=f"{did_you_mean(permission, GRANTABLE)}Grantable: {', '.join(GRANTABLE)}. "
+            "For wider reach give a role (members_set_role).",
+        )
+    if lacking := [p for p in (GRANT_AUTHORITY, permission) if p not in held]:
+        raise PermissionDenied(
+            f"cannot grant {permission!r}: you lack {', '.join(lacking)}",
+            hint="A granter needs members:manage and the permission itself (owner or admin); "
+            "a permission held only through a grant cannot be passed on. See scalemule://docs/security.",
+        )
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``Did you mean 'x'? `` for the known name nearest ``name``, else an empty string."""
+    near = difflib.get_close_matches(name, list(known), n=1)
+    return f"Did you mean '{near[0]}'? " if near else ""
+
+
+def roles_holding(permissions: Iterable[str]) -> list[str]:
+    """The built-in roles that carry every one of ``permissions``, in ROLES order."""
+    wanted = frozenset(permissions)
+    return [role for role, held in ROLES.items() if wanted <= held]

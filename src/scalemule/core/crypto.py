@@ -53,7 +53,7 @@ def _parse(text: str, origin: str) -> dict[int, bytes]:
         if len(key) != KEY_BYTES or version < 1:
             raise FailedPrecondition(
                 f"{origin} holds a malformed master key entry",
-                hint="Each entry is '<version>:<base64 of 32 bytes>'; see docs/security.md.",
+                hint="Each entry is '<version>:<base64 of 32 bytes>'; see scalemule://docs/security.",
             )
         keys[version] = key
     return keys
@@ -91,7 +91,7 @@ class Keyring:
         else:
             raise FailedPrecondition(
                 "no master key is configured, so secrets cannot be stored or read",
-                hint=f"Run 'scalemule init', or set {MASTER_KEY_ENV} (see docs/security.md).",
+                hint=f"Run 'scalemule init', or set {MASTER_KEY_ENV} (see scalemule://docs/security).",
             )
         if not self._keys:
             raise FailedPrecondition(f"{self._path} holds no master key", hint="Restore it from your backup.")

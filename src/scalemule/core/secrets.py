@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from scalemule.core import crypto, unit_of_work
 from scalemule.core.config import check_key, get_environment
 from scalemule.core.crypto import Keyring, Sealed
-from scalemule.core.errors import Conflict, InvalidArgument, NotFound
+from scalemule.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from scalemule.core.ids import utcnow
 from scalemule.db.engine import Connection, Database
 from scalemule.db.errors import constraint_errors
@@ -30,6 +30,24 @@ class SecretInfo:
     updated_at: datetime
     updated_by: str | None
     versions_kept: int = 1
+    max_versions: int | None = None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One kept version of a secret: when and by whom it was set, and destroyed (never the value)."""
+
+    version: int
+    created_at: datetime
+    created_by: str | None
+    destroyed_at: datetime | None
+    destroyed_by: str | None
+    destroy_after: datetime | None
+
+
+# What destroying a version clears: the payload and its wrapped data key (with their nonces).
+_DESTROYED = {"ciphertext": None, "nonce": None, "wrapped_key": None, "key_nonce": None}
+MAX_VERSIONS = 100
 
 
 def _aad(tenant_id: str, env: str, name: str, version: int) -> bytes:
@@ -71,17 +89,26 @@ async def set_secret(
     expected_version: int | None,
     by: str | None,
     keep: int = DEFAULT_VERSIONS_KEPT,
+    max_versions: int | None = None,
 ) -> SecretInfo:
-    """Store a new version of ``name`` and prune versions beyond the newest ``keep``.
+    """Store a new version of ``name`` and prune versions beyond the newest ``max_versions`` (given
+    now, else stored on the secret, else ``keep``: the server's default).
 
     Raises:
-        InvalidArgument: bad name or value.
+        InvalidArgument: bad name or value, or max_versions outside 1..100.
         Conflict: ``expected_version`` is stale, or a concurrent writer won.
     """
     check_key(name, what="secret name")
     plaintext = check_secret_value(value)
+    if max_versions is not None and not 1 <= max_versions <= MAX_VERSIONS:
+        raise InvalidArgument(
+            f"max_versions must be between 1 and {MAX_VERSIONS}", hint="Omit it to keep the server's default."
+        )
     head = await _head(conn, tenant_id, env, name)
     current = int(head.version) if head is not None else 0
+    if max_versions is None and head is not None and head.max_versions is not None:
+        max_versions = int(head.max_versions)
+    keep = max_versions if max_versions is not None else keep
     if expected_version is not None and expected_version != current:
         state = f"its current version is {current}" if current else "it does not exist"
         raise Conflict(
@@ -98,7 +125,13 @@ async def set_secret(
         if head is None:
             await conn.execute(
                 secrets.insert().values(
-                    tenant_id=tenant_id, env=env, name=name, version=version, updated_at=now, updated_by=by
+                    tenant_id=tenant_id,
+                    env=env,
+                    name=name,
+                    version=version,
+                    updated_at=now,
+                    updated_by=by,
+                    max_versions=max_versions,
                 )
             )
         else:
@@ -110,7 +143,7 @@ async def set_secret(
                     secrets.c.name == name,
                     secrets.c.version == current,
                 )
-                .values(version=version, updated_at=now, updated_by=by)
+                .values(version=version, updated_at=now, updated_by=by, max_versions=max_versions)
             )
             if result.rowcount != 1:
                 raise conflict["pk_secret_versions"]()
@@ -135,7 +168,7 @@ async def set_secret(
             v.tenant_id == tenant_id, v.env == env, v.name == name, v.version <= version - max(keep, 1)
         )
     )
-    return SecretInfo(name, version, now, by, min(version, max(keep, 1)))
+    return SecretInfo(name, version, now, by, min(version, max(keep, 1)), max_versions)
 
 
 async def list_secrets(
@@ -157,7 +190,7 @@ async def list_secrets(
     if after is not None:
         query = query.where(secrets.c.name > after)
     rows = await conn.execute(query)
-    return [SecretInfo(r.name, r.version, r.updated_at, r.updated_by, int(r.kept)) for r in rows]
+    return [SecretInfo(r.name, r.version, r.updated_at, r.updated_by, int(r.kept), r.max_versions) for r in rows]
 
 
 async def get_info(conn: Connection, tenant_id: str, env: str, name: str) -> SecretInfo:
@@ -210,6 +243,11 @@ async def reveal(
             raise _not_found(env, name)
         raise NotFound(f"secret {name!r} has no kept version {version} in {env!r}", hint="See secrets_list.")
     wanted = int(row.version)
+    if row.destroyed_at is not None or (row.destroy_after is not None and row.destroy_after <= utcnow()):
+        raise FailedPrecondition(
+            f"version {wanted} of secret {name!r} in {env!r} was destroyed: its value is gone",
+            hint="Reveal another version (secrets_versions lists them), or set a new value with secrets_set.",
+        )
     sealed = Sealed(row.ciphertext, row.nonce, row.wrapped_key, row.key_nonce, row.master_key_version)
     plaintext = crypto.open_sealed(keyring, sealed, _aad(tenant_id, env, name, wanted))
     return SecretInfo(name, wanted, row.created_at, row.created_by), plaintext.decode()
@@ -230,6 +268,75 @@ async def delete_secret(conn: Connection, tenant_id: str, env: str, name: str) -
     return info
 
 
+async def list_versions(conn: Connection, tenant_id: str, env: str, name: str) -> list[VersionInfo]:
+    """A secret's kept versions, newest first, destroyed ones marked as such.
+
+    Raises:
+        NotFound: no such secret.
+    """
+    await get_info(conn, tenant_id, env, name)
+    v = secret_versions.c
+    query = (
+        sa.select(v.version, v.created_at, v.created_by, v.destroyed_at, v.destroyed_by, v.destroy_after)
+        .where(v.tenant_id == tenant_id, v.env == env, v.name == name)
+        .order_by(v.version.desc())
+    )
+    return [VersionInfo(**row._mapping) for row in await conn.execute(query)]
+
+
+async def destroy_version(
+    conn: Connection, tenant_id: str, env: str, name: str, version: int, *, by: str | None
+) -> VersionInfo:
+    """Destroy one version: its ciphertext and wrapped data key are deleted, its metadata kept and
+    marked destroyed. Destroying a destroyed version changes nothing.
+
+    Raises:
+        NotFound: no such secret, or no kept version ``version``.
+    """
+    now, v = utcnow(), secret_versions.c
+    where = sa.and_(v.tenant_id == tenant_id, v.env == env, v.name == name, v.version == version)
+    await conn.execute(
+        secret_versions.update()
+        .where(where, v.destroyed_at.is_(None))
+        .values(**_DESTROYED, destroyed_at=now, destroyed_by=by, destroy_after=None)
+    )
+    for info in await list_versions(conn, tenant_id, env, name):
+        if info.version == version:
+            return info
+    raise NotFound(f"secret {name!r} has no kept version {version} in {env!r}", hint="See secrets_versions.")
+
+
+async def schedule_destroy(conn: Connection, tenant_id: str, env: str, name: str, version: int, *, after: int) -> None:
+    """Mark ``version`` to be destroyed ``after`` seconds from now (reveal refuses it from then on;
+    ``purge_due`` deletes its bytes)."""
+    v = secret_versions.c
+    await conn.execute(
+        secret_versions.update()
+        .where(v.tenant_id == tenant_id, v.env == env, v.name == name, v.version == version, v.destroyed_at.is_(None))
+        .values(destroy_after=utcnow() + timedelta(seconds=after))
+    )
+
+
+async def has_due(conn: Connection, *, now: datetime) -> bool:
+    """True when some version's scheduled destruction is due (served by the destroy_after index)."""
+    v = secret_versions.c
+    return (await conn.execute(sa.select(v.version).where(v.destroy_after <= now).limit(1))).first() is not None
+
+
+async def purge_due(conn: Connection, *, now: datetime, limit: int = 200) -> int:
+    """Destroy up to ``limit`` versions whose scheduled time has passed; returns how many."""
+    v = secret_versions.c
+    due = sa.select(v.tenant_id, v.env, v.name, v.version).where(v.destroy_after <= now).limit(limit)
+    rows = (await conn.execute(due)).all()
+    for r in rows:
+        await conn.execute(
+            secret_versions.update()
+            .where(v.tenant_id == r.tenant_id, v.env == r.env, v.name == r.name, v.version == r.version)
+            .values(**_DESTROYED, destroyed_at=now, destroyed_by="schedule", destroy_after=None)
+        )
+    return len(rows)
+
+
 async def rewrap_batch(conn: Connection, keyring: Keyring, *, below: int, limit: int = 200) -> int:
     """Re-wrap up to ``limit`` data keys wrapped by a master key older than ``below``; returns how many.
 
@@ -248,7 +355,7 @@ async def rewrap_batch(conn: Connection, keyring: Keyring, *, below: int, limit:
             v.key_nonce,
             v.master_key_version,
         )
-        .where(v.master_key_version < below)
+        .where(v.master_key_version < below, v.destroyed_at.is_(None))
         .limit(limit)
         .with_for_update()
     )

@@ -112,7 +112,7 @@ class EventsPage(Result):
     resources=(
         Resource(
             "scalemule://tenants/{tenant}/audit/recent",
-            "The tenant's 50 most recent audit events",
+            "The tenant's 50 most recent audit events; the next page: ?cursor=<next_cursor>",
             args=(("limit", 50),),
             name="audit-recent",
         ),

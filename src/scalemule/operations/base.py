@@ -12,13 +12,16 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from scalemule.core import access
-from scalemule.core.access import KeyInfo, Principal, Tenant
+from scalemule.core import grants as core_grants
+from scalemule.core.access import Grant, KeyInfo, Principal, Tenant
 from scalemule.core.errors import FailedPrecondition, PermissionDenied
 from scalemule.core.tenants import SLUG_PATTERN
 from scalemule.db.engine import Connection
 from scalemule.runtime import Runtime
 
 REDACTED = "[redacted]"
+# What a replayed result holds in place of a one-time value (an API key token): it was shown once.
+SHOWN_ONCE = "[shown once: not retrievable]"
 MAX_PAGE = 200
 
 
@@ -110,7 +113,7 @@ class Args(BaseModel):
 class TenantArgs(Args):
     """Arguments of a tenant-scoped operation."""
 
-    tenant: TenantSlug | None = Field(default=None, description="Tenant slug; default: your key's tenant.")
+    tenant: TenantSlug | None = Field(default=None, description="Default: your key's tenant.")
 
 
 class PageArgs(Args):
@@ -161,6 +164,37 @@ class Call:
     role: str | None
     permissions: frozenset[str]
     audit: AuditNote = field(default_factory=AuditNote)
+    # The caller's grants, read at most once per call and only when asked for (see ``grants``).
+    _grants: list[list[Grant]] = field(default_factory=list, repr=False)
+
+    async def grants(self) -> list[Grant]:
+        """The grants this call may use in its tenant (core.access.Grant); read once, on first use."""
+        if not self._grants:
+            found: list[Grant] = []
+            if self.tenant is not None:
+                found = await core_grants.held(
+                    self.conn, tenant_id=self.tenant.id, principal_id=self.principal.id, key=self.key
+                )
+            self._grants.append(found)
+        return self._grants[0]
+
+    async def require_on(self, permission: str, target: tuple[str, str], *, doing: str) -> None:
+        """Refuse an action on ``target`` (env, name) unless the caller's permissions or one of its
+        grants cover it (``access.allowed``). Grants are read only when the permissions fall short.
+
+        Raises:
+            PermissionDenied: naming the permission and the target.
+        """
+        if permission in self.permissions:
+            return
+        if access.allowed(self.permissions, await self.grants(), permission, target=target):
+            return
+        where = f" in tenant '{self.tenant.slug}'" if self.tenant is not None else ""
+        raise PermissionDenied(
+            f"{self.principal.kind} '{self.principal.name}' lacks {permission!r} on {'/'.join(target)!r}{where}"
+            f" (role {self.role!r}, no grant matches) to {doing}",
+            hint="See your grants with whoami; ask an owner or admin for a grant (grants_create) on this name.",
+        )
 
     @property
     def tenant_id(self) -> str:
@@ -185,7 +219,7 @@ class Call:
             raise PermissionDenied(
                 f"{self.principal.kind} '{self.principal.name}' lacks {', '.join(map(repr, lacking))}{where}"
                 f" (role {self.role!r}) to {doing}",
-                hint=access.advice(lacking),
+                hint=access.advice(lacking, permission),
             )
 
 
@@ -221,8 +255,8 @@ def _is_sensitive(model: type[BaseModel], field: str) -> bool:
     return info is not None and any(isinstance(m, Sensitive) for m in info.metadata)
 
 
-def redacted(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` (a dump of ``model``) with every Sensitive field replaced by a marker, at any depth.
+def redacted(model: type[BaseModel], data: dict[str, Any], marker: str = REDACTED) -> dict[str, Any]:
+    """``data`` (a dump of ``model``) with every Sensitive field replaced by ``marker``, at any depth.
 
     A field ``model`` does not declare (a misspelling, a guess) may hold anything, a secret included:
     only its name and size are kept (``unrecorded``).
@@ -233,9 +267,9 @@ def redacted(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
         if info is None:
             out[name] = unrecorded(value)
         elif _is_sensitive(model, name):
-            out[name] = REDACTED
+            out[name] = marker
         elif isinstance(value, dict | list):
-            out[name] = _redact_nested(info.annotation, value)
+            out[name] = _redact_nested(info.annotation, value, marker)
         else:
             out[name] = value
     return out
@@ -254,13 +288,13 @@ def unrecorded(value: Any) -> str:
     return f"[not recorded: {'boolean' if isinstance(value, bool) else 'number'}]"
 
 
-def _redact_nested(annotation: Any, value: Any) -> Any:
+def _redact_nested(annotation: Any, value: Any, marker: str) -> Any:
     nested = _model_in(annotation)
     if nested is None:
         return value
     if isinstance(value, list):
-        return [redacted(nested, v) if isinstance(v, dict) else v for v in value]
-    return redacted(nested, value) if isinstance(value, dict) else value
+        return [redacted(nested, v, marker) if isinstance(v, dict) else v for v in value]
+    return redacted(nested, value, marker) if isinstance(value, dict) else value
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, JsonValue, StringConstraints
 
-from scalemule.core import config, secrets
+from scalemule.core import access, config, secrets
 from scalemule.core.config import Entry, Environment
 from scalemule.core.pages import paginate
 from scalemule.operations.base import Call, Result, SecretText, TenantArgs, TenantPageArgs
@@ -247,6 +247,10 @@ class Change(Result):
     kind: Literal["config", "secret"]
     from_version: int | None
     to_version: int | None
+    # Config only: a secret's change shows versions and the environment it comes from, never values.
+    old_value: JsonValue = None
+    new_value: JsonValue = None
+    applied_version: int | None = None
 
 
 class Diff(Result):
@@ -271,18 +275,25 @@ async def _diff(call: Call, from_env: str, to_env: str) -> Diff:
     source = {e.key: e for e in await config.list_entries(call.conn, call.tenant_id, from_env, limit=100_000)}
     target = {e.key: e for e in await config.list_entries(call.conn, call.tenant_id, to_env, limit=100_000)}
     only_from = [
-        Change(name=k, kind="config", from_version=e.version, to_version=None)
+        Change(name=k, kind="config", from_version=e.version, to_version=None, new_value=e.value)
         for k, e in source.items()
         if k not in target
     ]
     only_to = [
-        Change(name=k, kind="config", from_version=None, to_version=e.version)
+        Change(name=k, kind="config", from_version=None, to_version=e.version, old_value=e.value)
         for k, e in target.items()
         if k not in source
     ]
     both = [k for k in source if k in target]
     changed = [
-        Change(name=k, kind="config", from_version=source[k].version, to_version=target[k].version)
+        Change(
+            name=k,
+            kind="config",
+            from_version=source[k].version,
+            to_version=target[k].version,
+            old_value=target[k].value,
+            new_value=source[k].value,
+        )
         for k in both
         if source[k].value != target[k].value
     ]
@@ -348,6 +359,17 @@ class Plan(Result):
     applied: bool
     steps: list[Change] = Field(description="what is (or would be) copied into to_env")
     left_alone: list[Change] = Field(description="only in to_env; promotion never deletes")
+    can_apply: bool = Field(description="whether you may apply this plan")
+    lacking: list[str] = Field(description="permissions you would need to apply it")
+    who_can: list[str] = Field(description="roles that may apply it")
+
+
+async def _who_may_apply(call: Call, to_env: str, steps: list[Change]) -> tuple[list[str], list[str]]:
+    # What applying needs, from the same rules (core.access) writable_env enforces when it is applied.
+    protected = (await readable_env(call, to_env)).protected
+    kinds = ["config:write"] + (["secrets:write"] if any(s.kind == "secret" for s in steps) else [])
+    needed = sorted({p for k in kinds for p in access.needs(k, protected_env=protected)})
+    return [p for p in needed if p not in call.permissions], access.roles_holding(needed)
 
 
 @operation(
@@ -364,6 +386,7 @@ async def config_promote(call: Call, args: PromoteArgs) -> Plan:
     wanted = None if args.keys is None else set(args.keys)
     candidates = diff.only_in_from + diff.changed + (diff.secrets_in_both if wanted is not None else [])
     steps = [c for c in candidates if wanted is None or c.name in wanted]
+    lacking, who_can = await _who_may_apply(call, args.to_env, steps)
     if args.dry_run:
         return Plan(
             from_env=args.from_env,
@@ -372,14 +395,18 @@ async def config_promote(call: Call, args: PromoteArgs) -> Plan:
             applied=False,
             steps=steps,
             left_alone=diff.only_in_to,
+            can_apply=not lacking,
+            lacking=lacking,
+            who_can=who_can,
         )
     await writable_env(call, args.to_env)
     if any(s.kind == "secret" for s in steps):
         await writable_env(call, args.to_env, "secrets:write")
+    applied = []
     for step in steps:
         if step.kind == "config":
             entry = await config.get(call.conn, call.tenant_id, args.from_env, step.name)
-            await config.set_value(
+            written = await config.set_value(
                 call.conn,
                 call.tenant_id,
                 args.to_env,
@@ -388,9 +415,10 @@ async def config_promote(call: Call, args: PromoteArgs) -> Plan:
                 expected_version=step.to_version or 0,
                 by=call.principal.id,
             )
+            version = written.version
         else:
             _, value = await secrets.reveal(call.conn, call.runtime.keyring, call.tenant_id, args.from_env, step.name)
-            await secrets.set_secret(
+            stored = await secrets.set_secret(
                 call.conn,
                 call.runtime.keyring,
                 call.tenant_id,
@@ -401,8 +429,18 @@ async def config_promote(call: Call, args: PromoteArgs) -> Plan:
                 by=call.principal.id,
                 keep=call.runtime.settings.secret_versions_kept,
             )
+            version = stored.version
+        applied.append(step.model_copy(update={"applied_version": version}))
     return Plan(
-        from_env=args.from_env, to_env=args.to_env, dry_run=False, applied=True, steps=steps, left_alone=diff.only_in_to
+        from_env=args.from_env,
+        to_env=args.to_env,
+        dry_run=False,
+        applied=True,
+        steps=applied,
+        left_alone=diff.only_in_to,
+        can_apply=True,
+        lacking=[],
+        who_can=who_can,
     )
 
 

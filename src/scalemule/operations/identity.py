@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
-from scalemule.core import config, identity, tenants
+from scalemule.core import config, grants, identity, tenants
 from scalemule.core.access import (
     AUTHENTICATED,
+    ROLE_HELP,
     ROLES,
+    Grant,
     KeyAudience,
     KeyInfo,
     Tenant,
+    allowed,
     check_can_grant,
     child_key_terms,
+    grants_reach,
     key_audience,
     missing,
     unknown_permissions,
+    unknown_permissions_error,
 )
 from scalemule.core.errors import InvalidArgument, NotFound, PermissionDenied
 from scalemule.core.identity import KeyRecord
@@ -39,9 +45,10 @@ from scalemule.operations.base import (
     TenantPageArgs,
     TenantView,
 )
+from scalemule.operations.grants import GrantView
 from scalemule.operations.registry import Resource, operation
 
-Role = Literal["owner", "admin", "developer", "viewer", "worker"]
+Role = Annotated[Literal["owner", "admin", "developer", "viewer", "worker"], Field(description=ROLE_HELP)]
 
 
 class KeyView(Result):
@@ -75,10 +82,11 @@ class KeyDetail(KeyView):
     last_used_at: datetime | None
     revoked_at: datetime | None
     parent_key_id: str | None
+    grants: list[GrantView] = Field(default=[], description="what the key may use beyond its scopes, in this tenant")
 
     @classmethod
-    def of_record(cls, record: KeyRecord) -> KeyDetail:
-        """View of ``record``."""
+    def of_record(cls, record: KeyRecord, held: Sequence[Grant] = ()) -> KeyDetail:
+        """View of ``record``, with the grants among ``held`` that reach it."""
         info = record.info
         return cls(
             **KeyView.of(info).model_dump(),
@@ -87,6 +95,7 @@ class KeyDetail(KeyView):
             last_used_at=record.last_used_at,
             revoked_at=record.revoked_at,
             parent_key_id=record.parent_key_id,
+            grants=[GrantView.of(g) for g in held if g.principal_id == info.principal_id and grants_reach(g, info)],
         )
 
 
@@ -100,6 +109,7 @@ class WhoamiResult(Result):
     role: str | None
     permissions: list[str]
     key: KeyView | None
+    grants: list[GrantView] = Field(description="permissions you hold on named targets only")
 
 
 @operation(
@@ -116,12 +126,14 @@ async def whoami(call: Call, args: TenantArgs) -> WhoamiResult:
         role=call.role,
         permissions=sorted(call.permissions),
         key=None if key is None else KeyView.of(key),
+        grants=[GrantView.of(g) for g in await call.grants()],
     )
 
 
 class AccessCheckArgs(TenantArgs):
     permissions: list[Identifier] = Field(min_length=1, max_length=50, description="e.g. ['secrets:reveal']")
     env: Identifier | None = Field(default=None, description="Also apply this environment's rules, e.g. 'prod'.")
+    name: Identifier | None = Field(default=None, description="With env: a secret name, to apply grants.")
 
 
 class AccessCheckResult(Result):
@@ -131,6 +143,7 @@ class AccessCheckResult(Result):
     lacking: list[str] = Field(description="what you would need for the missing ones")
     role: str | None
     env_protected: bool | None = Field(description="null without env")
+    grants: list[GrantView] = Field(description="your grants of the asked permissions: on env/name only")
 
 
 @operation(
@@ -145,11 +158,20 @@ async def access_check(call: Call, args: AccessCheckArgs) -> AccessCheckResult:
     """Check whether you hold permissions in a tenant (with env, whether you may use them there) before
     trying a call; whoami lists all."""
     if unknown := unknown_permissions(args.permissions):
-        raise InvalidArgument(f"unknown permissions: {', '.join(unknown)}", hint="See docs/security.md for the list.")
+        raise unknown_permissions_error(unknown)
+    if args.name is not None and args.env is None:
+        raise InvalidArgument("name needs env", hint="Pass env too, e.g. env='prod', name='IMAGE_API_KEY'.")
     protected = None
     if args.env is not None:
         protected = (await config.get_environment(call.conn, call.tenant_id, config.check_env_name(args.env))).protected
-    lacking = {p: missing(call.permissions, p, protected_env=bool(protected)) for p in args.permissions}
+    held = await call.grants() if call.tenant is not None else []
+    target = (args.env, args.name) if args.env is not None and args.name is not None else None
+    lacking = {
+        p: []
+        if allowed(call.permissions, held, p, target=target, protected_env=bool(protected))
+        else missing(call.permissions, p, protected_env=bool(protected))
+        for p in args.permissions
+    }
     return AccessCheckResult(
         allowed=not any(lacking.values()),
         granted=[p for p, lack in lacking.items() if not lack],
@@ -157,6 +179,7 @@ async def access_check(call: Call, args: AccessCheckArgs) -> AccessCheckResult:
         lacking=sorted({x for lack in lacking.values() for x in lack}),
         role=call.role,
         env_protected=protected,
+        grants=[GrantView.of(g) for g in held if g.permission in args.permissions],
     )
 
 
@@ -261,7 +284,7 @@ class KeysCreateArgs(TenantArgs):
     scopes: list[Identifier] | None = Field(
         default=None,
         max_length=50,
-        description="Narrows the key (default: all you may give).",
+        description="Narrows the key (default: all you may give); names: scalemule://permissions",
     )
     principal_id: Identifier | None = Field(default=None, description="This tenant's agent or service; default: you.")
     expires_in_days: int | None = Field(default=None, ge=1, le=3650, description="Default: as long as yours.")
@@ -344,7 +367,11 @@ async def keys_list(call: Call, args: KeysListArgs) -> KeysPage:
         ),
         lambda r: r.info.id,
     )
-    return KeysPage(items=[KeyDetail.of_record(r) for r in page], next_cursor=next_cursor)
+    held: list[Grant] = []
+    if call.tenant is not None:
+        owners = sorted({r.info.principal_id for r in page})
+        held = await grants.of_principals(call.conn, tenant_id=call.tenant.id, principal_ids=owners)
+    return KeysPage(items=[KeyDetail.of_record(r, held) for r in page], next_cursor=next_cursor)
 
 
 class KeysRevokeArgs(TenantArgs):

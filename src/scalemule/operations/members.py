@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from scalemule.core import identity, invitations, tenants
-from scalemule.core.access import AUTHENTICATED, Principal, check_can_grant
+from scalemule.core.access import AUTHENTICATED, ROLE_HELP, Principal, check_can_grant
 from scalemule.core.errors import NotFound
 from scalemule.core.invitations import Invitation
 from scalemule.core.pages import paginate
@@ -28,7 +28,7 @@ from scalemule.operations.base import (
 )
 from scalemule.operations.registry import operation
 
-Role = Literal["owner", "admin", "developer", "viewer", "worker"]
+Role = Annotated[Literal["owner", "admin", "developer", "viewer", "worker"], Field(description=ROLE_HELP)]
 
 
 class PendingView(Result):

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from pydantic import BaseModel
 
@@ -113,15 +113,22 @@ def _shallow_type(prop: dict[str, Any]) -> dict[str, Any]:
         for option in prop.get("anyOf", [prop]):
             kinds += ["object"] if "$ref" in option else [option["type"]]
         shallow = _typed(kinds)
-    if "description" in prop:
-        shallow["description"] = prop["description"]
+    # No descriptions: a result's fields are named for what they hold, and each result's text and the
+    # tools reference (docs/tools.md) show them in full; the tool list's budget goes to the inputs.
     return shallow
 
 
+def _nullable(prop: dict[str, Any]) -> bool:
+    return {"type": "null"} in prop.get("anyOf", [])
+
+
 def shallow_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """An object schema reduced to its top-level properties' JSON types: still a valid schema every
-    result conforms to; the nested shape shows in each result's text."""
-    properties = {name: _shallow_type(prop) for name, prop in schema.get("properties", {}).items()}
+    """An object schema reduced to the JSON types of its top-level properties that always hold a value:
+    still a valid schema every result conforms to (other properties are allowed). Fields that may be
+    null are left to each result's text, which shows every field, as does the nested shape."""
+    properties = {
+        name: _shallow_type(prop) for name, prop in schema.get("properties", {}).items() if not _nullable(prop)
+    }
     return {"type": "object", "properties": properties}
 
 
@@ -130,7 +137,8 @@ class Resource:
     """An MCP resource template served by reading an operation with arguments taken from the URI.
 
     Attributes:
-        template: e.g. ``scalemule://tenants/{tenant}/objects/{key}``; the last ``{name}`` may span slashes.
+        template: e.g. ``scalemule://tenants/{tenant}/objects/{+key}``: ``{name}`` is one path segment,
+            ``{+name}`` may span slashes.
         name: the template's short name in a client's resource list (never a tool's name).
         description: what reading it returns.
         mime_type: the content's type.
@@ -149,23 +157,33 @@ class Resource:
 
     @cached_property
     def pattern(self) -> re.Pattern[str]:
-        """A regex matching URIs of this template."""
-        parts = re.split(r"(\{[a-z_]+\})", self.template)
+        """A regex matching URIs of this template, without a query string. ``{name}`` matches one path
+        segment; ``{+name}`` (RFC 6570 reserved expansion) may span slashes."""
+        parts = re.split(r"(\{\+?[a-z_]+\})", self.template)
         regex = ""
-        for i, part in enumerate(parts):
+        for part in parts:
             if part.startswith("{"):
-                last = i == len(parts) - 2 and parts[-1] == ""
-                regex += f"(?P<{part[1:-1]}>{'.+' if last else '[^/]+'})"
+                name = part.strip("{}+")
+                regex += f"(?P<{name}>{'[^?#]+' if part.startswith('{+') else '[^/?#]+'})"
             else:
                 regex += re.escape(part)
         return re.compile(f"^{regex}$")
 
     def match(self, uri: str) -> dict[str, Any] | None:
-        """The operation's arguments for ``uri``, or None when it is not of this template."""
-        found = self.pattern.match(uri)
+        """The operation's arguments for ``uri``, or None when it is not of this template.
+
+        A query string (``?cursor=...&limit=...``) adds its parameters as arguments: the operation's
+        arguments model accepts those it knows (a paging resource takes ``cursor`` and ``limit``) and
+        dispatch refuses any other with ``invalid_argument``.
+        """
+        path, _, query = uri.partition("?")
+        found = self.pattern.match(path)
         if found is None:
             return None
-        return {**dict(self.args), **{k: unquote(v) for k, v in found.groupdict().items()}}
+        args = {**dict(self.args), **{k: unquote(v) for k, v in found.groupdict().items()}}
+        for name, values in parse_qs(query, keep_blank_values=True).items():
+            args[name] = values[0] if len(values) == 1 else values
+        return args
 
 
 @dataclass(frozen=True)
@@ -226,15 +244,14 @@ def one_paragraph(docstring: str) -> str:
 def resource_for(uri: str) -> tuple[Operation, Resource, dict[str, Any]] | None:
     """The operation and template serving ``uri``, with the arguments the URI implies.
 
-    The most specific template wins (the most literal text): ``scalemule://tenants/{tenant}`` spans
-    slashes in its last part, and must not take ``scalemule://tenants/{tenant}/jobs/{job_id}``'s URIs.
+    The most specific template wins (the most literal text), should two templates match.
     """
     found: list[tuple[int, Operation, Resource, dict[str, Any]]] = []
     for op in REGISTRY.values():
         for resource in op.resources:
             args = resource.match(uri)
             if args is not None:
-                found.append((len(re.sub(r"\{[a-z_]+\}", "", resource.template)), op, resource, args))
+                found.append((len(re.sub(r"\{\+?[a-z_]+\}", "", resource.template)), op, resource, args))
     if not found:
         return None
     _, op, resource, args = max(found, key=lambda item: item[0])

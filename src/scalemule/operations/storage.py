@@ -230,7 +230,7 @@ class ObjectBlob(ObjectRef):
     tool=False,
     resources=(
         Resource(
-            "scalemule://tenants/{tenant}/objects/{key}",
+            "scalemule://tenants/{tenant}/objects/{+key}",
             "An object's bytes (up to 16 MiB)",
             "application/octet-stream",
             body="content",

@@ -135,6 +135,15 @@ class JobContext:
         """The value of config ``key`` in ``env``."""
         return (await self.call("config_get", env=env, key=key))["value"]
 
+    async def secret(self, env: str, name: str) -> str:
+        """The value of secret ``name`` in ``env``, revealed with the worker's key: it needs a grant
+        naming the secret (grants_create) or a role that reveals.
+
+        Raises:
+            ToolError: ``permission_denied`` when no grant or role covers it.
+        """
+        return str((await self.call("secrets_reveal", env=env, name=name))["value"])
+
     async def get_object(self, key: str, *, max_bytes: int = 16 << 20) -> bytes:
         """An object's bytes (up to ``max_bytes``)."""
         found = await self.call("storage_get_object", key=key, max_bytes=max_bytes)

@@ -7,7 +7,7 @@ PostgreSQL alike under any concurrency. Every tenant-scoped table carries ``tena
 from scalemule.db.tables.audit import audit_checkpoints, audit_events, audit_heads, audit_rollups, idempotency_keys
 from scalemule.db.tables.base import metadata
 from scalemule.db.tables.config import config_entries, config_history, environments, secret_versions, secrets
-from scalemule.db.tables.identity import api_keys, invitations, memberships, principals, tenants
+from scalemule.db.tables.identity import api_keys, grants, invitations, memberships, principals, tenants
 from scalemule.db.tables.jobs import jobs
 from scalemule.db.tables.storage import signed_url_uses, storage_objects, storage_usage
 
@@ -20,6 +20,7 @@ __all__ = [
     "config_entries",
     "config_history",
     "environments",
+    "grants",
     "idempotency_keys",
     "invitations",
     "jobs",

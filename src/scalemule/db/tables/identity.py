@@ -91,3 +91,19 @@ api_keys = sa.Table(
     sa.Index(None, "principal_id"),
     sa.Index(None, "parent_key_id"),
 )
+
+# A permission given on named targets (core.access.Grant): narrower than any role. Revoking deletes
+# the row (the audit log keeps the story); every call reads the grants it may use afresh.
+grants = sa.Table(
+    "grants",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("tenant_id", sa.String(40), sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("principal_id", sa.String(40), sa.ForeignKey("principals.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("key_id", sa.String(40), sa.ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=True),
+    sa.Column("permission", sa.String(64), nullable=False),
+    sa.Column("pattern", sa.String(300), nullable=False),
+    sa.Column("granted_by", sa.String(40), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_grants_holder", "tenant_id", "principal_id", "permission"),
+)
