@@ -344,7 +344,7 @@ def test_a_json_string_argument_is_passed_as_a_string_and_text_arguments_as_writ
         got = json.loads(run_cli("call", "config_get", "--env", "dev", "--key", "typed", env=env).stdout)
         assert got["value"] == stored, given
     made = json.loads(run_cli("call", "agents_create", "name=123", "role=viewer", env=env).stdout)
-    assert made["agent"]["name"] == "123"
+    assert made["principal"]["name"] == "123"
 
 
 def test_each_error_class_exits_with_its_documented_status(deployment: Deployment, tmp_path: Path) -> None:

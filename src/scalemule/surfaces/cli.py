@@ -32,7 +32,7 @@ from scalemule.runtime import Runtime
 from scalemule.settings import Settings
 from scalemule.surfaces import schemas
 from scalemule.surfaces.cli_call import SuggestingGroup, ToolGroup, parse_pairs
-from scalemule.surfaces.cli_output import EXIT_CODES, FORMATS, CliError, emit, emit_error, progress
+from scalemule.surfaces.cli_output import EXIT_CODES, FORMATS, CliError, chosen_format, emit, emit_error, out, progress
 
 __all__ = ["EXIT_CODES", "CliError", "app", "main", "parse_pairs"]
 
@@ -169,10 +169,10 @@ def init(tenant: str, owner: str, as_json: bool) -> int:
             {"tenant": view, "owner_key": made.owner_token, "agent_key": made.agent_token, "mcp_json": mcp_json}, "json"
         )
     else:
-        click.echo(f"Initialised ScaleMule in {settings.data_dir.resolve()} with tenant '{made.tenant.slug}'.\n")
-        click.echo(f"Owner ({made.owner.name}) key, shown once:  {made.owner_token}")
-        click.echo(f"Agent ({made.agent.name}) key, shown once: {made.agent_token}\n")
-        click.echo("Add this to your MCP client's configuration:")
+        out(f"Initialised ScaleMule in {settings.data_dir.resolve()} with tenant '{made.tenant.slug}'.\n")
+        out(f"Owner ({made.owner.name}) key, shown once:  {made.owner_token}")
+        out(f"Agent ({made.agent.name}) key, shown once: {made.agent_token}\n")
+        out("Add this to your MCP client's configuration:")
         emit(mcp_json, "json")
     for name in missing:
         click.echo(f"scalemule: also give the client {name} (not printed: it is the master key).", err=True)
@@ -340,7 +340,7 @@ def config_export(tenant: str | None, env_name: str, fmt: str, api_key: str | No
     """Print an environment's config and secrets (needs secrets:reveal; audited as a reveal)."""
     arguments = {"env": env_name, "format": fmt} | ({"tenant": tenant} if tenant else {})
     result = _dispatch(_settings(), "config_export", arguments, api_key)
-    click.echo(result["text"], nl=False)
+    out(result["text"], nl=False)
     return 0
 
 
@@ -512,14 +512,12 @@ def tools(fmt: str | None) -> int:
         }
         for op in ops
     ]
-    from scalemule.surfaces.cli_output import chosen_format
-
     if chosen_format(fmt) == "json":
         emit(rows, "json")
         return 0
     for row in rows:
         mark = "*" if row["default"] else " "
-        click.echo(f"{row['name']:28} {mark} {row['toolset']:9} {row['permission']:16} {row['summary']}")
+        out(f"{row['name']:28} {mark} {row['toolset']:9} {row['permission']:16} {row['summary']}")
     return 0
 
 
@@ -546,7 +544,7 @@ def completion(shell: str) -> int:
 
     completer = get_completion_class(shell)
     assert completer is not None  # the three shells click ships
-    click.echo(completer(app, {}, "scalemule", "_SCALEMULE_COMPLETE").source())
+    out(completer(app, {}, "scalemule", "_SCALEMULE_COMPLETE").source())
     return 0
 
 
@@ -567,12 +565,6 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         emit_error(exc.body)
         return exc.exit_code
-    except BrokenPipeError:
-        # The reader went away (`scalemule tools | head -1`): stop quietly, and keep the interpreter's
-        # final flush from raising again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
     return status if isinstance(status, int) else 0
 
 

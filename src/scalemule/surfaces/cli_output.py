@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,12 +53,28 @@ def chosen_format(explicit: str | None) -> str:
     return "table" if sys.stdout.isatty() else "json"
 
 
+def out(text: str, *, nl: bool = True) -> None:
+    """Write to stdout; when the reader has gone away (``| head -1``), end the command quietly with 0.
+
+    Raises:
+        click.exceptions.Exit: the pipe closed (status 0: the reader had what it wanted).
+    """
+    try:
+        click.echo(text, nl=nl)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's last flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise click.exceptions.Exit(0) from None
+
+
 def emit(value: Any, fmt: str | None = None) -> None:
     """Print a result in the chosen format."""
     if chosen_format(fmt) == "json":
-        click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+        out(json.dumps(value, indent=2, ensure_ascii=False, default=str))
     else:
-        click.echo(table(value))
+        out(table(value))
 
 
 def _cell(value: Any) -> str:
@@ -97,7 +114,7 @@ def table(value: Any) -> str:
 def emit_error(body: dict[str, Any], fmt: str | None = None) -> None:
     """The error contract: JSON on stdout for scripts, a readable line on stderr at a terminal."""
     if chosen_format(fmt) == "json":
-        click.echo(json.dumps({"error": body}, indent=2, ensure_ascii=False))
+        out(json.dumps({"error": body}, indent=2, ensure_ascii=False))
         return
     click.echo(f"error: {body['code']}: {body['message']}", err=True)
     if body.get("hint"):
