@@ -3,7 +3,8 @@
 The convention (stated in the quickstart itself): in a fenced ``console`` block, a line starting with
 ``$ `` is a command; the lines under it are fragments of what it prints (``…`` matches any text,
 runs of spaces match any whitespace), ``(exit N)`` expects status N (else 0). ``export NAME=VALUE``
-sets a variable for the commands that follow, and ``<agent key>`` is the agent key ``init`` printed.
+sets a variable for the commands that follow; ``<agent key>`` and ``<owner key>`` are the keys ``init``
+printed.
 Commands run in a fresh directory with the venv's bin first on PATH, as ``. .venv/bin/activate`` does.
 """
 
@@ -51,9 +52,11 @@ def test_the_quickstart_runs_as_written(tmp_path: Path) -> None:
     found = steps(QUICKSTART.read_text(encoding="utf-8"))
     assert len(found) >= 8 and found[0].command.startswith("scalemule init")
     env = clean_env(PATH=f"{Path(SCALEMULE).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    agent_key = ""
+    keys = {"<agent key>": "", "<owner key>": ""}
     for step in found:
-        command = step.command.replace("<agent key>", agent_key)
+        command = step.command
+        for placeholder, key in keys.items():
+            command = command.replace(placeholder, key)
         if (assignment := re.fullmatch(r"export (\w+)=(\S+)", command)) is not None:
             env[assignment.group(1)] = assignment.group(2)
             continue
@@ -72,4 +75,7 @@ def test_the_quickstart_runs_as_written(tmp_path: Path) -> None:
         missing = [line for line in step.expected if not _printed(line, output)]
         assert missing == [], (command, output)
         if command.startswith("scalemule init"):
-            agent_key = re.search(r"^Agent .*: (smk_\w+)$", done.stdout, flags=re.M).group(1)  # type: ignore[union-attr]
+            for who in ("agent", "owner"):
+                printed = re.search(rf"^{who.title()} .*: +(smk_\w+)$", done.stdout, flags=re.M)
+                assert printed is not None, done.stdout
+                keys[f"<{who} key>"] = printed.group(1)
