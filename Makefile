@@ -31,6 +31,7 @@ schemas: install  ## regenerate tool_schemas/ and docs/tools.md from the registr
 bench: install  ## every performance target: ratio to the SDK's floor measured in the same run, PASS/OVER
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/jobs_throughput.py
+	$(BIN)/python benchmarks/audit_verify.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -183,7 +183,7 @@ async def world(dispatcher: Dispatcher) -> World:
 # --- Whole-store probes: what a call changed, and the audit log as stored ------------------------
 
 # The audit log's own tables: every call appends to them, so "nothing changed" means "nothing else".
-AUDIT_TABLES = frozenset({"audit_events", "audit_heads", "audit_rollups"})
+AUDIT_TABLES = frozenset({"audit_events", "audit_heads", "audit_rollups", "audit_checkpoints"})
 
 
 @dataclass

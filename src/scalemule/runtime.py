@@ -8,6 +8,7 @@ from datetime import datetime
 from functools import cached_property
 
 from scalemule.blobs import BlobStore, open_blob_store
+from scalemule.core.audit_checkpoints import Notary, SigningKeys
 from scalemule.core.crypto import Keyring
 from scalemule.core.ids import utcnow
 from scalemule.core.signed_urls import Grant, UrlSigner
@@ -27,18 +28,19 @@ class Runtime:
     db: Database
     keyring: Keyring
     blobs: BlobStore
+    notary: Notary
     # The time operations act at; tests replace it to move time without sleeping.
     clock: Callable[[], datetime] = field(default=utcnow)
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
-        """Open the stores for ``settings`` (no I/O until first use)."""
-        return cls(
-            settings=settings,
-            db=Database(settings.url),
-            keyring=Keyring(settings.data_dir),
-            blobs=open_blob_store(settings),
-        )
+        """Open the stores for ``settings`` (no I/O until first use); audit events appended in the
+        database's transactions get signed checkpoints from this runtime's notary."""
+        db = Database(settings.url)
+        blobs = open_blob_store(settings)
+        notary = Notary(SigningKeys(settings.data_dir), blobs)
+        notary.attach(db.services)
+        return cls(settings=settings, db=db, keyring=Keyring(settings.data_dir), blobs=blobs, notary=notary)
 
     @cached_property
     def object_urls(self) -> ObjectUrls:

@@ -110,7 +110,7 @@ async def test_folded_events_join_the_tenant_chain_in_order(world: World, runtim
     async with runtime.db.transaction() as conn:
         await audit_rollups.tally(conn, _refused(MINUTE, tenant_id=tenant_id), source="a")
     await world.ok("whoami", world.agent)
-    page = await world.ok("audit_query", world.made.owner_token, tenant="acme", limit=5)
+    page = await world.ok("audit_query", world.made.owner_token, tenant="acme", limit=5, response_format="detailed")
     operations = [item["operation"] for item in page["items"]]
     # A reader folds what is pending, the open minute included: it never misses an attempt.
     assert operations[:2] == ["http_request", "whoami"]

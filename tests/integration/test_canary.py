@@ -74,6 +74,8 @@ async def test_a_canary_set_over_mcp_appears_only_in_secrets_reveal(tmp_path: Pa
                 ("config_promote", {"from_env": "dev", "to_env": "staging", "dry_run": False}),
                 ("secrets_list", {"env": "staging"}),
                 ("audit_query", {"limit": 200}),
+                ("audit_query", {"limit": 200, "response_format": "detailed"}),
+                ("audit_verify", {}),
                 ("whoami", {}),
             ]
             for name, arguments in calls:
@@ -93,10 +95,16 @@ async def test_a_canary_set_over_mcp_appears_only_in_secrets_reveal(tmp_path: Pa
     )
     assert export.returncode != 0
     outputs += [export.stdout.decode(), export.stderr.decode()]
+    for audit_format in ("jsonl", "ocsf"):
+        audit_export = await anyio.run_process(
+            [SCALEMULE, "audit", "export", "--tenant", "canary", "--format", audit_format], env=env
+        )
+        assert audit_export.stdout.count(b"\n") > 10
+        outputs += [audit_export.stdout.decode(), audit_export.stderr.decode()]
     for text in outputs:
         assert canary not in text
     assert canary not in stderr_path.read_text()
-    for path in data_dir.iterdir():
+    for path in [*data_dir.iterdir(), *(data_dir / "blobs" / "_audit").rglob("*")]:  # digest objects too
         if path.is_file():
             assert canary.encode() not in path.read_bytes(), path
     assert canary not in await _all_rows_text(Settings(data_dir=data_dir).url)

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message
 from scalemule.blobs import BlobStore
 from scalemule.blobs.base import CHUNK_SIZE
 from scalemule.core import bootstrap, crypto, storage
+from scalemule.core.audit_checkpoints import DIGEST_PREFIX
 from scalemule.core.signed_urls import UrlSigner
 from scalemule.core.storage_sweep import sweep
 from scalemule.db.tables import signed_url_uses, storage_objects, storage_usage
@@ -74,7 +75,9 @@ def blobs_of(world: World) -> BlobStore:
 
 
 async def blob_refs(world: World) -> list[str]:
-    return sorted([entry.ref async for entry in blobs_of(world).entries()])
+    """Refs of object bytes (the audit log's digest objects, under their reserved prefix, are not)."""
+    audit_digests = DIGEST_PREFIX + "/"
+    return sorted([e.ref async for e in blobs_of(world).entries() if not e.ref.startswith(audit_digests)])
 
 
 async def object_rows(world: World) -> int:

@@ -1,7 +1,8 @@
 """The audit log: one append-only event per call, chained by SHA-256 per tenant.
 
 Appending is batch-first; the chain head row serialises appenders of one chain, so sequence numbers
-have no gaps and every event names the hash of the one before it.
+have no gaps and every event names the hash of the one before it. Signed checkpoints of the chain
+heads join the events they cover (``audit_checkpoints``); ``audit_verify`` checks it all.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from scalemule.core import audit_checkpoints as checkpoints
 from scalemule.core.access import operator
+from scalemule.core.audit_checkpoints import Checkpoint, Notary
+from scalemule.core.errors import NotFound
 from scalemule.core.ids import new_id, utcnow
 from scalemule.db.engine import Connection
 from scalemule.db.tables import audit_events, audit_heads
@@ -64,15 +68,21 @@ class AuditEvent:
         """The event as an ``audit_events`` row."""
         return {**{name: getattr(self, name) for name in _FIELDS}, "chain": self.chain}
 
+    def canonical(self) -> bytes:
+        """The bytes ``hash`` is computed over: every other field as canonical JSON."""
+        body = {name: getattr(self, name) for name in _HASHED}
+        body["at"] = self.at.isoformat()
+        return _CANONICAL.encode(body).encode()
+
     def digest(self) -> str:
         """SHA-256 over every field but ``hash``, in a canonical JSON form."""
-        body = {name: getattr(self, name) for name in _FIELDS if name != "hash"}
-        body["at"] = self.at.isoformat()
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return hashlib.sha256(self.canonical()).hexdigest()
 
 
 _FIELDS = tuple(f.name for f in fields(AuditEvent))
+_HASHED = tuple(name for name in _FIELDS if name != "hash")
+# Built once: json.dumps with options builds an encoder per call, a large share of hashing an event.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def operator_event(
@@ -102,10 +112,19 @@ def operator_event(
     )
 
 
+@dataclass(frozen=True)
+class _Head:
+    seq: int
+    hash: str
+    checkpoint_seq: int = 0
+    checkpoint_at: datetime | None = None
+
+
 # The last head this process wrote per chain. Only a guess: the head is advanced with an UPDATE that
 # matches the guessed sequence number, and a miss (another process or replica appended, or the
-# transaction rolled back) falls back to reading the head under lock. It saves a read per call.
-_head_guess: dict[str, tuple[int, str]] = {}
+# transaction rolled back) falls back to reading the head under lock. It saves a read per call, and
+# carries the chain's last checkpoint, so deciding whether one is due costs no statement either.
+_head_guess: dict[str, _Head] = {}
 
 
 def _insert_head(dialect: str) -> Any:
@@ -113,13 +132,18 @@ def _insert_head(dialect: str) -> Any:
     return table_insert(audit_heads).on_conflict_do_nothing(index_elements=["chain"])
 
 
-async def _lock_head(conn: Connection, chain: str) -> tuple[int, str]:
-    query = sa.select(audit_heads.c.seq, audit_heads.c.hash).where(audit_heads.c.chain == chain).with_for_update()
+_select_head = sa.select(
+    audit_heads.c.seq, audit_heads.c.hash, audit_heads.c.checkpoint_seq, audit_heads.c.checkpoint_at
+)
+
+
+async def _lock_head(conn: Connection, chain: str) -> _Head:
+    query = _select_head.where(audit_heads.c.chain == chain).with_for_update()
     row = (await conn.execute(query)).first()
     if row is None:
         await conn.execute(_insert_head(conn.dialect.name), {"chain": chain, "seq": 0, "hash": GENESIS_HASH})
         row = (await conn.execute(query)).one()
-    return int(row.seq), str(row.hash)
+    return _Head(int(row.seq), str(row.hash), int(row.checkpoint_seq), row.checkpoint_at)
 
 
 def _seal(events: Sequence[AuditEvent], seq: int, prev: str) -> list[AuditEvent]:
@@ -133,44 +157,106 @@ def _seal(events: Sequence[AuditEvent], seq: int, prev: str) -> list[AuditEvent]
     return sealed
 
 
+def _checkpoints(notary: Notary | None, chained: list[AuditEvent], head: _Head) -> list[Checkpoint]:
+    if notary is None:
+        return []
+    signed: list[Checkpoint] = []
+    last_seq, last_at = head.checkpoint_seq, head.checkpoint_at
+    for event in chained:
+        if checkpoints.due(event.seq, event.at, last_seq, last_at):
+            made = notary.try_sign(event.chain, event.seq, event.hash)
+            if made is None:
+                break  # recorded unsigned; the next append tries again
+            signed.append(made)
+            last_seq, last_at = event.seq, made.at
+    return signed
+
+
 _insert_event = audit_events.insert()
+_head_matches = (
+    audit_heads.c.chain == sa.bindparam("c"),
+    audit_heads.c.seq == sa.bindparam("old_seq"),
+    # The hash too: a rolled-back append and another process's committed one can share a seq.
+    audit_heads.c.hash == sa.bindparam("old_hash"),
+)
 _advance_head = (
+    audit_heads.update().where(*_head_matches).values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
+)
+# The same statement when a checkpoint is signed: the head then also records it, at no extra cost.
+_advance_head_checkpointed = (
     audit_heads.update()
-    .where(
-        audit_heads.c.chain == sa.bindparam("c"),
-        audit_heads.c.seq == sa.bindparam("old_seq"),
-        # The hash too: a rolled-back append and another process's committed one can share a seq.
-        audit_heads.c.hash == sa.bindparam("old_hash"),
+    .where(*_head_matches)
+    .values(
+        seq=sa.bindparam("new_seq"),
+        hash=sa.bindparam("new_hash"),
+        checkpoint_seq=sa.bindparam("cp_seq"),
+        checkpoint_at=sa.bindparam("cp_at"),
     )
-    .values(seq=sa.bindparam("new_seq"), hash=sa.bindparam("new_hash"))
 )
 
 
+async def _advance(
+    conn: Connection, notary: Notary | None, mine: list[AuditEvent], head: _Head
+) -> tuple[list[AuditEvent], list[Checkpoint], _Head, int] | None:
+    """Chain ``mine`` to ``head`` and move the head, or None when the head has moved meanwhile; also
+    returns the checkpoints signed and the chain's checkpoint before them."""
+    chained = _seal(mine, head.seq, head.hash)
+    signed = _checkpoints(notary, chained, head)
+    last = chained[-1]
+    params = {"c": last.chain, "old_seq": head.seq, "old_hash": head.hash, "new_seq": last.seq, "new_hash": last.hash}
+    if signed:
+        params |= {"cp_seq": signed[-1].seq, "cp_at": signed[-1].at}
+        moved = _Head(last.seq, last.hash, signed[-1].seq, signed[-1].at)
+    else:
+        moved = replace(head, seq=last.seq, hash=last.hash)
+    statement = _advance_head_checkpointed if signed else _advance_head
+    if (await conn.execute(statement, params)).rowcount != 1:
+        return None
+    return chained, signed, moved, head.checkpoint_seq
+
+
 async def append(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEvent]:
-    """Append events in order, advancing each chain's head in the same transaction; returns them sealed."""
+    """Append events in order, advancing each chain's head in the same transaction; returns them sealed.
+
+    When a chain's checkpoint is due (``audit_checkpoints.due``) and the transaction belongs to a
+    runtime's database, a signed checkpoint row joins the events; its digest object is written after
+    commit.
+    """
+    notary = checkpoints.current_notary()
     sealed: list[AuditEvent] = []
+    signed: list[tuple[list[Checkpoint], int]] = []
     for chain in dict.fromkeys(e.chain for e in events):
         mine = [e for e in events if e.chain == chain]
         guess = _head_guess.get(chain)
-        chained: list[AuditEvent] = []
-        if guess is not None:
-            chained = _seal(mine, *guess)
-            params = {"c": chain, "old_seq": guess[0], "old_hash": guess[1]}
-            params |= {"new_seq": chained[-1].seq, "new_hash": chained[-1].hash}
-            if (await conn.execute(_advance_head, params)).rowcount != 1:
-                chained = []
-        if not chained:
-            head = await _lock_head(conn, chain)
-            chained = _seal(mine, *head)
-            params = {"c": chain, "old_seq": head[0], "old_hash": head[1]}
-            params |= {"new_seq": chained[-1].seq, "new_hash": chained[-1].hash}
-            await conn.execute(_advance_head, params)
-        _head_guess[chain] = (chained[-1].seq, chained[-1].hash)
+        done = None if guess is None else await _advance(conn, notary, mine, guess)
+        if done is None:
+            done = await _advance(conn, notary, mine, await _lock_head(conn, chain))
+            assert done is not None  # the head is locked: nobody moved it
+        chained, made, _head_guess[chain], previous = done
+        if made:
+            signed.append((made, previous))
         sealed += chained
     rows = [e.row() for e in sealed]
     # A single row takes the plain execute path, cheaper than the many-rows one on every call.
     await conn.execute(_insert_event, rows[0] if len(rows) == 1 else rows)
+    for made, previous in signed:
+        assert notary is not None
+        await checkpoints.record(conn, notary, made, previous=previous)
     return sealed
+
+
+async def checkpoint_head(conn: Connection, notary: Notary, chain: str) -> Checkpoint | None:
+    """Sign chain ``chain``'s current head unless it is already checkpointed (or the chain is empty),
+    so that every event recorded so far is covered; returns the new checkpoint."""
+    head = await _lock_head(conn, chain)
+    if head.seq == 0 or head.checkpoint_seq == head.seq:
+        return None
+    made = notary.sign(chain, head.seq, head.hash)
+    params = {"c": chain, "old_seq": head.seq, "old_hash": head.hash, "new_seq": head.seq, "new_hash": head.hash}
+    await conn.execute(_advance_head_checkpointed, params | {"cp_seq": made.seq, "cp_at": made.at})
+    await checkpoints.record(conn, notary, [made], previous=head.checkpoint_seq)
+    _head_guess.pop(chain, None)
+    return made
 
 
 async def query(
@@ -180,25 +266,57 @@ async def query(
     actor: str | None = None,
     operation: str | None = None,
     outcome: str | None = None,
+    target: str | None = None,
+    permission: str | None = None,
+    client: str | None = None,
+    session: str | None = None,
+    key: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     before_seq: int | None = None,
     limit: int = 50,
 ) -> list[AuditEvent]:
-    """The tenant's events, newest first, filtered; ``actor`` matches a principal id or name."""
+    """The tenant's events, newest first, filtered; ``actor`` matches a principal id or name, ``client``
+    the MCP client's name."""
     table = audit_events
     q = sa.select(table).where(table.c.chain == tenant_id).order_by(table.c.seq.desc()).limit(limit)
+    equal = {
+        table.c.operation: operation,
+        table.c.outcome: outcome,
+        table.c.target: target,
+        table.c.permission: permission,
+        table.c.client_name: client,
+        table.c.session_id: session,
+        table.c.key_id: key,
+    }
+    q = q.where(*(column == value for column, value in equal.items() if value is not None))
     if actor is not None:
         q = q.where(sa.or_(table.c.actor_id == actor, table.c.actor_name == actor))
-    if operation is not None:
-        q = q.where(table.c.operation == operation)
-    if outcome is not None:
-        q = q.where(table.c.outcome == outcome)
     if since is not None:
         q = q.where(table.c.at >= since)
     if until is not None:
         q = q.where(table.c.at < until)
     if before_seq is not None:
         q = q.where(table.c.seq < before_seq)
-    fields = AuditEvent.__dataclass_fields__
-    return [AuditEvent(**{k: v for k, v in row._mapping.items() if k in fields}) for row in await conn.execute(q)]
+    return [_event(row) for row in await conn.execute(q)]
+
+
+def _event(row: Any) -> AuditEvent:
+    return AuditEvent(**{k: v for k, v in row._mapping.items() if k in _FIELD_SET})
+
+
+_FIELD_SET = frozenset(_FIELDS)
+
+
+async def get(conn: Connection, *, tenant_id: str, event_id: str) -> tuple[AuditEvent, int]:
+    """One of the tenant's events by id, and the chain's head sequence number.
+
+    Raises:
+        NotFound: no event with that id in the tenant's chain (whether or not another tenant has one).
+    """
+    table = audit_events
+    row = (await conn.execute(sa.select(table).where(table.c.id == event_id, table.c.chain == tenant_id))).first()
+    if row is None:
+        raise NotFound(f"no audit event {event_id[:64]!r} in this tenant", hint="Find event ids with audit_query.")
+    head = (await conn.execute(sa.select(audit_heads.c.seq).where(audit_heads.c.chain == tenant_id))).scalar_one()
+    return _event(row), int(head)

@@ -4,7 +4,8 @@ Writes never reuse a blob, and a row is the only way to reach one, so every othe
 the bytes of overwritten and deleted objects, and blobs whose transaction rolled back or whose writer
 died before commit. A grace period protects writes in flight (their blob exists before their row
 commits). Blobs of tenants this database does not know are left alone: they may belong to another
-deployment sharing the bucket, and deleting on a misconfiguration would be unrecoverable.
+deployment sharing the bucket, and deleting on a misconfiguration would be unrecoverable. The audit
+log's digest objects (under ``_audit/``) are not objects at all and are never listed for deletion.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import sqlalchemy as sa
 
 from scalemule.blobs import BlobEntry, BlobStore
 from scalemule.core import signed_urls, unit_of_work
+from scalemule.core.audit_checkpoints import DIGEST_PREFIX
 from scalemule.core.ids import utcnow
 from scalemule.db.engine import Database
 from scalemule.db.tables import storage_objects, tenants
 
 DEFAULT_GRACE = timedelta(hours=1)
 BATCH = 500
+RESERVED = DIGEST_PREFIX + "/"
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ async def _sweep(
 
     batch: list[BlobEntry] = []
     async for entry in blobs.entries():
+        if entry.ref.startswith(RESERVED):
+            continue  # the audit's digest objects: never an object's bytes, never garbage
         counts["scanned"] += 1
         batch.append(entry)
         if len(batch) >= BATCH:

@@ -290,3 +290,24 @@ async def remove_member(conn: Connection, *, tenant_id: str, principal_id: str, 
         memberships.delete().where(memberships.c.tenant_id == tenant_id, memberships.c.principal_id == principal_id)
     )
     return member
+
+
+async def find_for_operator(conn: Connection, tenant: str) -> Tenant:
+    """The tenant an operator names on the command line: by id, or by a slug only one tenant has.
+
+    A slug names a tenant among one principal's tenants, so two tenants may share one.
+
+    Raises:
+        NotFound: no tenant with that id or slug.
+        InvalidArgument: several tenants have that slug.
+    """
+    query = sa.select(tenants).where(sa.or_(tenants.c.id == tenant, tenants.c.slug == tenant)).limit(3)
+    rows = (await conn.execute(query)).all()
+    by_id = [r for r in rows if r.id == tenant]
+    if by_id or len(rows) == 1:
+        return tenant_of((by_id or rows)[0])
+    if not rows:
+        raise NotFound(f"no tenant {tenant[:64]!r}", hint="Name a tenant by its id (ten_…) or its slug.")
+    raise InvalidArgument(
+        f"several tenants have the slug {tenant[:64]!r}", hint="Name it by its id (ten_…): see 'scalemule keys list'."
+    )

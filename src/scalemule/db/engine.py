@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+log = logging.getLogger("scalemule")
 
 
 def normalize_url(url: str) -> tuple[sa.URL, dict[str, Any]]:
@@ -135,11 +140,46 @@ def _sqlite_sync_engine(url: sa.URL) -> sa.Engine:
     return engine
 
 
+@dataclass
+class TransactionScope:
+    """What code inside a transaction reaches besides its connection: the services the runtime attached
+    to the database (the audit notary), and work to run once the transaction has committed.
+
+    Domain code that only gets a connection (``audit.append``) finds it with ``current_scope``.
+    """
+
+    services: dict[str, Any]
+    after_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def committed(self) -> None:
+        """Run the after-commit work, oldest first. Each piece is best effort: the transaction is
+        committed whatever happens here, so a failure is logged, never raised to the caller."""
+        for work in self.after_commit:
+            try:
+                await work()
+            except Exception:
+                log.exception("work after commit failed")
+
+
+_scope: ContextVar[TransactionScope | None] = ContextVar("scalemule_transaction_scope", default=None)
+
+
+def current_scope() -> TransactionScope | None:
+    """The scope of the transaction the current task runs in, if it was opened by ``Database``."""
+    return _scope.get()
+
+
 class Database:
-    """The engine plus the one way to open a unit of work on it."""
+    """The engine plus the one way to open a unit of work on it.
+
+    Attributes:
+        services: what the runtime attaches for code running inside transactions (see
+            ``TransactionScope``).
+    """
 
     def __init__(self, url: str) -> None:
         self.engine = create_engine(url)
+        self.services: dict[str, Any] = {}
         # SQLite has one writer at a time and every unit of work writes (its audit event at least):
         # queueing writers here keeps waiting on the event loop instead of inside the driver.
         self._writer = anyio.Lock() if self.engine.dialect.name == "sqlite" else None
@@ -156,20 +196,29 @@ class Database:
     async def transaction(self) -> AsyncIterator[Connection]:
         """A transaction committed on success and rolled back on any exception.
 
-        Never nest: code running inside one uses the connection it was given.
+        Never nest: code running inside one uses the connection it was given. Work registered on
+        the scope's ``after_commit`` runs once it has committed (after SQLite's writer lock is
+        released, so it never holds up other writers).
         """
-        if self._writer is None:
-            async with self.engine.begin() as conn:
-                yield conn
-            return
-        assert self._sqlite is not None
-        async with self._writer:
-            # SQLite: the writer lock admits one unit of work at a time, so one connection, kept
-            # open, serves them all (no checkout, no reconnect per call).
-            if self._sqlite_conn is None or self._sqlite_conn.closed:
-                self._sqlite_conn = self._sqlite.connect()
-            with self._sqlite_conn.begin():
-                yield InlineConnection(self._sqlite_conn)
+        scope = TransactionScope(self.services)
+        token = _scope.set(scope)
+        try:
+            if self._writer is None:
+                async with self.engine.begin() as conn:
+                    yield conn
+            else:
+                assert self._sqlite is not None
+                async with self._writer:
+                    # SQLite: the writer lock admits one unit of work at a time, so one connection,
+                    # kept open, serves them all (no checkout, no reconnect per call).
+                    if self._sqlite_conn is None or self._sqlite_conn.closed:
+                        self._sqlite_conn = self._sqlite.connect()
+                    with self._sqlite_conn.begin():
+                        yield InlineConnection(self._sqlite_conn)
+        finally:
+            _scope.reset(token)
+        if scope.after_commit:
+            await scope.committed()
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[Connection]:

@@ -19,7 +19,7 @@ import anyio
 import click
 
 from scalemule import __version__
-from scalemule.core import bootstrap, crypto, identity, secrets, unit_of_work
+from scalemule.core import audit_checkpoints, bootstrap, crypto, identity, secrets, unit_of_work
 from scalemule.core.errors import ScaleMuleError
 from scalemule.core.identity import KeyRecord
 from scalemule.core.pages import paginate
@@ -30,7 +30,7 @@ from scalemule.operations import REGISTRY, Operation
 from scalemule.operations.identity import KeyDetail
 from scalemule.runtime import Runtime
 from scalemule.settings import Settings
-from scalemule.surfaces import schemas
+from scalemule.surfaces import cli_audit, schemas
 from scalemule.surfaces.cli_call import SuggestingGroup, ToolGroup, parse_pairs
 from scalemule.surfaces.cli_output import EXIT_CODES, FORMATS, CliError, chosen_format, emit, emit_error, out, progress
 
@@ -154,6 +154,7 @@ def init(tenant: str, owner: str, as_json: bool) -> int:
     """Create the store, the first tenant, owner and agent keys; print an MCP client configuration."""
     settings = _settings()
     private_dir(settings.data_dir)
+    audit_checkpoints.create_signing_key_file(settings.data_dir)
 
     async def body(runtime: Runtime) -> bootstrap.Bootstrap:
         await migrate.upgrade(runtime.db.engine)
@@ -534,6 +535,9 @@ def schemas_cmd(check: bool, root: str) -> int:
     for path in schemas.write(Path(root)):
         click.echo(f"wrote {path}", err=True)
     return 0
+
+
+app.add_command(cli_audit.build(_run, _require_schema, _settings))
 
 
 @app.command()

@@ -4,7 +4,7 @@ Invariants live here as constraints with stable names (see ``db.errors``), so th
 PostgreSQL alike under any concurrency. Every tenant-scoped table carries ``tenant_id``.
 """
 
-from scalemule.db.tables.audit import audit_events, audit_heads, audit_rollups, idempotency_keys
+from scalemule.db.tables.audit import audit_checkpoints, audit_events, audit_heads, audit_rollups, idempotency_keys
 from scalemule.db.tables.base import metadata
 from scalemule.db.tables.config import config_entries, config_history, environments, secret_versions, secrets
 from scalemule.db.tables.identity import api_keys, invitations, memberships, principals, tenants
@@ -13,6 +13,7 @@ from scalemule.db.tables.storage import signed_url_uses, storage_objects, storag
 
 __all__ = [
     "api_keys",
+    "audit_checkpoints",
     "audit_events",
     "audit_heads",
     "audit_rollups",

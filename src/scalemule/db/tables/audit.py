@@ -14,6 +14,23 @@ audit_heads = sa.Table(
     sa.Column("chain", sa.String(40), primary_key=True),
     sa.Column("seq", sa.BigInteger(), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # The last signed checkpoint of the chain: appenders decide from these whether one is due.
+    sa.Column("checkpoint_seq", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("checkpoint_at", UTCDateTime(), nullable=True),
+)
+
+# Signed statements "chain C had head hash H at sequence number S", written in the transaction of the
+# events they cover and copied to the blob store as digest objects (docs/audit.md, Checkpoints).
+audit_checkpoints = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    sa.Column("chain", sa.String(40), primary_key=True),
+    sa.Column("seq", sa.BigInteger(), primary_key=True),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("key_id", sa.String(16), nullable=False),
+    # Base64 of the 64-byte Ed25519 signature over the checkpoint's canonical bytes.
+    sa.Column("signature", sa.String(88), nullable=False),
 )
 
 audit_events = sa.Table(

@@ -1,0 +1,188 @@
+"""Audit verification throughput against raw SHA-256 over the same canonical bytes, in one run.
+
+Builds one chain of ``--events`` events with batched appends (signed checkpoints every 1,000 events,
+digest objects in the blob store), then measures in this process:
+
+- raw SHA-256: hashing every event's canonical bytes, prepared beforehand (the floor of any verifier);
+- canonical + SHA-256: rebuilding those bytes from the event's fields, then hashing (what verifying a
+  hash needs at least, in Python);
+- verify (database): ``audit_verify.verify_stored``, batches read from the store, every link, hash,
+  checkpoint signature and digest object checked;
+- verify (export file): the offline verifier over ``scalemule audit export`` output.
+
+Prints events/s and each ratio to raw SHA-256 (target for verification: at least 0.5), and the peak
+memory the database pass allocated (it reads bounded batches, so it does not grow with the log).
+It is a benchmark, not a test: it exits 0 whatever the ratios.
+
+Usage: ``make bench`` or ``.venv/bin/python benchmarks/audit_verify.py [--events N] [--database-url URL]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import anyio
+
+from scalemule.core import audit, audit_export, audit_verify
+from scalemule.core.audit import AuditEvent
+from scalemule.core.ids import new_id, utcnow
+from scalemule.db import migrate
+from scalemule.runtime import Runtime
+from scalemule.settings import Settings
+
+TARGET_RATIO = 0.5
+BATCH = 1000
+
+
+def _events(chain: str, start: int) -> list[AuditEvent]:
+    return [
+        AuditEvent(
+            at=utcnow(),
+            operation=("whoami", "config_get", "storage_put_object")[i % 3],
+            outcome="ok",
+            transport="stdio",
+            duration_ms=1.25,
+            args={"env": "dev", "key": f"vision.model.{start + i}"},
+            tenant_id=chain,
+            actor_id="agt_0123456789abcdef0123456789abcdef",
+            actor_kind="agent",
+            actor_name="menu-bot",
+            key_id="key_0123456789abcdef0123456789abcdef",
+            client_name="claude-code",
+            client_version="2.1.0",
+            session_id="sess-1",
+            request_id=str(start + i),
+            permission="config:read",
+            target=f"vision.model.{start + i}",
+        )
+        for i in range(BATCH)
+    ]
+
+
+async def build(runtime: Runtime, events: int) -> str:
+    """One chain of ``events`` events, its head checkpointed; returns the chain."""
+    chain = new_id("ten")
+    for start in range(0, events, BATCH):
+        async with runtime.db.transaction() as conn:
+            await audit.append(conn, _events(chain, start))
+    async with runtime.db.transaction() as conn:
+        await audit.checkpoint_head(conn, runtime.notary, chain)
+    return chain
+
+
+async def stored_events(runtime: Runtime, chain: str) -> list[AuditEvent]:
+    """Every event of ``chain``, as the verifier reads them."""
+    events: list[AuditEvent] = []
+
+    async def keep(query: object) -> list[object]:
+        async with runtime.db.transaction() as conn:
+            return list((await conn.execute(query)).all())
+
+    last = 0
+    while True:
+        rows = await keep(
+            audit_verify.audit_events.select()
+            .where(audit_verify.audit_events.c.chain == chain, audit_verify.audit_events.c.seq > last)
+            .order_by(audit_verify.audit_events.c.seq)
+            .limit(10_000)
+        )
+        if not rows:
+            return events
+        events += [audit_verify.event_of(row._mapping) for row in rows]  # type: ignore[attr-defined]
+        last = events[-1].seq
+
+
+def rate(count: int, seconds: float) -> float:
+    """Events per second."""
+    return count / seconds if seconds > 0 else float("inf")
+
+
+async def measure(events: int, workdir: Path, database_url: str | None) -> dict[str, float]:
+    """Build the log, then time each pass; returns events/s per label and the peak memory in MB."""
+    settings = Settings(data_dir=workdir / "data", database_url=database_url)
+    settings.data_dir.mkdir(parents=True)
+    runtime = Runtime.open(settings)
+    try:
+        await migrate.upgrade(runtime.db.engine)
+        chain = await build(runtime, events)
+        loaded = await stored_events(runtime, chain)
+        canonical = [e.canonical() for e in loaded]
+        results: dict[str, float] = {}
+
+        started = time.perf_counter()
+        for body in canonical:
+            hashlib.sha256(body).hexdigest()
+        results["raw SHA-256 of canonical bytes"] = rate(events, time.perf_counter() - started)
+
+        started = time.perf_counter()
+        for event in loaded:
+            event.digest()
+        results["canonical bytes + SHA-256"] = rate(events, time.perf_counter() - started)
+
+        started = time.perf_counter()
+        report, _ = await audit_verify.verify_stored(runtime.db, runtime.notary, chain)
+        results["verify (database)"] = rate(events, time.perf_counter() - started)
+        if not report.ok:
+            raise SystemExit(f"verification failed: {report.problem}")
+        # Memory in a pass of its own: tracing allocations slows Python down several times.
+        del loaded, canonical
+        tracemalloc.start()
+        await audit_verify.verify_stored(runtime.db, runtime.notary, chain)
+        results["peak MB (database pass)"] = tracemalloc.get_traced_memory()[1] / 1e6
+        tracemalloc.stop()
+
+        export = workdir / "export.jsonl"
+        window = audit_export.Window(chain, "bench")
+        with export.open("w", encoding="utf-8") as out:
+            async for line in audit_export.export(runtime.db, runtime.notary, window):
+                out.write(line + "\n")
+        keys = runtime.notary.keys.public_keys()
+        started = time.perf_counter()
+        with export.open(encoding="utf-8") as first, export.open(encoding="utf-8") as second:
+            offline = audit_export.verify_lines(first, second, keys)
+        results["verify (export file)"] = rate(events, time.perf_counter() - started)
+        if not offline.ok:
+            raise SystemExit(f"offline verification failed: {offline.problem}")
+        return results
+    finally:
+        await runtime.close()
+
+
+def report(results: dict[str, float], events: int, store: str) -> None:
+    """Print events/s and the ratio of each pass to raw SHA-256."""
+    baseline = results["raw SHA-256 of canonical bytes"]
+    print(f"Audit verification over {events} events ({store}), ratios to raw SHA-256 in the same run")
+    print(f"{'pass':<32} {'events/s':>12} {'ratio':>8}")
+    for label, value in results.items():
+        if label.startswith("peak"):
+            continue
+        verdict = ""
+        if label.startswith("verify"):
+            verdict = "PASS" if value / baseline >= TARGET_RATIO else "UNDER"
+        print(f"{label:<32} {value:>12,.0f} {value / baseline:>7.3f}x  {verdict}")
+    print(f"peak memory of the database pass: {results['peak MB (database pass)']:.1f} MB")
+    print(f"target: verification at least {TARGET_RATIO}x raw SHA-256")
+
+
+def main() -> int:
+    """Parse options, measure, print."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=100_000, help="events in the chain (default 100000)")
+    parser.add_argument("--database-url", help="measure on this database (default: SQLite in a temp dir)")
+    options = parser.parse_args()
+    if options.events < BATCH or options.events % BATCH:
+        parser.error(f"--events must be a positive multiple of {BATCH}")
+    with tempfile.TemporaryDirectory(prefix="scalemule-bench-") as workdir:
+        results = anyio.run(measure, options.events, Path(workdir), options.database_url)
+    report(results, options.events, "PostgreSQL" if options.database_url else "SQLite")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,410 @@
+"""The audit verifier: one streaming pass over a chain's events by sequence number, plus its checkpoints.
+
+``ChainVerifier`` is pure: it is fed events in stored order and holds only the last few hashes, so
+the same code checks the database (``verify_chain``, reading bounded batches) and an export file
+(``audit_export.verify_file``) in bounded memory, whatever the chain's length. It stops at the first
+problem and names its sequence number and kind:
+
+- ``edited``: an event's content no longer matches its hash, or its ``prev_hash`` is not the previous
+  event's hash;
+- ``missing``: a sequence number is absent (deleted, or the rest renumbered);
+- ``inserted``: an event that was never appended sits in the chain (the rest renumbered around it);
+- ``reordered``: events appear out of sequence order (an export file whose lines moved);
+- ``truncated``: the chain ends before a checkpoint or the head row says it should;
+- ``rewritten``: a signed checkpoint names another hash than the event at its sequence number: the
+  chain was recomputed after an edit (the edit lies after the previous good checkpoint);
+- ``bad_signature`` / ``unknown_key``: a checkpoint does not verify under the trusted public keys;
+- ``digest_missing`` / ``digest_mismatch``: a checkpoint's digest object is absent or different;
+- ``checkpoint_missing``: a digest object exists for a checkpoint the database no longer holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import sqlalchemy as sa
+
+from scalemule.blobs import BlobStore
+from scalemule.core import audit_checkpoints
+from scalemule.core.audit import GENESIS_HASH, AuditEvent
+from scalemule.core.audit_checkpoints import Checkpoint, Notary
+from scalemule.core.errors import InvalidArgument
+from scalemule.db.engine import Database
+from scalemule.db.tables import audit_events, audit_heads
+
+BATCH = 1000
+# How far past a gap the verifier looks for the absent sequence number before calling it missing
+# rather than reordered (bounded: memory stays constant).
+REORDER_WINDOW = 100
+# Renumbering shifts tried on an event whose hash does not match: finds deletions and insertions.
+_SHIFTS = (1, -1, 2, -2, 3, -3)
+_EVENT_FIELDS = frozenset(AuditEvent.__dataclass_fields__)
+
+Progress = Callable[[int, int], None]
+Reader = Callable[[sa.Select[Any]], Awaitable[Sequence[Any]]]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The first thing wrong with a chain: where, what, and in words."""
+
+    seq: int
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What backs a checkpoint: its database row and its digest object (None: absent).
+
+    ``digest_checked`` is False where digest objects are out of reach (an export file)."""
+
+    row: Checkpoint | None
+    digest: Checkpoint | None = None
+    digest_checked: bool = False
+
+
+@dataclass
+class Report:
+    """The outcome of verifying one chain (or a range of it).
+
+    Attributes:
+        events: events checked.
+        checkpoints: checkpoints checked (signature, digest object, hash).
+        last_checkpoint: the highest signed sequence number checked, if any.
+        unsigned: events after the last checkpoint: linked and hashed correctly, but not yet signed,
+            so a cut there would not be detectable yet.
+    """
+
+    chain: str
+    from_seq: int
+    to_seq: int = 0
+    events: int = 0
+    checkpoints: int = 0
+    last_checkpoint: int | None = None
+    unsigned: int = 0
+    problem: Problem | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong."""
+        return self.problem is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        problem = None if self.problem is None else self.problem.__dict__
+        body = {k: v for k, v in self.__dict__.items() if k != "problem"}
+        return {**body, "ok": self.ok, "problem": problem}
+
+
+@dataclass
+class _Suspect:
+    """A problem found at ``seq`` whose kind depends on what follows: if the event of ``seq`` turns up
+    within the window (by its sequence number, or by content that hashes right under ``seq``), the
+    events were reordered; otherwise it is ``otherwise``."""
+
+    seq: int
+    otherwise: str
+    by_content: bool
+    detail: str = ""
+    left: int = REORDER_WINDOW
+
+    def __post_init__(self) -> None:
+        self.detail = self.detail or f"no event with seq {self.seq}"
+
+
+@dataclass
+class ChainVerifier:
+    """Push-style verifier of one chain: ``feed`` events in stored order, then ``finish``.
+
+    Args:
+        chain: the chain checked.
+        checkpoints: evidence per sequence number, for every checkpoint in the range.
+        keys: trusted public keys (key id -> raw 32 bytes).
+        from_seq: the first sequence number expected; 1 also checks the genesis link.
+    """
+
+    chain: str
+    checkpoints: Mapping[int, Evidence]
+    keys: Mapping[str, bytes]
+    from_seq: int = 1
+    report: Report = field(init=False)
+    _expected: int = field(init=False)
+    _hashes: list[str] = field(init=False)
+    _suspect: _Suspect | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.report = Report(self.chain, self.from_seq, self.from_seq - 1)
+        self._expected = self.from_seq
+        # The last two verified hashes (None: unknown, the range starts after genesis).
+        self._hashes = [GENESIS_HASH] if self.from_seq == 1 else []
+
+    @property
+    def failed(self) -> bool:
+        """True once a problem was found (further events are ignored)."""
+        return self.report.problem is not None
+
+    def _fail(self, seq: int, kind: str, detail: str) -> bool:
+        self.report.problem = Problem(seq, kind, detail)
+        return False
+
+    def feed(self, event: AuditEvent) -> bool:
+        """Check the next event as stored; False once the chain is known bad."""
+        if self.failed:
+            return False
+        if self._suspect is not None:
+            return self._look_for(event)
+        expected = self._expected
+        if event.seq > expected:
+            # Absent here: missing, or moved further down (reordered). Look a bounded way ahead.
+            self._suspect = _Suspect(expected, "missing", by_content=False)
+            return True
+        if event.seq < expected:
+            kind = "reordered" if event.hash not in self._hashes else "inserted"
+            detail = f"event {event.id} with seq {event.seq} appears after seq {expected - 1}"
+            return self._fail(event.seq, kind, detail)
+        if event.digest() != event.hash:
+            return self._content_mismatch(event)
+        if self._hashes and event.prev_hash != self._hashes[-1]:
+            if len(self._hashes) == 2 and event.prev_hash == self._hashes[0]:
+                return self._fail(expected - 1, "inserted", f"seq {expected} links past seq {expected - 1}")
+            return self._fail(expected, "edited", f"prev_hash of seq {expected} is not the hash of seq {expected - 1}")
+        self._hashes = [*self._hashes[-1:], event.hash]
+        self._expected += 1
+        self.report.events += 1
+        self.report.to_seq = event.seq
+        evidence = self.checkpoints.get(event.seq)
+        return True if evidence is None else self._checkpoint(event, evidence)
+
+    def _look_for(self, event: AuditEvent) -> bool:
+        suspect = self._suspect
+        assert suspect is not None
+        if suspect.by_content:
+            found = event.seq != suspect.seq and replace(event, seq=suspect.seq).digest() == event.hash
+        else:
+            found = event.seq == suspect.seq
+        if found:
+            detail = f"the event appended as seq {suspect.seq} sits at seq {event.seq}"
+            return self._fail(suspect.seq, "reordered", detail)
+        suspect.left -= 1
+        if suspect.left <= 0:
+            return self._fail(suspect.seq, suspect.otherwise, suspect.detail)
+        return True
+
+    def _content_mismatch(self, event: AuditEvent) -> bool:
+        seq = event.seq
+        for shift in _SHIFTS:
+            if replace(event, seq=seq + shift).digest() == event.hash and shift < 0:
+                return self._fail(seq + shift, "inserted", f"the event at seq {seq} was appended as seq {seq + shift}")
+            if replace(event, seq=seq + shift).digest() == event.hash:
+                # A later event moved up: the rest was renumbered after a deletion, unless the event
+                # of this seq turns up further on (rows swapped).
+                detail = f"the event now at seq {seq} was appended as seq {seq + shift}"
+                self._suspect = _Suspect(seq, "missing", by_content=True, detail=detail)
+                return True
+        detail = f"event {event.id} at seq {seq} does not match its hash"
+        self._suspect = _Suspect(seq, "edited", by_content=True, detail=detail)
+        return True
+
+    def _checkpoint(self, event: AuditEvent, evidence: Evidence) -> bool:
+        seq = event.seq
+        row, digest = evidence.row, evidence.digest
+        signed = row or digest
+        assert signed is not None
+        for checkpoint in (c for c in (row, digest) if c is not None):
+            why = checkpoint.problem(self.keys)
+            if why is not None:
+                source = "checkpoint" if checkpoint is row else "digest object of the checkpoint"
+                return self._fail(seq, why, f"the {source} at seq {seq} (key {checkpoint.key_id}) does not verify")
+        if evidence.digest_checked and row is not None and digest is None:
+            return self._fail(seq, "digest_missing", f"no digest object for the checkpoint at seq {seq}")
+        if evidence.digest_checked and row is None:
+            return self._fail(seq, "checkpoint_missing", f"a digest object at seq {seq} has no checkpoint row")
+        if row is not None and digest is not None and row != digest:
+            return self._fail(seq, "digest_mismatch", f"the digest object at seq {seq} differs from the checkpoint")
+        if signed.hash != event.hash or signed.chain != self.chain or signed.seq != seq:
+            after = self.report.last_checkpoint or 0
+            return self._fail(seq, "rewritten", f"the chain between seq {after} and {seq} was recomputed")
+        self.report.checkpoints += 1
+        self.report.last_checkpoint = seq
+        return True
+
+    def finish(self, head: tuple[int, str] | None = None, *, require_signed: bool = False) -> Report:
+        """Close the pass: the chain must reach every checkpoint and ``head`` (seq, hash) when given.
+
+        Args:
+            head: the chain's head as recorded beside the events (the database's head row).
+            require_signed: every event must be covered by a checkpoint (an export file).
+        """
+        report = self.report
+        if self._suspect is not None and not self.failed:
+            self._fail(self._suspect.seq, self._suspect.otherwise, self._suspect.detail)
+        if self.failed:
+            return report
+        last = report.to_seq
+        beyond = [s for s in self.checkpoints if s > last]
+        if beyond:
+            self._fail(last + 1, "truncated", f"the chain ends at seq {last} but seq {min(beyond)} was signed")
+        elif head is not None and head[0] > last:
+            self._fail(last + 1, "truncated", f"the chain ends at seq {last} but its head is seq {head[0]}")
+        elif head is not None and head[0] < last:
+            self._fail(head[0] + 1, "inserted", f"events follow the head, seq {head[0]}")
+        elif head is not None and last and head[1] != self._hashes[-1]:
+            self._fail(last, "rewritten", f"the head row does not match the event at seq {last}")
+        report.unsigned = last - (report.last_checkpoint or self.from_seq - 1)
+        if require_signed and report.unsigned and not self.failed:
+            detail = f"events after seq {report.last_checkpoint or 0} are not covered by a checkpoint"
+            self._fail(last, "unsigned", detail)
+        return report
+
+
+def event_of(row: Mapping[Any, Any]) -> AuditEvent:
+    """An ``AuditEvent`` from a stored row or an export record (extra keys ignored)."""
+    return AuditEvent(**{k: v for k, v in row.items() if k in _EVENT_FIELDS})
+
+
+# The event's columns in the order of AuditEvent's fields: rows then build events positionally.
+_EVENT_COLUMNS = [audit_events.c[name] for name in AuditEvent.__dataclass_fields__]
+
+
+async def _bounds(
+    read: Reader, chain: str, head: tuple[int, str], digests: set[int], to_seq: int | None
+) -> tuple[int, int]:
+    """The last event a pass must cover (``to_seq`` stretched to the next checkpoint) and the last it
+    reads (further, to every digest object, when the whole chain is checked)."""
+    if to_seq is None:
+        return head[0], max([head[0], *digests])
+    end = min(to_seq, head[0])
+    rows = await read(audit_checkpoints.select_checkpoints(chain, end, head[0]).limit(1))
+    covering = [s for s in digests if s >= end] + [int(r.seq) for r in rows]
+    end = min(covering) if covering else end
+    return end, end
+
+
+async def _load_digests(
+    blobs: BlobStore, chain: str, evidence: dict[int, Evidence], digests: set[int], low: int, high: int
+) -> None:
+    # Read only as the pass reaches them: a pass that stops early never fetches the rest.
+    for seq in sorted(s for s in evidence if low <= s <= high):
+        found = await audit_checkpoints.read_digest(blobs, chain, seq) if seq in digests else None
+        evidence[seq] = Evidence(evidence[seq].row, found, digest_checked=True)
+
+
+async def verify_chain(
+    read: Reader,
+    blobs: BlobStore | None,
+    keys: Mapping[str, bytes],
+    chain: str,
+    *,
+    from_seq: int = 1,
+    to_seq: int | None = None,
+    progress: Progress | None = None,
+    batch: int = BATCH,
+) -> Report:
+    """Verify chain ``chain`` as stored: events by sequence number in batches of ``batch``, every
+    checkpoint's signature and, with ``blobs``, its digest object.
+
+    A range (``from_seq``/``to_seq``) is read on to the first checkpoint at or after ``to_seq``, so
+    its events are covered by a signature. Without ``to_seq`` the pass also checks the head row.
+
+    Args:
+        read: runs a query and returns its rows (one transaction per call, or the caller's own).
+        blobs: where digest objects are; None skips them.
+        keys: trusted public keys.
+        chain: a tenant id, or ``-`` for the global chain.
+        progress: called with (events done, events to check) after each batch.
+
+    Raises:
+        InvalidArgument: ``from_seq`` lies past the chain's end, or after ``to_seq``.
+    """
+    # Digests first, then the head: every digest listed was committed before the head was read, so
+    # none lies beyond it unless the chain was cut.
+    digests = set() if blobs is None else await audit_checkpoints.digest_seqs(blobs, chain)
+    heads = await read(sa.select(audit_heads.c.seq, audit_heads.c.hash).where(audit_heads.c.chain == chain))
+    head = (int(heads[0].seq), str(heads[0].hash)) if heads else (0, GENESIS_HASH)
+    if from_seq > max([head[0], *digests]) + 1 or (to_seq is not None and to_seq < from_seq):
+        raise InvalidArgument(
+            f"from_seq {from_seq} is past the chain's end (seq {head[0]}) or after to_seq",
+            hint=f"Pass a from_seq between 1 and {head[0] + 1}, and a to_seq at or after it.",
+        )
+    end, top = await _bounds(read, chain, head, digests, to_seq)
+    rows = await read(audit_checkpoints.select_checkpoints(chain, from_seq, top))
+    evidence = {int(row.seq): Evidence(audit_checkpoints.of_row(row)) for row in rows}
+    evidence |= {s: Evidence(None) for s in digests if from_seq <= s <= top and s not in evidence}
+    verifier = ChainVerifier(chain, evidence, keys, from_seq)
+    table, last, total = audit_events, from_seq - 1, max(0, end - from_seq + 1)
+    while not verifier.failed:
+        where = (table.c.chain == chain, table.c.seq > last, table.c.seq <= top)
+        events = [
+            AuditEvent(*row)
+            for row in await read(sa.select(*_EVENT_COLUMNS).where(*where).order_by(table.c.seq).limit(batch))
+        ]
+        if blobs is not None and events:
+            await _load_digests(blobs, chain, evidence, digests, events[0].seq, events[-1].seq)
+        for event in events:
+            if not verifier.feed(event):
+                break
+        if len(events) < batch:
+            break
+        last = events[-1].seq
+        if progress is not None:
+            progress(min(last, end) - from_seq + 1, total)
+    if progress is not None:
+        progress(total, total)
+    return verifier.finish(head if to_seq is None else None)
+
+
+async def chains(read: Reader, blobs: BlobStore | None) -> list[str]:
+    """Every chain the database or the digest objects know of (a chain whose rows were all deleted
+    still has digest objects)."""
+    known = {str(row.chain) for row in await read(sa.select(audit_heads.c.chain))}
+    if blobs is not None:
+        prefix = audit_checkpoints.DIGEST_PREFIX + "/"
+        async for entry in blobs.entries(prefix):
+            known.add(entry.ref[len(prefix) :].split("/", 1)[0])
+    return sorted(known)
+
+
+def reader(db: Database) -> Reader:
+    """A ``Reader`` running each query in its own short transaction (writers are never held up for a
+    whole pass)."""
+
+    async def read(query: sa.Select[Any]) -> Sequence[Any]:
+        async with db.transaction() as conn:
+            return (await conn.execute(query)).all()
+
+    return read
+
+
+async def verify_stored(
+    db: Database,
+    notary: Notary,
+    chain: str,
+    *,
+    from_seq: int = 1,
+    to_seq: int | None = None,
+    progress: Progress | None = None,
+    repair_digests: bool = False,
+) -> tuple[Report, int]:
+    """Verify a chain of ``db`` against the notary's public keys and blob store; returns the report
+    and how many digest objects were repaired.
+
+    With ``repair_digests``, a checkpoint whose digest object is missing (its write after commit
+    failed) gets it written from the database's row, which the pass has just checked: its signature
+    holds and every event up to it verified. The pass then goes on from there.
+    """
+    read, blobs, keys = reader(db), notary.blobs, notary.keys.public_keys()
+    start, repaired = from_seq, 0
+    while True:
+        report = await verify_chain(read, blobs, keys, chain, from_seq=start, to_seq=to_seq, progress=progress)
+        problem = report.problem
+        if not repair_digests or problem is None or problem.kind != "digest_missing":
+            break
+        rows = await read(audit_checkpoints.select_checkpoints(chain, problem.seq, problem.seq))
+        repaired += await notary.store_digests([audit_checkpoints.of_row(row) for row in rows])
+        start = problem.seq
+    if start != from_seq:
+        report = await verify_chain(read, blobs, keys, chain, from_seq=from_seq, to_seq=to_seq)
+    return report, repaired
