@@ -134,15 +134,20 @@ def _executable() -> str:
 def client_env(settings: Settings, agent_token: str) -> tuple[dict[str, str], list[str]]:
     """The environment a client must give ``scalemule serve``, and the settings it must add by hand.
 
-    Every ``SCALEMULE_*`` setting in force is carried (the data directory always, absolute: blobs and
-    key files live there on PostgreSQL too), except the master key, whose value is never printed.
+    Every setting in force is carried (the data directory always, absolute: blobs and key files live
+    there on PostgreSQL too); the master key, whose value is never printed, is named instead.
     """
+    from dataclasses import fields
+
+    known = {f"SCALEMULE_{f.name.upper()}" for f in fields(Settings)} - {"SCALEMULE_API_KEY"}
     env = {"SCALEMULE_API_KEY": agent_token}
-    for name, value in sorted(os.environ.items()):
-        if name.startswith("SCALEMULE_") and name not in ("SCALEMULE_API_KEY", crypto.MASTER_KEY_ENV) and value:
-            env[name] = value
+    env |= {name: value for name, value in sorted(os.environ.items()) if name in known and value}
     env["SCALEMULE_DATA_DIR"] = str(settings.data_dir.resolve())
-    missing = [crypto.MASTER_KEY_ENV] if os.environ.get(crypto.MASTER_KEY_ENV) else []
+    # Key material set in the environment: the client needs it too, but it is not pasted into files.
+    held_back = (crypto.MASTER_KEY_ENV, "SCALEMULE_AUDIT_SIGNING_KEY")
+    missing = [name for name in held_back if os.environ.get(name)]
+    if os.environ.get("SCALEMULE_AUDIT_PUBLIC_KEYS"):
+        env["SCALEMULE_AUDIT_PUBLIC_KEYS"] = os.environ["SCALEMULE_AUDIT_PUBLIC_KEYS"]
     return env, missing
 
 
@@ -176,7 +181,7 @@ def init(tenant: str, owner: str, as_json: bool) -> int:
         out("Add this to your MCP client's configuration:")
         emit(mcp_json, "json")
     for name in missing:
-        click.echo(f"scalemule: also give the client {name} (not printed: it is the master key).", err=True)
+        click.echo(f"scalemule: also give the client {name} (not printed: it is key material).", err=True)
     return 0
 
 
