@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pty
@@ -463,3 +464,13 @@ def test_long_work_shows_progress_on_a_terminal_and_stays_quiet_when_piped(deplo
     assert piped.returncode == 0 and piped.stderr == ""
     status, out, err = _on_a_terminal(["secrets", "rotate-master-key"], deployment.env)
     assert status == 0 and json.loads(out)["master_key_version"] >= 2 and b"re-wrapping data keys" in err
+
+
+def test_init_names_a_master_key_from_the_environment_instead_of_printing_it(tmp_path: Path) -> None:
+    master = "1:" + base64.b64encode(b"k" * 32).decode()
+    env = clean_env(SCALEMULE_DATA_DIR=str(tmp_path / "store"), SCALEMULE_MASTER_KEY=master)
+    done = run_cli("init", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert master not in done.stdout and "SCALEMULE_MASTER_KEY" in done.stderr
+    printed = json.loads(done.stdout)["mcp_json"]["mcpServers"]["scalemule"]["env"]
+    assert set(printed) == {"SCALEMULE_API_KEY", "SCALEMULE_DATA_DIR"}
