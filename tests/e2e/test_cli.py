@@ -408,8 +408,9 @@ def test_run_starts_a_command_with_config_and_secrets_and_records_a_reveal(
     )
     assert (done.returncode, done.stdout) == (7, "postgres://db|s3 cr3t\n"), done.stderr
     assert list(tmp_path.iterdir()) == []
-    events = json.loads(run_cli("call", "audit_query", "operation=config_export", env=owner).stdout)["items"]
-    assert events and events[0]["permission"] == "secrets:reveal" and events[0]["outcome"] == "ok"
+    query = ["call", "audit_query", "operation=config_export", "permission=secrets:reveal"]
+    events = json.loads(run_cli(*query, env=owner).stdout)["items"]
+    assert events and events[0]["outcome"] == "ok" and events[0]["actor"]["kind"] == "user"
     agent = deployment.env | {"SCALEMULE_API_KEY": deployment.agent_key}
     denied = run_cli("run", "--env", "staging", "--", sys.executable, "-c", "print('ran')", env=agent)
     assert denied.returncode == EXIT_CODES["permission_denied"] and "ran" not in denied.stdout
