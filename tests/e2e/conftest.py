@@ -155,9 +155,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def http_server(deployment: Deployment, *serve_args: str) -> Iterator[str]:
+def http_server(deployment: Deployment, *serve_args: str, port: int | None = None) -> Iterator[str]:
     """Run ``scalemule serve --transport http`` until the block ends; yields the MCP endpoint URL."""
-    port = free_port()
+    port = port or free_port()
     log_path = deployment.logs / f"http-{port}.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(

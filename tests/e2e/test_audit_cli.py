@@ -13,6 +13,8 @@ import pytest
 
 from scalemule.core import audit_checkpoints
 from scalemule.surfaces import cli
+from scalemule.surfaces.cli_audit import EXIT_TAMPERED
+from scalemule.surfaces.cli_output import EXIT_CODES
 
 
 @pytest.fixture
@@ -57,14 +59,14 @@ def test_audit_verify_passes_then_names_an_edited_event(
     with sqlite3.connect(store["data_dir"] / "scalemule.db") as db:
         db.execute("UPDATE audit_events SET operation = 'forged' WHERE seq = 1")
     code, report = _json(capsys, "audit", "verify", "--all")
-    assert code == 1 and not report["ok"]
+    assert code == EXIT_TAMPERED and not report["ok"]
     bad = [c for c in report["chains"] if not c["ok"]]
     assert [(c["problem"]["seq"], c["problem"]["kind"]) for c in bad] == [(1, "edited")]
 
 
 def test_audit_verify_needs_a_tenant_all_or_a_file(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     code, body = _json(capsys, "audit", "verify")
-    assert code == 1 and body["error"]["code"] == "invalid_argument"
+    assert code == EXIT_CODES["invalid_argument"] and body["error"]["code"] == "invalid_argument"
 
 
 def test_an_export_verifies_offline_with_only_the_public_key(
@@ -109,7 +111,7 @@ def test_a_tampered_or_cut_export_fails_offline_at_the_right_sequence_number(
         code, report = _json(capsys, "audit", "verify", "--file", str(path), "--public-key", str(keys))
         problem = report["chains"][0]["problem"]
         expected = record["seq"] if kind != "truncated" else json.loads(lines[-1])["seq"]
-        assert code == 1 and (problem["seq"], problem["kind"]) == (expected, kind), (kind, problem)
+        assert code == EXIT_TAMPERED and (problem["seq"], problem["kind"]) == (expected, kind), (kind, problem)
 
 
 def test_a_rotated_key_signs_new_checkpoints_while_old_ones_keep_verifying(
@@ -132,7 +134,8 @@ def test_repair_digests_rewrites_a_missing_digest_object_of_a_valid_checkpoint(
     assert digests
     digests[0].unlink()
     code, report = _json(capsys, "audit", "verify", "--all")
-    assert code == 1 and {c["problem"]["kind"] for c in report["chains"] if c["problem"]} == {"digest_missing"}
+    problems = {c["problem"]["kind"] for c in report["chains"] if c["problem"]}
+    assert code == EXIT_TAMPERED and problems == {"digest_missing"}
     code, report = _json(capsys, "audit", "verify", "--all", "--repair-digests")
     assert code == 0 and report["ok"] and report["repaired_digests"] == 1
     assert digests[0].exists()

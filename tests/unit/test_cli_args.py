@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from scalemule.core.errors import InvalidArgument
 from scalemule.dispatch import Exposure
-from scalemule.surfaces.cli import build_parser, parse_pairs
+from scalemule.operations import REGISTRY
+from scalemule.surfaces.cli import app, first_sentence, parse_pairs
+from scalemule.surfaces.cli_call import field_kind, read_json_source
 
 
 def test_pair_values_are_read_as_json_when_they_are_json() -> None:
@@ -57,5 +61,47 @@ def test_a_mistyped_toolset_gets_a_suggestion() -> None:
 
 
 def test_serve_defaults_to_stdio_with_the_default_toolsets() -> None:
-    args = build_parser().parse_args(["serve"])
-    assert (args.transport, args.toolsets, args.read_only) == ("stdio", "default", False)
+    defaults = app.commands["serve"].make_context("serve", []).params
+    assert (defaults["transport"], defaults["toolsets"], defaults["read_only"]) == ("stdio", "default", False)
+
+
+def test_a_pair_for_a_text_argument_is_taken_as_written() -> None:
+    args = parse_pairs(["name=123", "value=123", 'label="x"'], None, text_fields=frozenset({"name", "label"}))
+    assert args == {"name": "123", "value": 123, "label": '"x"'}
+
+
+def test_json_arguments_may_come_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "args.json"
+    path.write_text('{"limit": 3}')
+    assert parse_pairs([], f"@{path}") == {"limit": 3}
+
+
+def test_json_from_a_missing_file_is_an_invalid_argument_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        read_json_source(f"@{tmp_path}/absent.json")
+    assert "absent.json" in refused.value.message
+
+
+def test_argument_kinds_follow_the_args_model() -> None:
+    fields = REGISTRY["config_set"].args_model.model_fields
+    assert [field_kind(fields[n])[0] for n in ("env", "key", "value", "expected_version")] == [
+        "text",
+        "text",
+        "json",
+        "integer",
+    ]
+    promote = REGISTRY["config_promote"].args_model.model_fields
+    assert field_kind(promote["dry_run"])[0] == "flag" and field_kind(promote["keys"])[0] == "json"
+
+
+@pytest.mark.parametrize(
+    ("description", "sentence"),
+    [
+        ("Set a value. Use config_get to read it.", "Set a value."),
+        ("List objects, e.g. uploads/. Paginated.", "List objects, e.g. uploads/."),
+        ("Read a key\nacross lines. Then more.", "Read a key across lines."),
+        ("No full stop here", "No full stop here"),
+    ],
+)
+def test_a_summary_is_the_whole_first_sentence(description: str, sentence: str) -> None:
+    assert first_sentence(description) == sentence

@@ -90,8 +90,10 @@ class Keyring:
             self._keys = _parse(self._path.read_text(encoding="utf-8"), str(self._path))
         else:
             raise FailedPrecondition(
-                "no master key is configured, so secrets cannot be stored or read",
-                hint=f"Run 'scalemule init', or set {MASTER_KEY_ENV} (see scalemule://docs/security).",
+                f"no master key is configured, so secrets cannot be stored or read: {MASTER_KEY_ENV} is unset "
+                f"and there is no key file at {self._path}",
+                hint=f"Set SCALEMULE_DATA_DIR to the directory 'scalemule init' used (it holds {MASTER_KEY_FILE}), "
+                f"or set {MASTER_KEY_ENV} (see scalemule://docs/security).",
             )
         if not self._keys:
             raise FailedPrecondition(f"{self._path} holds no master key", hint="Restore it from your backup.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -375,12 +376,15 @@ async def rewrap_batch(conn: Connection, keyring: Keyring, *, below: int, limit:
     return len(rows)
 
 
-async def rotate_master_key(db: Database, keyring: Keyring, *, batch: int = 200) -> tuple[int, int]:
+async def rotate_master_key(
+    db: Database, keyring: Keyring, *, batch: int = 200, progress: Callable[[int], None] | None = None
+) -> tuple[int, int]:
     """Re-wrap every data key under a new master key version; returns (new version, keys re-wrapped).
 
     Old versions keep decrypting until the last batch commits, so servers reading concurrently never
     fail; only then are older versions retired from the key file. With keys from the environment,
     the operator adds the new version there first and this re-wraps to the newest one present.
+    ``progress`` is told how many keys each committed batch re-wrapped (an operator's progress bar).
     """
     work, trace = unit_of_work.operator(db, "secrets_rotate_master_key")
     async with work.recorded():
@@ -390,6 +394,8 @@ async def rotate_master_key(db: Database, keyring: Keyring, *, batch: int = 200)
             async with db.transaction() as conn:
                 done = await rewrap_batch(conn, keyring, below=version, limit=batch)
             total += done
+            if progress is not None:
+                progress(done)
             if done < batch:
                 break
         trace.args = {"master_key_version": version, "rewrapped": total}

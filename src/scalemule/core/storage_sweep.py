@@ -10,7 +10,7 @@ log's digest objects (under ``_audit/``) are not objects at all and are never li
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 
@@ -79,18 +79,20 @@ async def sweep(
     grace: timedelta = DEFAULT_GRACE,
     now: datetime | None = None,
     dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> SweepReport:
     """Delete garbage blobs older than ``grace``, abort interrupted writes and forget used PUT URLs
     that expired; record one audit event (an operator command's unit of work).
 
-    Safe to run while servers write, and from several processes at once.
+    Safe to run while servers write, and from several processes at once. ``progress`` is told how
+    many blobs each settled batch held (an operator's progress bar).
 
     Raises:
         ScaleMuleError: the sweep failed (recorded; ``Internal`` for an unexpected fault).
     """
     work, trace = unit_of_work.operator(db, "storage_sweep", permission="storage:write")
     async with work.recorded():
-        report = await _sweep(db, blobs, grace=grace, now=now, dry_run=dry_run)
+        report = await _sweep(db, blobs, grace=grace, now=now, dry_run=dry_run, progress=progress)
         trace.args = {"grace_seconds": int(grace.total_seconds()), "dry_run": dry_run, **asdict(report)}
         async with work.transaction() as conn:
             if not dry_run:
@@ -102,7 +104,13 @@ async def sweep(
 
 
 async def _sweep(
-    db: Database, blobs: BlobStore, *, grace: timedelta, now: datetime | None, dry_run: bool
+    db: Database,
+    blobs: BlobStore,
+    *,
+    grace: timedelta,
+    now: datetime | None,
+    dry_run: bool,
+    progress: Callable[[int], None] | None,
 ) -> SweepReport:
     cutoff = (now or utcnow()) - grace
     counts = {"scanned": 0, "referenced": 0, "young": 0, "foreign": 0, "deleted": 0, "aborted": 0}
@@ -116,6 +124,8 @@ async def _sweep(
         if not dry_run:
             for entry in kinds["deleted"]:
                 await blobs.delete(entry.ref)
+        if progress is not None:
+            progress(len(batch))
 
     batch: list[BlobEntry] = []
     async for entry in blobs.entries():
