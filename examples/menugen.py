@@ -96,7 +96,7 @@ class Demo:
         return self.facts[name]
 
     async def tool_names(self) -> set[str]:
-        """The tools this server exposes (default toolsets)."""
+        """The tools this server exposes (the toolsets the walkthrough serves)."""
         return {tool.name for tool in (await self.client.list_tools()).tools}
 
     def cli(self, *argv: str, api_key: str) -> dict[str, Any]:
@@ -222,7 +222,7 @@ async def audit_trail(demo: Demo) -> None:
     events = []
     cursor: str | None = None
     while True:
-        pairs = [f"tenant={TENANT}", "limit=200"] + ([f"cursor={cursor}"] if cursor else [])
+        pairs = [f"tenant={TENANT}", "limit=200", "response_format=detailed"] + ([f"cursor={cursor}"] if cursor else [])
         listed = demo.cli("call", "audit_query", *pairs, api_key=demo.owner_key)
         events += listed["items"]
         if (cursor := listed["next_cursor"]) is None:
@@ -593,6 +593,9 @@ def initialise(data_dir: Path) -> dict[str, Any]:
     return made
 
 
+TOOLSETS = "default,identity,config,secrets,storage"
+
+
 async def walkthrough(data_dir: Path) -> int:
     """Initialise a store, connect as the agent and run every step; returns the number of failures."""
     heading(1, "Initialise a store for MenuGen (scalemule init)")
@@ -600,11 +603,13 @@ async def walkthrough(data_dir: Path) -> int:
     public_port = free_port()  # where the HTTP surface will serve the signed URLs the agent makes
     server = StdioServerParameters(
         command=str(scalemule_executable()),
-        args=["serve"],
+        # The default tool list plus whole toolsets: this agent also provisions a worker's identity and
+        # grants, diffs and promotes config, reads secret versions and checks objects' metadata.
+        args=["serve", "--toolsets", TOOLSETS],
         env=store_env(data_dir, made["agent_key"], public_port),
     )
     heading(2, "Connect as the agent (scalemule serve over stdio)")
-    show(f"$ SCALEMULE_API_KEY={made['agent_key'][:12]}… scalemule serve")
+    show(f"$ SCALEMULE_API_KEY={made['agent_key'][:12]}… scalemule serve --toolsets {TOOLSETS}")
     failures = 0
     async with Client(server, client_info=types.Implementation(name="menugen-builder", version="1.0")) as client:
         info = client.server_info
