@@ -226,7 +226,6 @@ def _stdio_banner(settings: Settings, who: identity.Authenticated) -> None:
             f"scalemule {__version__} serving MCP over stdio · store {store_label(settings)} · tenant {tenant}",
             err=True,
         )
-        click.echo(settings.signing_notice(), err=True)
 
 
 @app.command()
@@ -252,6 +251,7 @@ def serve(transport: str, host: str, port: int, toolsets: str, read_only: bool) 
 
             config = uvicorn.Config(build_app(dispatcher, host=host), host=host, port=port, log_level="warning")
             click.echo(f"scalemule: serving MCP on http://{host}:{port}/mcp", err=True)
+            click.echo(settings.signing_notice(), err=True)
             await _with_job_maintenance(runtime, uvicorn.Server(config).serve)
             return
         key = settings.api_key
