@@ -42,14 +42,10 @@ class SecretsSetArgs(TenantArgs):
     max_versions: int | None = Field(default=None, ge=1, le=100, description="versions kept (stored on the secret)")
 
 
-@operation("secrets_set", title="Set a secret", permission="secrets:write", toolset="secrets", target="name")
-async def secrets_set(call: Call, args: SecretsSetArgs) -> SecretView:
-    """Store a secret (API key, password) encrypted as a new version; the value is never echoed.
-
-    For non-secret settings use config_set.
-    """
+async def _write(call: Call, args: SecretsSetArgs) -> SecretInfo:
+    # secrets_set and secrets_rotate write a new version the same way.
     await writable_env(call, args.env, "secrets:write")
-    info = await secrets.set_secret(
+    return await secrets.set_secret(
         call.conn,
         call.runtime.keyring,
         call.tenant_id,
@@ -61,6 +57,15 @@ async def secrets_set(call: Call, args: SecretsSetArgs) -> SecretView:
         keep=call.runtime.settings.secret_versions_kept,
         max_versions=args.max_versions,
     )
+
+
+@operation("secrets_set", title="Set a secret", permission="secrets:write", toolset="secrets", target="name")
+async def secrets_set(call: Call, args: SecretsSetArgs) -> SecretView:
+    """Store a secret (API key, password) encrypted as a new version; the value is never echoed.
+
+    For non-secret settings use config_set.
+    """
+    info = await _write(call, args)
     return SecretView.of(info)
 
 
@@ -207,19 +212,7 @@ class SecretsRotateArgs(SecretsSetArgs):
 async def secrets_rotate(call: Call, args: SecretsRotateArgs) -> SecretView:
     """Set a secret's new value and schedule the previous version's destruction after a grace period
     (0: now), so old credentials stop being revealable. Plain writes: secrets_set."""
-    await writable_env(call, args.env, "secrets:write")
-    info = await secrets.set_secret(
-        call.conn,
-        call.runtime.keyring,
-        call.tenant_id,
-        args.env,
-        args.name,
-        args.value,
-        expected_version=args.expected_version,
-        by=call.principal.id,
-        keep=call.runtime.settings.secret_versions_kept,
-        max_versions=args.max_versions,
-    )
+    info = await _write(call, args)
     if info.version > 1 and args.destroy_previous_after_seconds is not None:
         previous = info.version - 1
         if args.destroy_previous_after_seconds == 0:
