@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from scalemule.core import identity
+from scalemule.core import tokens
 from scalemule.dispatch import Dispatcher, ErrorBody, Exposure, Invocation
 from scalemule.operations import REGISTRY
 from tests.conftest import StoreProbe, World
+from tests.integration.people import join, user_with_key
 
 pytestmark = pytest.mark.anyio
 
@@ -22,20 +21,11 @@ async def _denied(world: World, operation: str, token: str, **arguments: object)
 
 
 async def test_a_denial_by_role_names_the_permission_the_tenant_and_the_role(world: World) -> None:
-    bob = await world.ok("members_add", world.owner, email="bob@example.com", role="viewer")
-    async with world.dispatcher.runtime.db.transaction() as conn:
-        info, token = await identity.create_key(
-            conn,
-            principal_id=bob["principal"]["id"],
-            tenant_id=None,
-            name="bob",
-            scopes=None,
-            expires_at=None,
-            created_by=None,
-        )
+    _, token = await user_with_key(world, "bob@example.com")
+    await join(world, token, by=world.owner, email="bob@example.com", role="viewer")
     error = await _denied(world, "config_set", token, env="dev", key="K", value="v")
     assert error.message.startswith("user 'bob@example.com' lacks 'config:write' in tenant 'acme' (")
-    assert "'viewer'" in error.message and info.prefix not in error.message
+    assert "'viewer'" in error.message and tokens.display_prefix(token) not in error.message
 
 
 async def test_a_denial_by_the_keys_scopes_names_the_key_not_the_role(world: World) -> None:
@@ -91,7 +81,7 @@ async def test_a_problem_inside_a_list_is_located_by_index_and_one_without_a_fie
 ) -> None:
     error = await _invalid(world, "access_check", permissions=["config:read", "not a permission"])
     assert error.message.startswith("invalid arguments for access_check: permissions.1: ")
-    assert error.hint is not None and error.hint.startswith("Accepted arguments: tenant, permissions.")
+    assert error.hint is not None and error.hint.startswith("Accepted arguments: tenant, permissions, ")
     both = await _invalid(world, "members_add", email="bob@example.com", principal_id="usr_x", role="viewer")
     assert both.message.startswith("invalid arguments for members_add: arguments: ")
 
@@ -148,23 +138,13 @@ async def test_audit_text_is_cut_to_its_columns_and_a_non_text_target_recorded_a
     event = await probe.event(outcome.event_id)
     assert (event["operation"], event["client_name"], event["client_version"]) == ("x" * 64, "n" * 200, "v" * 100)
     assert (event["session_id"], event["request_id"]) == ("s" * 100, "r" * 100)
-    assert event["args"] == {"_raw": {}}
+    assert event["args"] == {}  # an unknown tool's arguments: by name and size only, and there are none
     wide = await world.call("config_get", world.agent, env="dev", key="k" * 5000)
     assert (await probe.event(wide.event_id))["target"] == "k" * 1000
     odd = await world.call("config_get", world.agent, env="dev", key=["a", 1])
     assert (await probe.event(odd.event_id))["target"] == "['a', 1]"
     none = await world.call("config_get", world.agent, env="dev")
     assert (await probe.event(none.event_id))["target"] is None
-
-
-async def test_the_recorded_duration_is_the_calls_wall_time_in_milliseconds(
-    world: World, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    readings = iter([10.0])
-    # The first reading starts the call; every later one is 250 ms on.
-    monkeypatch.setattr(time, "perf_counter", lambda: next(readings, 10.25))
-    outcome = await world.call("whoami", world.agent)
-    assert (await probe.event(outcome.event_id))["duration_ms"] == 250.0
 
 
 async def test_a_new_tenants_log_starts_with_its_creation(world: World, probe: StoreProbe) -> None:

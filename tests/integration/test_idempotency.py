@@ -57,7 +57,7 @@ async def test_two_agents_of_one_tenant_share_its_idempotency_keys(world: World)
     _, other = await _agent_of(world, "acme")
     first = await world.ok("agents_create", world.agent, name="helper", role="viewer", idempotency_key="mk-helper")
     replay = await world.ok("agents_create", other, name="helper", role="viewer", idempotency_key="mk-helper")
-    assert replay == first
+    assert replay == {**first, "replayed": True}
 
 
 async def test_an_idempotency_key_outside_any_tenant_is_the_callers_own(world: World) -> None:
@@ -104,7 +104,7 @@ async def test_a_record_in_the_stored_format_replays(world: World) -> None:
         "agents_create", world.agent, name="helper", role="viewer", idempotency_key="from-another-replica"
     )
     assert outcome.error is None, outcome.error
-    assert outcome.result == stored
+    assert outcome.result == {**stored, "replayed": True}
     async with world.dispatcher.runtime.db.transaction() as conn:
         count = (await conn.execute(sa.select(sa.func.count()).select_from(idempotency_keys))).scalar_one()
     assert count == 1
@@ -114,7 +114,8 @@ async def test_different_idempotency_keys_in_one_tenant_are_different_requests(w
     first = await world.ok("agents_create", world.agent, name="one", role="viewer", idempotency_key="a")
     second = await world.ok("agents_create", world.agent, name="two", role="viewer", idempotency_key="b")
     assert first["principal"]["id"] != second["principal"]["id"]
-    assert (await world.ok("agents_create", world.agent, name="one", role="viewer", idempotency_key="a")) == first
+    replay = await world.ok("agents_create", world.agent, name="one", role="viewer", idempotency_key="a")
+    assert replay == {**first, "replayed": True}
 
 
 async def test_a_call_that_loses_the_race_for_its_idempotency_key_is_a_conflict_and_changes_nothing(
