@@ -16,7 +16,7 @@ from scalemule.dispatch import Dispatcher, Exposure, Invocation, Outcome, Via, t
 from scalemule.operations import REGISTRY, Operation, resource_for
 from scalemule.operations.docs import topics
 from scalemule.operations.prompts import PROMPTS
-from scalemule.surfaces import tasks
+from scalemule.surfaces import results, tasks
 
 
 def instructions(exposure: Exposure) -> str:
@@ -136,10 +136,10 @@ def build_server(
         # CreateTaskResult, whose resultType the SDK passes through; every other answer is a CallToolResult.
         outcome = await invoke(ctx, params.name, params.arguments)
         if outcome.error is not None:
-            return types.CallToolResult.model_validate(tasks.error_result(outcome.error))
+            return types.CallToolResult.model_validate(results.error_result(outcome.error))
         assert outcome.result is not None
         if params.name not in tasks.TASK_TOOLS:
-            return types.CallToolResult.model_validate(tasks.ok_result(outcome.result))
+            return types.CallToolResult.model_validate(results.ok_result(outcome.result))
         answer = await as_task(ctx, params, outcome.result)
         return answer if answer.get("resultType") == "task" else types.CallToolResult.model_validate(answer)
 
@@ -152,7 +152,7 @@ def build_server(
         if tasks.task_aware(ctx):
             seen = await invoke(ctx, "tasks_get", args, via="task")
             if seen.error is not None:
-                return tasks.error_result(seen.error)
+                return results.error_result(seen.error)
             assert seen.result is not None
             return tasks.created(seen.result)
         wait = (params.arguments or {}).get("wait_seconds", 20)

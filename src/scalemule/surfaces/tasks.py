@@ -9,7 +9,6 @@ unchanged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from mcp_types.jsonrpc import MISSING_REQUIRED_CLIENT_CAPABILITY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from scalemule.dispatch import ErrorBody, Outcome
+from scalemule.surfaces.results import error_result, ok_result
 
 TASKS = "io.modelcontextprotocol/tasks"
 # The tools whose work can outlast a client's timeout: a task-aware client gets a task handle for them.
@@ -63,21 +63,6 @@ def protocol_error(error: ErrorBody) -> MCPError:
     return MCPError(
         code=code, message=error.text, data={"code": error.code, "message": error.message, "hint": error.hint}
     )
-
-
-def error_result(error: ErrorBody) -> dict[str, Any]:
-    """The CallToolResult of a failed call."""
-    return {
-        "content": [{"type": "text", "text": error.text}],
-        "structuredContent": {"error": {"code": error.code, "message": error.message, "hint": error.hint}},
-        "isError": True,
-    }
-
-
-def ok_result(value: dict[str, Any]) -> dict[str, Any]:
-    """The CallToolResult of a call that produced ``value``: structured, and the same JSON as text."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return {"content": [{"type": "text", "text": text}], "structuredContent": value, "isError": False}
 
 
 def tool_result(view: dict[str, Any]) -> dict[str, Any]:
