@@ -95,7 +95,7 @@ _INT64 = range(-(2**63), 2**63)
 class Args(BaseModel):
     """Base of every argument model: unknown fields, NUL and lone surrogates are refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     _storable = model_validator(mode="before")(_storable_text)
 
@@ -131,7 +131,7 @@ class TenantPageArgs(TenantArgs, PageArgs):
 class Result(BaseModel):
     """Base of every result model."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
 
 @dataclass

@@ -6,6 +6,7 @@ docs/errors.md; ``cli_call`` generates one ``call`` subcommand per registry oper
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -244,6 +245,10 @@ def serve(transport: str, host: str, port: int, toolsets: str, read_only: bool) 
         exposure = Exposure.parse(toolsets, read_only=read_only)
         await _require_schema(runtime, settings)
         dispatcher = Dispatcher(runtime, exposure)
+        # What is loaded by now (modules, models, tables) lives as long as the server: frozen, the
+        # collector never walks it again, neither in the pauses of a busy server nor at exit, where
+        # it cost half a second.
+        gc.freeze()
         if transport == "http":
             import uvicorn
 
