@@ -16,13 +16,13 @@ from datetime import datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from scalemule.core import audit_checkpoints as checkpoints
 from scalemule.core.access import operator
 from scalemule.core.audit_checkpoints import Checkpoint, Notary
 from scalemule.core.errors import NotFound
 from scalemule.core.ids import new_id, utcnow
+from scalemule.db.dialects import insert_for
 from scalemule.db.engine import Connection
 from scalemule.db.tables import audit_events, audit_heads
 
@@ -128,7 +128,7 @@ _head_guess: dict[str, _Head] = {}
 
 
 def _insert_head(dialect: str) -> Any:
-    table_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table_insert = insert_for(dialect)
     return table_insert(audit_heads).on_conflict_do_nothing(index_elements=["chain"])
 
 

@@ -23,11 +23,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from scalemule.core import audit
 from scalemule.core.audit import AuditEvent
 from scalemule.core.ids import new_id, utcnow
+from scalemule.db.dialects import insert_for
 from scalemule.db.engine import Connection
 from scalemule.db.tables import audit_rollups
 
@@ -58,7 +58,7 @@ def _template(event: AuditEvent, source: str) -> dict[str, Any]:
 
 
 def _upsert(dialect: str) -> Any:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = insert_for(dialect)
     statement = insert(audit_rollups)
     return statement.on_conflict_do_update(
         index_elements=["chain", "window_start", "bucket"],

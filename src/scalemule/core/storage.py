@@ -21,7 +21,6 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from scalemule.blobs import BlobInfo, BlobNotFound, BlobStore
 from scalemule.blobs.base import CHUNK_SIZE, DIGEST_SIZE, cpu_parallelism
@@ -43,6 +42,7 @@ from scalemule.core.object_rules import (
     check_prefix,
     shown,
 )
+from scalemule.db.dialects import insert_for
 from scalemule.db.engine import Connection
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import storage_objects, storage_usage
@@ -164,7 +164,7 @@ async def _lock_usage(conn: Connection, tenant_id: str) -> Usage:
     )
     row = (await conn.execute(query)).first()
     if row is None:
-        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(storage_usage)
+        insert = insert_for(conn.dialect.name)(storage_usage)
         await conn.execute(
             insert.on_conflict_do_nothing(index_elements=["tenant_id"]),
             {"tenant_id": tenant_id, "bytes": 0, "objects": 0},
