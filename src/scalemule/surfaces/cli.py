@@ -34,6 +34,7 @@ from scalemule.settings import Settings, env_name
 from scalemule.surfaces import cli_audit, schemas
 from scalemule.surfaces.cli_call import SuggestingGroup, ToolGroup, parse_pairs
 from scalemule.surfaces.cli_output import EXIT_CODES, FORMATS, CliError, chosen_format, emit, emit_error, out, progress
+from scalemule.surfaces.console import loading
 
 __all__ = ["EXIT_CODES", "CliError", "app", "main", "parse_pairs"]
 
@@ -237,7 +238,8 @@ def _stdio_banner(settings: Settings, who: identity.Authenticated) -> None:
 @click.option("--read-only", is_flag=True, help="expose and allow only read-only tools")
 def serve(transport: str, host: str, port: int, toolsets: str, read_only: bool) -> int:
     """Serve MCP over stdio (default) or streamable HTTP. Errors go to stderr: stdout is the protocol."""
-    from scalemule.surfaces.stdio import serve_stdio
+    with loading():
+        from scalemule.surfaces.stdio import serve_stdio
 
     settings = _settings()
 
@@ -245,15 +247,16 @@ def serve(transport: str, host: str, port: int, toolsets: str, read_only: bool) 
         exposure = Exposure.parse(toolsets, read_only=read_only)
         await _require_schema(runtime, settings)
         dispatcher = Dispatcher(runtime, exposure)
+        if transport == "http":
+            with loading():
+                import uvicorn
+
+                from scalemule.surfaces.http import build_app
         # What is loaded by now (modules, models, tables) lives as long as the server: frozen, the
         # collector never walks it again, neither in the pauses of a busy server nor at exit, where
         # it cost half a second.
         gc.freeze()
         if transport == "http":
-            import uvicorn
-
-            from scalemule.surfaces.http import build_app
-
             config = uvicorn.Config(build_app(dispatcher, host=host), host=host, port=port, log_level="warning")
             click.echo(f"scalemule: serving MCP on http://{host}:{port}/mcp", err=True)
             click.echo(settings.signing_notice(), err=True)
