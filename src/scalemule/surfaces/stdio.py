@@ -120,6 +120,9 @@ def parse(line: bytearray) -> SessionMessage | types.JSONRPCError | None:
 # What a string's bytes cannot hold to be decoded as they lie: an escape, or a control character.
 _NOT_PLAIN = re.compile(rb"[\x00-\x1f\\]")
 _SPACE = b" \t\r\n"
+# Past this many quotes a line is not searched for long strings: it is read by the parser as it is,
+# so a line of many short strings costs no long search.
+_MAX_QUOTES = 10_000
 
 
 def _parse_around_long_strings(line: bytearray) -> SessionMessage | None:
@@ -157,12 +160,15 @@ def _long_plain_strings(line: bytearray) -> list[tuple[int, int]]:
     # character: what can be decoded as it lies. Keys (followed by a colon) are left to the parser.
     found: list[tuple[int, int]] = []
     position = 0
+    quotes = 0
     while (opening := line.find(b'"', position)) >= 0:
         closing = line.find(b'"', opening + 1)
         while closing >= 0 and _escaped(line, closing):
             closing = line.find(b'"', closing + 1)
-        if closing < 0:
-            break
+            quotes += 1
+        quotes += 2
+        if closing < 0 or quotes > _MAX_QUOTES:
+            return []  # unterminated, or text full of quotes (a JSON document as text): parsed whole
         after = closing + 1
         while after < len(line) and line[after] in _SPACE:
             after += 1
