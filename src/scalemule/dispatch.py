@@ -124,6 +124,10 @@ DEFAULT_TOOLS = frozenset(
     }
 )
 DEFAULT = "default"
+# An audited target is indexed (audit_query's target filter), and PostgreSQL refuses an index entry
+# over a third of a page (2,704 bytes): 1,000 characters of another script can pass that, so a
+# target is also cut to 2,000 bytes of UTF-8.
+TARGET_BYTES = 2000
 
 
 def toolsets() -> list[str]:
@@ -228,7 +232,7 @@ class _Caller:
             session_id=_clip(inv.session_id, 100),
             request_id=_clip(inv.request_id, 100),
             permission=op.permission if op is not None else None,
-            target=_clip(target, 1000),
+            target=_clip(target, 1000, max_bytes=TARGET_BYTES),
             error_code=error_code,
         )
 
@@ -498,6 +502,11 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-def _clip(value: str | None, size: int) -> str | None:
+def _clip(value: str | None, size: int, *, max_bytes: int | None = None) -> str | None:
     # Audit text columns take what callers sent: cut to size, NUL made visible (PostgreSQL refuses it).
-    return None if value is None else encodable(str(value)[:size]).replace("\x00", "\\x00")[:size]
+    if value is None:
+        return None
+    text = encodable(str(value)[:size]).replace("\x00", "\\x00")[:size]
+    if max_bytes is not None and len(text) * 4 > max_bytes:
+        text = text.encode()[:max_bytes].decode(errors="ignore")  # never half a character
+    return text

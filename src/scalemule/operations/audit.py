@@ -9,7 +9,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
-from scalemule.core import audit, audit_checkpoints, audit_rollups, audit_verify
+from scalemule.core import audit, audit_checkpoints, audit_filters, audit_rollups, audit_verify
 from scalemule.core.audit import AuditEvent
 from scalemule.core.audit_checkpoints import Checkpoint
 from scalemule.core.pages import paginate
@@ -128,24 +128,23 @@ async def audit_query(call: Call, args: AuditQueryArgs) -> EventsPage:
     if args.cursor is None:
         # Calls recorded in aggregate (refused credentials, idle polls) show up before the first page.
         await audit_rollups.flush(call.conn, chain=call.tenant_id)
+    where = audit_filters.EventFilter(
+        actor=args.actor,
+        operation=args.operation,
+        outcome=args.outcome,
+        target=args.target,
+        permission=args.permission,
+        client=args.client,
+        session=args.session,
+        key=args.key,
+        since=args.since,
+        until=args.until,
+    )
     page, next_cursor = await paginate(
         args.cursor,
         args.limit,
-        lambda after, n: audit.query(
-            call.conn,
-            tenant_id=call.tenant_id,
-            actor=args.actor,
-            operation=args.operation,
-            outcome=args.outcome,
-            target=args.target,
-            permission=args.permission,
-            client=args.client,
-            session=args.session,
-            key=args.key,
-            since=args.since,
-            until=args.until,
-            before_seq=after,
-            limit=n,
+        lambda after, n: audit_filters.query(
+            call.conn, tenant_id=call.tenant_id, where=where, before_seq=after, limit=n
         ),
         lambda e: e.seq,
     )
