@@ -256,8 +256,10 @@ class Dispatcher:
         """Run one invocation through the whole path; never raises for a caller's mistake."""
         caller = _Caller(inv, REGISTRY.get(inv.operation))
         work = UnitOfWork(self.runtime.db, caller)
+        # A read never holds up writers: it runs apart and its event is recorded after it.
+        unit = work.read if caller.op is not None and caller.op.read_only else work.run
         try:
-            result = await work.run(lambda conn: self._pipeline(conn, caller))
+            result = await unit(lambda conn: self._pipeline(conn, caller))
         except ScaleMuleError as error:
             return Outcome(result=None, error=ErrorBody.of(error), event_id=work.event_id)
         return Outcome(result=result, error=None, event_id=work.event_id)

@@ -19,7 +19,7 @@ from scalemule.core import tokens
 from scalemule.core.access import KeyAudience, KeyInfo, KeyTerms, Principal, PrincipalKind, Tenant
 from scalemule.core.errors import AlreadyExists, NotFound, Unauthenticated
 from scalemule.core.ids import new_id, utcnow
-from scalemule.db.engine import Connection
+from scalemule.db.engine import Connection, write
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import api_keys, memberships, principals, tenants
 
@@ -110,7 +110,7 @@ async def authenticate(conn: Connection, token: str | None) -> Authenticated:
     if row.expires_at is not None and row.expires_at <= now:
         raise Unauthenticated(f"API key {row.prefix}… expired at {row.expires_at.isoformat()}", hint=_NEXT_STEP)
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
-        await conn.execute(api_keys.update().where(api_keys.c.id == row.id).values(last_used_at=now))
+        await write(conn, api_keys.update().where(api_keys.c.id == row.id).values(last_used_at=now))
     principal = Principal(
         id=row.principal_id,
         kind=row.kind,

@@ -127,7 +127,8 @@ async def audit_query(call: Call, args: AuditQueryArgs) -> EventsPage:
     """
     if args.cursor is None:
         # Calls recorded in aggregate (refused credentials, idle polls) show up before the first page.
-        await audit_rollups.flush(call.conn, chain=call.tenant_id)
+        async with call.bookkeeping() as conn:
+            await audit_rollups.flush(conn, chain=call.tenant_id)
     page, next_cursor = await paginate(
         args.cursor,
         args.limit,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -16,7 +17,7 @@ from scalemule.core import grants as core_grants
 from scalemule.core.access import Grant, KeyInfo, Principal, Tenant
 from scalemule.core.errors import FailedPrecondition, PermissionDenied
 from scalemule.core.tenants import SLUG_PATTERN
-from scalemule.db.engine import Connection
+from scalemule.db.engine import Connection, in_snapshot
 from scalemule.runtime import Runtime
 
 REDACTED = "[redacted]"
@@ -195,6 +196,17 @@ class Call:
             f" (role {self.role!r}, no grant matches) to {doing}",
             hint="See your grants with whoami; ask an owner or admin for a grant (grants_create) on this name.",
         )
+
+    @asynccontextmanager
+    async def bookkeeping(self) -> AsyncIterator[Connection]:
+        """Where a read writes what it needs written before it reads on (audit_query folds tallied calls
+        into events first): the call's own transaction, or, for a read that runs apart from writers
+        (``UnitOfWork.read``), a short transaction of its own, committed before the read goes on."""
+        if not in_snapshot():
+            yield self.conn
+            return
+        async with self.runtime.db.transaction() as conn:
+            yield conn
 
     @property
     def tenant_id(self) -> str:
