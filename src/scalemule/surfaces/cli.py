@@ -252,7 +252,7 @@ def serve(transport: str, host: str, port: int, toolsets: str, read_only: bool) 
             config = uvicorn.Config(build_app(dispatcher, host=host), host=host, port=port, log_level="warning")
             click.echo(f"scalemule: serving MCP on http://{host}:{port}/mcp", err=True)
             click.echo(settings.signing_notice(), err=True)
-            await _with_job_maintenance(runtime, uvicorn.Server(config).serve)
+            await _with_job_maintenance(dispatcher, uvicorn.Server(config).serve)
             return
         key = settings.api_key
         try:
@@ -266,7 +266,7 @@ def serve(transport: str, host: str, port: int, toolsets: str, read_only: bool) 
             ) from None
         assert key is not None
         _stdio_banner(settings, who)
-        await _with_job_maintenance(runtime, lambda: serve_stdio(dispatcher, key))
+        await _with_job_maintenance(dispatcher, lambda: serve_stdio(dispatcher, key))
 
     settings = settings.for_http(host, port) if transport == "http" else settings
     return _to_stderr(lambda: _run(settings, body))
@@ -285,12 +285,15 @@ def _to_stderr(body: Callable[[], Any]) -> int:
     return 0
 
 
-async def _with_job_maintenance(runtime: Runtime, serve: Callable[[], Awaitable[None]]) -> None:
-    """Run ``serve`` while rescuing expired job leases: whichever server or worker runs does it, no daemon."""
+async def _with_job_maintenance(dispatcher: Dispatcher, serve: Callable[[], Awaitable[None]]) -> None:
+    """Run ``serve`` while rescuing expired job leases and running the server's tasks (MCP Tasks of
+    operations such as audit_verify): whichever server or worker runs does it, no daemon."""
     from scalemule.worker.maintenance import rescue_forever
+    from scalemule.worker.server_tasks import TaskRunner
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(rescue_forever, runtime)
+        tg.start_soon(rescue_forever, dispatcher.runtime)
+        tg.start_soon(TaskRunner(dispatcher).run)
         await serve()
         tg.cancel_scope.cancel()
 
