@@ -144,18 +144,24 @@ async def test_a_task_whose_key_was_revoked_ends_unauthenticated(world: World) -
     assert done["result"]["structuredContent"]["error"]["code"] == "unauthenticated"
 
 
-async def test_a_task_cancelled_while_it_runs_stops_and_ends_cancelled(
-    world: World, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    halfway = anyio.Event()
+@pytest.fixture
+def halfway(monkeypatch: pytest.MonkeyPatch) -> anyio.Event:
+    """audit_verify made endless: it reports half done, sets the event, and waits to be stopped."""
+    reached = anyio.Event()
 
     async def slow_verify(call: Call, args: AuditVerifyArgs) -> VerifyView:
         call.report(0.5, "halfway")
-        halfway.set()
+        reached.set()
         await anyio.sleep_forever()
-        raise AssertionError("a cancelled run goes no further")
+        raise AssertionError("a stopped run goes no further")
 
     monkeypatch.setitem(REGISTRY, "audit_verify", replace(REGISTRY["audit_verify"], handler=slow_verify))
+    return reached
+
+
+async def test_a_task_cancelled_while_it_runs_stops_and_ends_cancelled(
+    world: World, probe: StoreProbe, halfway: anyio.Event
+) -> None:
     task_id = await _started(world, world.agent)
     runner = TaskRunner(world.dispatcher, beat=0.01)
     with anyio.fail_after(30):  # the run ends only when the cancellation reaches it
@@ -170,6 +176,23 @@ async def test_a_task_cancelled_while_it_runs_stops_and_ends_cancelled(
             assert seen["status"] == "working"
             await world.ok("tasks_cancel", world.agent, task_id=task_id)
     assert (await _answer(world, world.agent, task_id))["status"] == "cancelled"
+    run = [e for e in await probe.audit_events() if e["request_id"] == task_id and e["transport"] == "task"]
+    assert [e["outcome"] for e in run] == ["cancelled"]
+
+
+async def test_a_stopping_server_hands_its_running_task_back_to_run_again(
+    world: World, probe: StoreProbe, halfway: anyio.Event
+) -> None:
+    task_id = await _started(world, world.agent)
+    runner = TaskRunner(world.dispatcher)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.run)
+            await halfway.wait()
+            await runner.stop()
+    job = await world.ok("jobs_get", world.owner, tenant="acme", job_id=task_id)
+    assert (job["state"], job["attempt"], job["last_error"]) == ("failed", 1, "the server running it stopped")
+    assert (await _answer(world, world.agent, task_id))["status"] == "working"  # it runs again shortly
     run = [e for e in await probe.audit_events() if e["request_id"] == task_id and e["transport"] == "task"]
     assert [e["outcome"] for e in run] == ["cancelled"]
 

@@ -123,6 +123,7 @@ def test_a_server_task_that_failed_answers_its_operations_error_with_code_and_hi
     dead = replace(SERVER, state="dead", attempt=1, result={"error": error}, last_error="unauthenticated: …")
     body = tasks.task(TaskView.of(dead, ttl=TTL, now=NOW).model_dump(mode="json"))
     assert body["status"] == "completed" and body["result"]["isError"] is True
+    assert body["statusMessage"] == "ended with an error (attempt 1 of 3): unauthenticated: …"
     assert body["result"]["structuredContent"] == {"error": error}
     assert body["result"]["content"][0]["text"] == "unauthenticated: API key smk_ab… was revoked. Create a key."
 

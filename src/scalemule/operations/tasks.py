@@ -136,6 +136,9 @@ def status_message(job: Job) -> str:
         return f"running{done}{said} ({attempt}{stopping})"
     if job.state == "failed":
         return f"failed, runs again at {job.run_at.isoformat()} ({attempt}): {(job.last_error or '')[:300]}"
+    if job.state == "dead" and job.queue == jobs.SERVER_QUEUE:
+        # The operation's own error ends a server task at once: it was never a job that died of retries.
+        return f"ended with an error ({attempt}): {(job.last_error or '')[:300]}"
     if job.state == "dead":
         return f"dead after {attempt}: {(job.last_error or '')[:300]}"
     return f"{job.state} ({attempt})"

@@ -88,14 +88,28 @@ class TaskRunner:
         self.worker_id = new_id("srv")
         self._wake = Signal()
         self._running: dict[str, _Run] = {}
+        self._scope = anyio.CancelScope()
+        self._started, self._stopped = False, anyio.Event()
 
     async def run(self) -> None:
-        """Claim and run due server tasks until cancelled; a task created here is taken at once."""
+        """Claim and run due server tasks until cancelled or ``stop``; a task created here is taken at once."""
         self.dispatcher.task_created = self._wake.set
-        async with anyio.create_task_group() as runs:
-            while True:
-                await self._claim_into(runs)
-                await self._wake.wait(self.poll)
+        self._started = True
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as runs:
+                    while True:
+                        await self._claim_into(runs)
+                        await self._wake.wait(self.poll)
+        finally:
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Claim nothing more and hand the running tasks back, so another server runs them at once rather
+        than when their leases run out; returns once they are handed back (if ``run`` was started)."""
+        self._scope.cancel()
+        if self._started:
+            await self._stopped.wait()
 
     async def run_due(self) -> int:
         """Claim the tasks due now (up to ``concurrency``) and run them to their end; how many ran."""
