@@ -115,6 +115,8 @@ async def test_a_server_tasks_report_is_read_with_the_operations_permission(worl
     assert await world.code("tasks_get", worker, task_id=task_id) == "permission_denied"
     assert await world.code("jobs_get", worker, job_id=task_id) == "permission_denied"
     assert await world.code("tasks_cancel", worker, task_id=task_id) == "permission_denied"
+    writer = await _agent_key(world, "writer", "developer", scopes=["jobs:read", "jobs:write"])
+    assert await world.code("jobs_cancel", writer, job_id=task_id) == "permission_denied"
     assert (await world.ok("jobs_get", world.owner, tenant="acme", job_id=task_id))["queue"] == jobs.SERVER_QUEUE
 
 

@@ -260,6 +260,7 @@ async def jobs_list(call: Call, args: JobsListArgs) -> JobsPage:
 async def jobs_cancel(call: Call, args: JobIdArgs) -> JobStatus:
     """Cancel a job: a queued or failed one at once; a running one is asked to stop (cancel_requested)
     and its worker sees it on its next heartbeat. Finished jobs: failed_precondition."""
+    check_server_job(call, await jobs.get(call.conn, call.tenant_id, args.job_id), doing="cancel it")
     return JobStatus.of(await jobs.cancel(call.conn, call.tenant_id, args.job_id, now=call.runtime.clock()))
 
 
