@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -165,8 +165,16 @@ class Call:
     role: str | None
     permissions: frozenset[str]
     audit: AuditNote = field(default_factory=AuditNote)
+    # Where a call run as a task reports how far it got (``report``); None for an ordinary call.
+    progress: Callable[[float, str | None], None] | None = None
     # The caller's grants, read at most once per call and only when asked for (see ``grants``).
     _grants: list[list[Grant]] = field(default_factory=list, repr=False)
+
+    def report(self, fraction: float, message: str | None = None) -> None:
+        """Say how far a long call got (0..1, a short note): a task's client reads it on ``tasks/get``.
+        Cheap and synchronous: the task's runner writes the latest report with its next heartbeat."""
+        if self.progress is not None:
+            self.progress(min(max(fraction, 0.0), 1.0), message)
 
     async def grants(self) -> list[Grant]:
         """The grants this call may use in its tenant (core.access.Grant); read once, on first use."""
