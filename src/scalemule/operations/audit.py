@@ -127,7 +127,8 @@ async def audit_query(call: Call, args: AuditQueryArgs) -> EventsPage:
     """
     if args.cursor is None:
         # Calls recorded in aggregate (refused credentials, idle polls) show up before the first page.
-        await audit_rollups.flush(call.conn, chain=call.tenant_id)
+        async with call.bookkeeping() as conn:
+            await audit_rollups.flush(conn, chain=call.tenant_id)
     where = audit_filters.EventFilter(
         actor=args.actor,
         operation=args.operation,
@@ -235,20 +236,25 @@ class VerifyView(Result):
     toolset="audit",
     read_only=True,
     idempotent=True,
+    task=True,
 )
 async def audit_verify_chain(call: Call, args: AuditVerifyArgs) -> VerifyView:
     """Verify the tenant's audit log: every event's hash and link, every signed checkpoint and its digest
     object, from genesis or from_seq. Names the first bad sequence number and what is wrong.
 
-    Reads the whole range (seconds per million events); use audit_get to check a single event's proof.
+    Reads the whole range (seconds per million events); MCP Tasks clients get a task handle. Use
+    audit_get to check a single event's proof.
     """
 
     async def read(query: sa.Select[Any]) -> Sequence[Any]:
         return (await call.conn.execute(query)).all()
 
+    def progress(done: int, total: int) -> None:
+        call.report(done / total if total else 1.0, f"{done:,} of {total:,} events checked")
+
     keys = call.runtime.notary.keys.public_keys()
     report = await audit_verify.verify_chain(
-        read, call.runtime.blobs, keys, call.tenant_id, from_seq=args.from_seq, to_seq=args.to_seq
+        read, call.runtime.blobs, keys, call.tenant_id, from_seq=args.from_seq, to_seq=args.to_seq, progress=progress
     )
     body = report.to_dict()
     body.pop("chain")

@@ -4,8 +4,8 @@
 read the whole chain. One ``(chain, column, seq)`` index per filter column keeps each value's events in
 sequence order, and ``(chain, at, seq)`` serves time windows (docs/audit.md, Indexes).
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-14
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
