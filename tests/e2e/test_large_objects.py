@@ -76,24 +76,32 @@ async def test_a_large_result_carries_the_object_once_on_the_wire(deployment: De
     )
     assert process.stdin is not None and process.stdout is not None
     replies: dict[int | None, bytes] = {}
+    pending: list[bytes] = []
+
+    async def answer(request_id: int) -> None:
+        assert process.stdout is not None
+        while request_id not in replies:
+            chunk = await process.stdout.receive()
+            *complete, rest = chunk.split(b"\n")
+            for piece in complete:
+                line = b"".join([*pending, piece])
+                pending.clear()
+                replies[json.loads(line).get("id")] = line
+            pending.append(rest)
+
     try:
         with anyio.fail_after(60):
             await process.stdin.send(_line(1, "initialize", hello) + _line(None, "notifications/initialized", {}))
-            await process.stdin.send(_line(2, "tools/call", put) + _line(3, "tools/call", get))
-            pending: list[bytes] = []
-            while 3 not in replies:
-                chunk = await process.stdout.receive()
-                *complete, rest = chunk.split(b"\n")
-                for piece in complete:
-                    line = b"".join([*pending, piece])
-                    pending = []
-                    replies[json.loads(line).get("id")] = line
-                pending.append(rest)
+            await process.stdin.send(_line(2, "tools/call", put))
+            await answer(2)  # the object is stored before it is read
+            await process.stdin.send(_line(3, "tools/call", get))
+            await answer(3)
     finally:
         await process.stdin.aclose()
         with anyio.fail_after(30):
             await process.wait()
 
+    assert json.loads(replies[2])["result"]["isError"] is False
     reply = json.loads(replies[3])["result"]
     assert reply["isError"] is False and base64.b64decode(reply["structuredContent"]["content"]) == data
     # Once: the whole line is the object's base64 and a few hundred characters of envelope and summary.

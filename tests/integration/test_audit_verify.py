@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
 import pytest
 import sqlalchemy as sa
 
-from scalemule.core import audit, audit_checkpoints
+from scalemule.core import audit, audit_checkpoints, audit_verify
 from scalemule.db.tables import audit_events
 from scalemule.dispatch import Invocation
 from tests.conftest import World
@@ -133,3 +137,22 @@ async def test_a_verify_of_another_chain_never_reads_past_its_own_events(world: 
 async def test_audit_verify_refuses_a_range_past_the_chains_end(world: World) -> None:
     assert await world.code("audit_verify", world.owner, from_seq=10**6) == "invalid_argument"
     assert await world.code("audit_verify", world.owner, from_seq=3, to_seq=2) == "invalid_argument"
+
+
+async def test_a_cancelled_verify_stops_at_its_next_batch(world: World) -> None:
+    # A task's cancellation reaches its verify between batches, even where reads never wait (SQLite).
+    await _activity(world)
+    checked: list[int] = []
+    async with world.dispatcher.runtime.db.reader() as conn:
+
+        async def read(query: sa.Select[Any]) -> Sequence[Any]:
+            return (await conn.execute(query)).all()
+
+        with anyio.CancelScope() as scope:
+
+            def progress(done: int, total: int) -> None:
+                checked.append(done)
+                scope.cancel()
+
+            await audit_verify.verify_chain(read, None, {}, world.made.tenant.id, batch=2, progress=progress)
+    assert scope.cancelled_caught and checked == [2]

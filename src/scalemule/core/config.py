@@ -1,8 +1,9 @@
 """Environments and versioned configuration.
 
-Each write of a key inserts the next version into ``config_history``; the primary key there lets
-exactly one of several writers that read the same version succeed, on any database. ``config_entries``
-holds the current value of every live key for listing and diffing.
+Each write of a key inserts the next version into ``config_history``. Writers of one key take turns
+on a lock on its name (``db.locks``), so a blind write always lands as its own version and an
+``expected_version`` is checked against the version that is current when the write happens.
+``config_entries`` holds the current value of every live key for listing and diffing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 
 from scalemule.core.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from scalemule.core.ids import utcnow
+from scalemule.db import locks
 from scalemule.db.engine import Connection
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import config_entries, config_history, environments
@@ -216,6 +218,7 @@ async def _write(
     by: str | None,
     delete: bool,
 ) -> Entry:
+    await locks.hold(conn, "config", tenant_id, env, key)
     live, top = await _current_version(conn, tenant_id, env, key)
     if expected_version is not None and expected_version != live:
         state = f"its current version is {live}" if live else "it does not exist"
@@ -226,7 +229,8 @@ async def _write(
     if delete and not live:
         raise NotFound(f"no config key {key!r} in {env!r}", hint="List keys with config_list.")
     now, version = utcnow(), top + 1
-    # Concurrent writers that read the same version race for this primary key; one wins.
+    # Writers holding the key's lock never collide here; the primary key still refuses a second copy
+    # of a version from a writer that does not take it (a replica of an older release).
     async with constraint_errors(
         {
             "pk_config_history": lambda: Conflict(
@@ -275,9 +279,12 @@ async def set_value(
 ) -> Entry:
     """Write a new version of ``key``.
 
+    Without ``expected_version`` the write always lands, as the next version; concurrent writers of
+    the key take turns.
+
     Raises:
         InvalidArgument: bad key or value.
-        Conflict: ``expected_version`` is stale, or a concurrent writer won.
+        Conflict: ``expected_version`` is not the current version when the write happens.
     """
     check_key(key)
     check_value(value)

@@ -14,6 +14,7 @@ from scalemule.core.config import check_key, get_environment
 from scalemule.core.crypto import Keyring, Sealed
 from scalemule.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from scalemule.core.ids import utcnow
+from scalemule.db import locks
 from scalemule.db.engine import Connection, Database
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import secret_versions, secrets
@@ -95,9 +96,12 @@ async def set_secret(
     """Store a new version of ``name`` and prune versions beyond the newest ``max_versions`` (given
     now, else stored on the secret, else ``keep``: the server's default).
 
+    Without ``expected_version`` the write always lands, as the next version: writers of one secret
+    take turns on a lock on its name (``db.locks``), as config writers do.
+
     Raises:
         InvalidArgument: bad name or value, or max_versions outside 1..100.
-        Conflict: ``expected_version`` is stale, or a concurrent writer won.
+        Conflict: ``expected_version`` is not the current version when the write happens.
     """
     check_key(name, what="secret name")
     plaintext = check_secret_value(value)
@@ -105,6 +109,7 @@ async def set_secret(
         raise InvalidArgument(
             f"max_versions must be between 1 and {MAX_VERSIONS}", hint="Omit it to keep the server's default."
         )
+    await locks.hold(conn, "secret", tenant_id, env, name)
     head = await _head(conn, tenant_id, env, name)
     current = int(head.version) if head is not None else 0
     if max_versions is None and head is not None and head.max_versions is not None:
@@ -118,6 +123,8 @@ async def set_secret(
         )
     version, now = current + 1, utcnow()
     sealed = crypto.seal(keyring, plaintext, _aad(tenant_id, env, name, version))
+    # Writers holding the secret's lock never collide here; these still refuse a writer that does not
+    # take it (a replica of an older release).
     conflict = {
         "pk_secrets": lambda: Conflict(f"secret {name!r} was created concurrently", hint="Retry."),
         "pk_secret_versions": lambda: Conflict(f"secret {name!r} was changed concurrently", hint="Retry."),
@@ -260,6 +267,7 @@ async def delete_secret(conn: Connection, tenant_id: str, env: str, name: str) -
     Raises:
         NotFound: no such secret.
     """
+    await locks.hold(conn, "secret", tenant_id, env, name)
     info = await get_info(conn, tenant_id, env, name)
     v = secret_versions.c
     await conn.execute(secret_versions.delete().where(v.tenant_id == tenant_id, v.env == env, v.name == name))

@@ -129,6 +129,27 @@ class InlineConnection:
         return self.sync_connection.execute(statement, parameters)
 
 
+def _sqlite_reader_engine(url: sa.URL) -> sa.Engine:
+    # A pool of connections that only read: several reads run at once, none takes the write lock,
+    # and a write through one of them fails (query_only) instead of queueing behind writers.
+    engine = sa.create_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        pool_size=8,
+        max_overflow=56,
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        for pragma in ("query_only=ON", f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}"):
+            dbapi_connection.execute(f"PRAGMA {pragma}")
+
+    # No BEGIN: each statement reads the last committed state on its own, as PostgreSQL's default
+    # (read committed) does, so a read never holds a snapshot that a write it waits for cannot join.
+    return engine
+
+
 def _sqlite_sync_engine(url: sa.URL) -> sa.Engine:
     engine = sa.create_engine(
         url.set(drivername="sqlite+pysqlite"),
@@ -150,6 +171,9 @@ class TransactionScope:
 
     services: dict[str, Any]
     after_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Inside a snapshot (a read's unit of work): the writes it must still make, held for the
+    # transaction that records its event (``write``). None in a transaction, which writes at once.
+    deferred: list[Any] | None = None
 
     async def committed(self) -> None:
         """Run the after-commit work, oldest first. Each piece is best effort: the transaction is
@@ -167,6 +191,25 @@ _scope: ContextVar[TransactionScope | None] = ContextVar("scalemule_transaction_
 def current_scope() -> TransactionScope | None:
     """The scope of the transaction the current task runs in, if it was opened by ``Database``."""
     return _scope.get()
+
+
+def in_snapshot() -> bool:
+    """Whether the current task runs in ``Database.snapshot``, where nothing may be written directly."""
+    scope = _scope.get()
+    return scope is not None and scope.deferred is not None
+
+
+async def write(conn: Connection, statement: Any) -> None:
+    """Execute a write that may wait for the end of a read: inside ``Database.snapshot`` it is held for
+    the transaction that records the read's event (``deferred``); anywhere else it runs now.
+
+    For bookkeeping a read makes (a key's ``last_used_at``), never for a change the caller asked for.
+    """
+    scope = _scope.get()
+    if scope is not None and scope.deferred is not None:
+        scope.deferred.append(statement)
+        return
+    await conn.execute(statement)
 
 
 class Database:
@@ -220,26 +263,49 @@ class Database:
         if scope.after_commit:
             await scope.committed()
 
+    @property
+    def reads_apart(self) -> bool:
+        """Whether reads run apart from writers (``snapshot``): on SQLite, where a unit of work that
+        writes holds the one write lock. PostgreSQL readers never wait for writers in any transaction."""
+        return self._writer is not None
+
+    @asynccontextmanager
+    async def snapshot(self, deferred: list[Any]) -> AsyncIterator[Connection]:
+        """Where a read runs without taking or waiting for SQLite's write lock: a pooled read-only
+        connection whose every statement sees the last committed state (read committed, as on
+        PostgreSQL). Writes made through ``write`` inside it are appended to ``deferred`` for the
+        caller to make afterwards; any other write fails. On PostgreSQL, an ordinary transaction.
+        """
+        scope = TransactionScope(self.services, deferred=deferred)
+        token = _scope.set(scope)
+        try:
+            if self._writer is None:
+                async with self.engine.begin() as conn:
+                    yield conn
+            else:
+                with self._readers().begin() as sync_conn:
+                    yield InlineConnection(sync_conn)
+        finally:
+            _scope.reset(token)
+
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[Connection]:
         """A connection for reads that must not queue behind writers (e.g. a worker's probe for due jobs).
 
-        On SQLite it is a separate connection that never begins a write transaction, so it neither takes
-        nor waits for the write lock (WAL readers see the last committed state); on PostgreSQL a pooled
-        connection. Never write through it.
+        On SQLite a pooled read-only connection (WAL readers see the last committed state); on
+        PostgreSQL a pooled connection. Never write through it.
         """
         if self._writer is None:
             async with self.engine.connect() as conn:
                 yield conn
             return
+        with self._readers().connect() as sync_conn:
+            yield InlineConnection(sync_conn)
+
+    def _readers(self) -> sa.Engine:
         if self._sqlite_reader is None:
-            self._sqlite_reader = sa.create_engine(
-                self.engine.url.set(drivername="sqlite+pysqlite"),
-                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-                poolclass=StaticPool,
-            )
-        with self._sqlite_reader.connect() as conn:
-            yield InlineConnection(conn)
+            self._sqlite_reader = _sqlite_reader_engine(self.engine.url)
+        return self._sqlite_reader
 
     async def dispose(self) -> None:
         """Close the kept connection and pooled ones."""

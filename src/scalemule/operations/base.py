@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -16,7 +17,7 @@ from scalemule.core import grants as core_grants
 from scalemule.core.access import Grant, KeyInfo, Principal, Tenant
 from scalemule.core.errors import FailedPrecondition, PermissionDenied
 from scalemule.core.tenants import SLUG_PATTERN
-from scalemule.db.engine import Connection
+from scalemule.db.engine import Connection, in_snapshot
 from scalemule.runtime import Runtime
 
 REDACTED = "[redacted]"
@@ -164,8 +165,16 @@ class Call:
     role: str | None
     permissions: frozenset[str]
     audit: AuditNote = field(default_factory=AuditNote)
+    # Where a call run as a task reports how far it got (``report``); None for an ordinary call.
+    progress: Callable[[float, str | None], None] | None = None
     # The caller's grants, read at most once per call and only when asked for (see ``grants``).
     _grants: list[list[Grant]] = field(default_factory=list, repr=False)
+
+    def report(self, fraction: float, message: str | None = None) -> None:
+        """Say how far a long call got (0..1, a short note): a task's client reads it on ``tasks/get``.
+        Cheap and synchronous: the task's runner writes the latest report with its next heartbeat."""
+        if self.progress is not None:
+            self.progress(min(max(fraction, 0.0), 1.0), message)
 
     async def grants(self) -> list[Grant]:
         """The grants this call may use in its tenant (core.access.Grant); read once, on first use."""
@@ -195,6 +204,17 @@ class Call:
             f" (role {self.role!r}, no grant matches) to {doing}",
             hint="See your grants with whoami; ask an owner or admin for a grant (grants_create) on this name.",
         )
+
+    @asynccontextmanager
+    async def bookkeeping(self) -> AsyncIterator[Connection]:
+        """Where a read writes what it needs written before it reads on (audit_query folds tallied calls
+        into events first): the call's own transaction, or, for a read that runs apart from writers
+        (``UnitOfWork.read``), a short transaction of its own, committed before the read goes on."""
+        if not in_snapshot():
+            yield self.conn
+            return
+        async with self.runtime.db.transaction() as conn:
+            yield conn
 
     @property
     def tenant_id(self) -> str:
