@@ -71,9 +71,32 @@ def check_secret_value(value: str) -> bytes:
     return data
 
 
+def _of_name(table: sa.Table) -> tuple[sa.ColumnElement[bool], ...]:
+    # Parameter names apart from the column names, which an UPDATE's SET clause takes for its own.
+    return (
+        table.c.tenant_id == sa.bindparam("s_tenant"),
+        table.c.env == sa.bindparam("s_env"),
+        table.c.name == sa.bindparam("s_name"),
+    )
+
+
+def _name_params(tenant_id: str, env: str, name: str) -> dict[str, Any]:
+    return {"s_tenant": tenant_id, "s_env": env, "s_name": name}
+
+
+# Built once: constructing a statement costs more than running it on SQLite (docs/scaling.md).
+_head_query = sa.select(secrets).where(*_of_name(secrets))
+_insert_head = secrets.insert()
+# Moves only the version read: a writer that skipped the lock cannot be overwritten.
+_advance_head = secrets.update().where(*_of_name(secrets), secrets.c.version == sa.bindparam("s_current"))
+_insert_version = secret_versions.insert()
+_prune_versions = secret_versions.delete().where(
+    *_of_name(secret_versions), secret_versions.c.version <= sa.bindparam("s_oldest_gone")
+)
+
+
 async def _head(conn: Connection, tenant_id: str, env: str, name: str) -> Any:
-    query = sa.select(secrets).where(secrets.c.tenant_id == tenant_id, secrets.c.env == env, secrets.c.name == name)
-    return (await conn.execute(query)).first()
+    return (await conn.execute(_head_query, _name_params(tenant_id, env, name))).first()
 
 
 def _not_found(env: str, name: str) -> NotFound:
@@ -129,53 +152,32 @@ async def set_secret(
         "pk_secrets": lambda: Conflict(f"secret {name!r} was created concurrently", hint="Retry."),
         "pk_secret_versions": lambda: Conflict(f"secret {name!r} was changed concurrently", hint="Retry."),
     }
+    named = {"tenant_id": tenant_id, "env": env, "name": name}
+    moved = {"version": version, "updated_at": now, "updated_by": by, "max_versions": max_versions}
     async with constraint_errors(conflict):
         if head is None:
-            await conn.execute(
-                secrets.insert().values(
-                    tenant_id=tenant_id,
-                    env=env,
-                    name=name,
-                    version=version,
-                    updated_at=now,
-                    updated_by=by,
-                    max_versions=max_versions,
-                )
-            )
+            await conn.execute(_insert_head, {**named, **moved})
         else:
-            result = await conn.execute(
-                secrets.update()
-                .where(
-                    secrets.c.tenant_id == tenant_id,
-                    secrets.c.env == env,
-                    secrets.c.name == name,
-                    secrets.c.version == current,
-                )
-                .values(version=version, updated_at=now, updated_by=by, max_versions=max_versions)
-            )
+            where = {**_name_params(tenant_id, env, name), "s_current": current}
+            result = await conn.execute(_advance_head, {**where, **moved})
             if result.rowcount != 1:
                 raise conflict["pk_secret_versions"]()
         await conn.execute(
-            secret_versions.insert().values(
-                tenant_id=tenant_id,
-                env=env,
-                name=name,
-                version=version,
-                ciphertext=sealed.ciphertext,
-                nonce=sealed.nonce,
-                wrapped_key=sealed.wrapped_key,
-                key_nonce=sealed.key_nonce,
-                master_key_version=sealed.master_key_version,
-                created_at=now,
-                created_by=by,
-            )
+            _insert_version,
+            {
+                **named,
+                "version": version,
+                "ciphertext": sealed.ciphertext,
+                "nonce": sealed.nonce,
+                "wrapped_key": sealed.wrapped_key,
+                "key_nonce": sealed.key_nonce,
+                "master_key_version": sealed.master_key_version,
+                "created_at": now,
+                "created_by": by,
+            },
         )
-    v = secret_versions.c
-    await conn.execute(
-        secret_versions.delete().where(
-            v.tenant_id == tenant_id, v.env == env, v.name == name, v.version <= version - max(keep, 1)
-        )
-    )
+    oldest_gone = version - max(keep, 1)
+    await conn.execute(_prune_versions, {**_name_params(tenant_id, env, name), "s_oldest_gone": oldest_gone})
     return SecretInfo(name, version, now, by, min(version, max(keep, 1)), max_versions)
 
 
