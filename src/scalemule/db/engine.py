@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import anyio
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -62,7 +62,9 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(parsed, connect_args=connect_args, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip per transaction. A connection the server dropped (a restart)
+    # fails its first statement instead, which PooledConnection retries once on a fresh connection.
+    return create_async_engine(parsed, connect_args=connect_args, pool_size=10, max_overflow=20)
 
 
 def _create_private(path: Path) -> None:
@@ -99,7 +101,7 @@ def _configure_sqlite(engine: AsyncEngine | sa.Engine) -> None:
 
 
 class Connection(Protocol):
-    """What domain code uses of a unit of work's connection: ``AsyncConnection`` on PostgreSQL,
+    """What domain code uses of a unit of work's connection: ``PooledConnection`` on PostgreSQL,
     ``InlineConnection`` on SQLite."""
 
     @property
@@ -127,6 +129,54 @@ class InlineConnection:
     async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]:
         """Execute ``statement`` now; the result is fully usable after the call."""
         return self.sync_connection.execute(statement, parameters)
+
+
+class PooledConnection:
+    """A pooled PostgreSQL connection whose first statement also checks that the connection is alive.
+
+    A connection the server dropped while it sat in the pool (a database restart, a failover) fails
+    its first statement with a disconnect error. Nothing has happened on it yet, so that statement is
+    run again, once, on a fresh connection: what a ping before every transaction would have done, at
+    no cost on the common path. SQLAlchemy invalidates the rest of the pool on that error, so the
+    other stale connections are replaced as they are checked out. A connection lost after its first
+    statement fails the unit of work, which is rolled back.
+    """
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.async_connection = connection
+        self._fresh = True
+
+    @property
+    def dialect(self) -> sa.Dialect:
+        """The connection's dialect."""
+        return self.async_connection.dialect
+
+    async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]:
+        """Execute ``statement``; the first one is retried once when the connection turns out dead."""
+        result: sa.CursorResult[Any]
+        if not self._fresh:
+            result = await self.async_connection.execute(statement, parameters)
+            return result
+        self._fresh = False
+        try:
+            result = await self.async_connection.execute(statement, parameters)
+        except sa.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.warning("a pooled database connection was dead (%s); retrying on a fresh one", type(exc.orig).__name__)
+            await self.async_connection.rollback()  # ends the invalidated transaction; the next one reconnects
+            result = await self.async_connection.execute(statement, parameters)
+        return result
+
+
+@asynccontextmanager
+async def _pooled(engine: AsyncEngine, *, commit: bool) -> AsyncIterator[PooledConnection]:
+    # The transaction begins with the first statement; leaving without commit (an exception, a read)
+    # rolls it back when the connection goes back to the pool.
+    async with engine.connect() as connection:
+        yield PooledConnection(connection)
+        if commit:
+            await connection.commit()
 
 
 def _sqlite_reader_engine(url: sa.URL) -> sa.Engine:
@@ -247,7 +297,7 @@ class Database:
         token = _scope.set(scope)
         try:
             if self._writer is None:
-                async with self.engine.begin() as conn:
+                async with _pooled(self.engine, commit=True) as conn:
                     yield conn
             else:
                 assert self._sqlite is not None
@@ -280,7 +330,7 @@ class Database:
         token = _scope.set(scope)
         try:
             if self._writer is None:
-                async with self.engine.begin() as conn:
+                async with _pooled(self.engine, commit=True) as conn:
                     yield conn
             else:
                 with self._readers().begin() as sync_conn:
@@ -296,7 +346,7 @@ class Database:
         PostgreSQL a pooled connection. Never write through it.
         """
         if self._writer is None:
-            async with self.engine.connect() as conn:
+            async with _pooled(self.engine, commit=False) as conn:
                 yield conn
             return
         with self._readers().connect() as sync_conn:
