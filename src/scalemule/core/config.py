@@ -174,9 +174,12 @@ def _of_key(table: sa.Table) -> tuple[sa.ColumnElement[bool], ...]:
 
 # Built once: constructing a statement costs more than running it on SQLite.
 _current_query = sa.select(config_entries).where(*_of_key(config_entries))
-_version_query = sa.select(config_history).where(*_of_key(config_history), config_history.c.version == sa.bindparam("v"))
+_version_query = sa.select(config_history).where(
+    *_of_key(config_history), config_history.c.version == sa.bindparam("v")
+)
 # (live version, highest version ever written) in one statement: on PostgreSQL two reads could
-# straddle a concurrent commit and pair an old live version with a new top, letting a stale writer through.
+# straddle a concurrent commit and pair an old live version with a new top, letting a stale
+# writer through.
 _versions_query = sa.select(
     sa.select(config_entries.c.version).where(*_of_key(config_entries)).scalar_subquery().label("live"),
     sa.select(sa.func.max(config_history.c.version)).where(*_of_key(config_history)).scalar_subquery().label("top"),
