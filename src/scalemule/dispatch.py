@@ -311,7 +311,9 @@ class Dispatcher:
         work = UnitOfWork(self.runtime.db, caller)
         try:
             async with work.recorded():
-                async with self.runtime.db.transaction() as conn:
+                # A read, apart from writers (no write lock on SQLite); the key's last_used_at, deferred
+                # here, is refreshed by the call the request carries.
+                async with self.runtime.db.snapshot([]) as conn:
                     who = await _authenticate(conn, inv.credential)
                 caller.principal, caller.key = who.principal, who.key
                 if refusal is not None:
