@@ -139,9 +139,7 @@ async def enqueue(conn: Connection, new: NewJob, *, now: datetime) -> Job:
     job = await _insert(conn, new, due=due, now=now)
     if _pg(conn):
         # Sent inside the transaction: PostgreSQL delivers it on commit, never for a rolled-back job.
-        await conn.execute(
-            sa.text("SELECT pg_notify(:channel, :tenant)"), {"channel": NOTIFY_CHANNEL, "tenant": new.tenant_id}
-        )
+        await conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "tenant": new.tenant_id})
     return job
 
 
@@ -184,11 +182,13 @@ async def _insert(conn: Connection, new: NewJob, *, due: datetime, now: datetime
         "started_at": None,
         "finished_at": None,
     }
-    await conn.execute(jobs.insert(), row)
+    await conn.execute(_INSERT, row)
     return Job(**row)
 
 
 # Hot-path statements are built once: constructing a statement costs more than running it on SQLite.
+_INSERT = jobs.insert()
+_NOTIFY = sa.text("SELECT pg_notify(:channel, :tenant)")
 _GET = sa.select(jobs).where(jobs.c.tenant_id == sa.bindparam("t"), jobs.c.id == sa.bindparam("j"))
 _GET_LOCKED = _GET.with_for_update()
 
@@ -342,10 +342,17 @@ async def claim(
     Returns at once: an empty list when nothing is due. Never takes a job of ``SERVER_QUEUE``.
     """
     await rescue_expired(conn, now=now, rescuer=worker, tenant_id=tenant_id, transport=transport)
-    query = _pick(bool(queues), bool(kinds), _pg(conn))
-    params: dict[str, Any] = {"t": tenant_id, "now": now, "n": limit}
-    params |= {"queues": list(queues or ()), "kinds": list(kinds or ())}
-    return await _take(conn, (await conn.execute(query, params)).all(), worker_id=worker.id, lease=lease, now=now)
+    statement = _claim_next(bool(queues), bool(kinds), _pg(conn))
+    params: dict[str, Any] = {"t": tenant_id, "now": now, "until": now + lease, "worker": worker.id}
+    params |= {"queues": list(queues or ()), "kinds": list(kinds or ()), "new_state": _CLAIMED}
+    claimed: list[Job] = []
+    # One statement per job, picking and leasing it at once; the first that finds nothing ends the claim.
+    while len(claimed) < limit:
+        row = (await conn.execute(statement, params | {"token": secrets.token_urlsafe(24)})).first()
+        if row is None:
+            break
+        claimed.append(Job.of(row))
+    return claimed
 
 
 async def claim_server(conn: Connection, *, worker_id: str, limit: int, lease: timedelta, now: datetime) -> list[Job]:
@@ -379,12 +386,15 @@ async def _take(conn: Connection, rows: Sequence[Any], *, worker_id: str, lease:
     return claimed
 
 
-_PICKS: dict[tuple[bool, bool, bool], Any] = {}
+# Both claimable states lead to the same one.
+(_CLAIMED,) = {transition(state, "claim") for state in CLAIMABLE}
+_CLAIMS: dict[tuple[bool, bool, bool], Any] = {}
 
 
-def _pick(by_queue: bool, by_kind: bool, skip_locked: bool) -> Any:
-    """The due jobs of a tenant, best first, built once per filter shape."""
-    found = _PICKS.get((by_queue, by_kind, skip_locked))
+def _claim_next(by_queue: bool, by_kind: bool, skip_locked: bool) -> Any:
+    """Lease the tenant's best due job, if any, and return it: ``UPDATE jobs ... WHERE id = (SELECT the
+    best due job [FOR UPDATE SKIP LOCKED]) RETURNING *``, built once per filter shape."""
+    found = _CLAIMS.get((by_queue, by_kind, skip_locked))
     if found is None:
         condition = sa.and_(
             jobs.c.tenant_id == sa.bindparam("t"),
@@ -396,15 +406,16 @@ def _pick(by_queue: bool, by_kind: bool, skip_locked: bool) -> Any:
             condition = sa.and_(condition, jobs.c.queue.in_(sa.bindparam("queues", expanding=True)))
         if by_kind:
             condition = sa.and_(condition, jobs.c.kind.in_(sa.bindparam("kinds", expanding=True)))
-        found = (
-            sa.select(jobs.c.id, jobs.c.state)
-            .where(condition)
-            .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
-            .limit(sa.bindparam("n"))
-        )
+        best = sa.select(jobs.c.id).where(condition).order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id).limit(1)
         if skip_locked:
-            found = found.with_for_update(skip_locked=True)
-        _PICKS[(by_queue, by_kind, skip_locked)] = found
+            best = best.with_for_update(skip_locked=True)
+        found = _CLAIMS[(by_queue, by_kind, skip_locked)] = (
+            jobs.update()
+            # The state again: like every write here, it matches the state it was decided on.
+            .where(jobs.c.id == best.scalar_subquery(), jobs.c.state.in_(CLAIMABLE))
+            .values(_LEASE)
+            .returning(*jobs.c)
+        )
     return found
 
 
@@ -423,20 +434,21 @@ _SERVER_PICK = (
 _SERVER_PICK_LOCKED = _SERVER_PICK.with_for_update(skip_locked=True)
 
 
+_LEASE: dict[str, Any] = {
+    "state": sa.bindparam("new_state"),
+    "attempt": jobs.c.attempt + 1,
+    "lease_token": sa.bindparam("token"),
+    "lease_expires_at": sa.bindparam("until"),
+    "worker_id": sa.bindparam("worker"),
+    "started_at": sa.bindparam("now"),
+    "run_at": sa.bindparam("now"),
+    "progress": None,
+    "progress_message": None,
+}
 _CLAIM = (
     jobs.update()
     .where(jobs.c.id == sa.bindparam("old_id"), jobs.c.state == sa.bindparam("old_state"))
-    .values(
-        state=sa.bindparam("new_state"),
-        attempt=jobs.c.attempt + 1,
-        lease_token=sa.bindparam("token"),
-        lease_expires_at=sa.bindparam("until"),
-        worker_id=sa.bindparam("worker"),
-        started_at=sa.bindparam("now"),
-        run_at=sa.bindparam("now"),
-        progress=None,
-        progress_message=None,
-    )
+    .values(_LEASE)
     .returning(*jobs.c)
 )
 
@@ -451,12 +463,57 @@ async def _leased(conn: Connection, tenant_id: str, job_id: str, token: str) -> 
     """
     job = await get(conn, tenant_id, job_id, lock=True)
     if job.state != "running" or job.lease_token is None or not secrets.compare_digest(job.lease_token, token):
-        raise Conflict(
-            f"the lease token for job {job.id} is stale (the job is {job.state}): its lease expired and it was "
-            "rescued, it finished, or another worker holds it",
-            hint="Drop this attempt's result: do not retry the write. Claim new jobs with jobs_claim.",
-        )
+        raise _stale(job)
     return job
+
+
+def _stale(job: Job) -> Conflict:
+    return Conflict(
+        f"the lease token for job {job.id} is stale (the job is {job.state}): its lease expired and it was "
+        "rescued, it finished, or another worker holds it",
+        hint="Drop this attempt's result: do not retry the write. Claim new jobs with jobs_claim.",
+    )
+
+
+_FENCED: dict[tuple[str, ...], Any] = {}
+
+
+def _fenced(columns: tuple[str, ...]) -> Any:
+    """``UPDATE jobs SET state, <columns> WHERE tenant, id, state 'running', lease_token RETURNING *``,
+    built once per shape."""
+    found = _FENCED.get(columns)
+    if found is None:
+        setting: dict[str, Any] = {"state": sa.bindparam("new_state"), **{c: sa.bindparam(c) for c in columns}}
+        found = _FENCED[columns] = (
+            jobs.update()
+            .where(
+                jobs.c.tenant_id == sa.bindparam("t"),
+                jobs.c.id == sa.bindparam("j"),
+                jobs.c.state == "running",
+                jobs.c.lease_token == sa.bindparam("token"),
+            )
+            .values(setting)
+            .returning(*jobs.c)
+        )
+    return found
+
+
+async def _leased_move(
+    conn: Connection, tenant_id: str, job_id: str, token: str, action: Action, values: dict[str, Any]
+) -> Job:
+    """Apply ``action``, whose outcome does not depend on the job's other columns, to the running job
+    leased by ``token``: one fenced update that hands back the row (no read before it).
+
+    Raises:
+        NotFound: no such job in this tenant.
+        Conflict: the lease token is stale.
+    """
+    params = {**values, "new_state": transition("running", action), "t": tenant_id, "j": job_id, "token": token}
+    row = (await conn.execute(_fenced(tuple(sorted(values))), params)).first()
+    if row is None:
+        # Only now is the job read, to say why: unknown here, or leased no more.
+        raise _stale(await get(conn, tenant_id, job_id))
+    return Job.of(row)
 
 
 async def heartbeat(
@@ -476,13 +533,12 @@ async def heartbeat(
         NotFound: no such job in this tenant.
         Conflict: the lease token is stale.
     """
-    job = await _leased(conn, tenant_id, job_id, token)
     values: dict[str, Any] = {"lease_expires_at": now + (extend or DEFAULT_LEASE)}
     if progress is not None:
         values["progress"] = progress
     if message is not None:
         values["progress_message"] = message[:500]
-    return await _move(conn, job, "heartbeat", values)
+    return await _leased_move(conn, tenant_id, job_id, token, "heartbeat", values)
 
 
 async def complete(conn: Connection, tenant_id: str, job_id: str, token: str, result: Any, *, now: datetime) -> Job:
@@ -494,9 +550,8 @@ async def complete(conn: Connection, tenant_id: str, job_id: str, token: str, re
         InvalidArgument: the result is over 256 KiB.
     """
     check_json_size(result, "result")
-    job = await _leased(conn, tenant_id, job_id, token)
     values = {"result": result, "progress": 1.0, "finished_at": now, "lease_token": None, "lease_expires_at": None}
-    return await _move(conn, job, "complete", values)
+    return await _leased_move(conn, tenant_id, job_id, token, "complete", values)
 
 
 async def fail(
