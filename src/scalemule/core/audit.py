@@ -76,9 +76,7 @@ class AuditEvent:
 
     def canonical(self) -> bytes:
         """The bytes ``hash`` is computed over: every other field as canonical JSON."""
-        body = {name: getattr(self, name) for name in _HASHED}
-        body["at"] = self.at.isoformat()
-        return _CANONICAL.encode(body).encode()
+        return _canonical(self, self.seq, self.prev_hash)
 
     def digest(self) -> str:
         """SHA-256 over every field but ``hash``, in a canonical JSON form."""
@@ -90,6 +88,13 @@ _HASHED = tuple(name for name in _FIELDS if name != "hash")
 _FIELD_SET = frozenset(_FIELDS)
 # Built once: json.dumps with options builds an encoder per call, a large share of hashing an event.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _canonical(event: AuditEvent, seq: int, prev_hash: str) -> bytes:
+    # Given seq and prev_hash apart, so an event is sealed with one copy instead of two.
+    body = {name: getattr(event, name) for name in _HASHED}
+    body["at"], body["seq"], body["prev_hash"] = event.at.isoformat(), seq, prev_hash
+    return _CANONICAL.encode(body).encode()
 
 
 def operator_event(
@@ -157,10 +162,9 @@ def _seal(events: Sequence[AuditEvent], seq: int, prev: str) -> list[AuditEvent]
     sealed = []
     for event in events:
         seq += 1
-        event = replace(event, seq=seq, prev_hash=prev)
-        event = replace(event, hash=event.digest())
-        prev = event.hash
-        sealed.append(event)
+        digest = hashlib.sha256(_canonical(event, seq, prev)).hexdigest()
+        sealed.append(replace(event, seq=seq, prev_hash=prev, hash=digest))
+        prev = digest
     return sealed
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -271,8 +272,15 @@ class TenantView(Result):
 
 
 def _is_sensitive(model: type[BaseModel], field: str) -> bool:
-    info = model.model_fields.get(field)
-    return info is not None and any(isinstance(m, Sensitive) for m in info.metadata)
+    return field in _sensitive_fields(model)
+
+
+@functools.cache
+def _sensitive_fields(model: type[BaseModel]) -> frozenset[str]:
+    # Once per model: every audited call redacts its arguments, and a model's fields never change.
+    return frozenset(
+        name for name, info in model.model_fields.items() if any(isinstance(m, Sensitive) for m in info.metadata)
+    )
 
 
 def redacted(model: type[BaseModel], data: dict[str, Any], marker: str = REDACTED) -> dict[str, Any]:
