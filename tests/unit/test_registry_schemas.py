@@ -5,8 +5,9 @@ from typing import Any
 import jsonschema
 from pydantic import BaseModel, Field
 
-from scalemule.operations import Resource
+from scalemule.operations import REGISTRY, Resource
 from scalemule.operations.registry import compact_schema, one_paragraph, shallow_schema
+from scalemule.surfaces.mcp import input_schema_of, tool_definition
 
 
 class _Inner(BaseModel):
@@ -152,3 +153,12 @@ def test_a_served_description_joins_wrapped_lines_and_keeps_paragraphs() -> None
     assert one_paragraph(doc) == (
         "Store a value. It replaces the last one.\n\nPass expected_version to guard a concurrent change."
     )
+
+
+def test_the_http_transport_finds_each_tools_input_schema_by_name_as_tools_list_advertises_it() -> None:
+    # The SDK checks a tools/call's Mcp-Param-* headers against this lookup instead of running and
+    # serializing the whole tools/list on every call.
+    for op in REGISTRY.values():
+        expected = tool_definition(op).input_schema if op.tool else None
+        assert input_schema_of(op.name) == expected, op.name
+    assert input_schema_of("no_such_tool") is None

@@ -73,6 +73,12 @@ def tool_definition(op: Operation) -> types.Tool:
     )
 
 
+def input_schema_of(name: str) -> dict[str, Any] | None:
+    """The input schema of the tool ``name``, None for a name that is no tool."""
+    op = REGISTRY.get(name)
+    return op.input_schema if op is not None and op.tool else None
+
+
 def bearer_token(ctx: ServerRequestContext[Any, Any]) -> str | None:
     """The token of the HTTP request's ``Authorization: Bearer`` header."""
     request = ctx.request
@@ -277,6 +283,9 @@ def build_server(
         "scalemule",
         version=__version__,
         instructions=instructions(dispatcher.exposure),
+        # What the HTTP transport checks Mcp-Param-* headers against: the tool's schema, looked up, where
+        # the SDK would otherwise run and serialize the whole tools/list for every tools/call.
+        get_tool_input_schema=input_schema_of,
         on_list_tools=list_tools,
         on_list_resources=list_resources,
         on_list_resource_templates=list_templates,
