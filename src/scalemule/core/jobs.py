@@ -487,7 +487,7 @@ async def rescue_expired(
         transport: recorded in the events.
         limit: at most this many jobs per call.
     """
-    query = _EXPIRED[(tenant_id is not None, _pg(conn))]
+    query = _expired(tenant_id is not None, _pg(conn))
     rescued: list[Job] = []
     for row in (await conn.execute(query, {"now": now, "t": tenant_id, "n": limit})).all():
         job = Job.of(row)
@@ -507,15 +507,21 @@ async def rescue_expired(
     return rescued
 
 
+_EXPIRED: dict[tuple[bool, bool], Any] = {}
+
+
 def _expired(by_tenant: bool, skip_locked: bool) -> Any:
-    condition = sa.and_(jobs.c.state == "running", jobs.c.lease_expires_at < sa.bindparam("now"))
-    if by_tenant:
-        condition = sa.and_(condition, jobs.c.tenant_id == sa.bindparam("t"))
-    query = sa.select(jobs).where(condition).order_by(jobs.c.lease_expires_at).limit(sa.bindparam("n"))
-    return query.with_for_update(skip_locked=True) if skip_locked else query
-
-
-_EXPIRED = {(t, s): _expired(t, s) for t in (False, True) for s in (False, True)}
+    """Running jobs whose lease expired before ``now``, oldest lease first, built once per shape."""
+    found = _EXPIRED.get((by_tenant, skip_locked))
+    if found is None:
+        condition = sa.and_(jobs.c.state == "running", jobs.c.lease_expires_at < sa.bindparam("now"))
+        if by_tenant:
+            condition = sa.and_(condition, jobs.c.tenant_id == sa.bindparam("t"))
+        found = sa.select(jobs).where(condition).order_by(jobs.c.lease_expires_at).limit(sa.bindparam("n"))
+        if skip_locked:
+            found = found.with_for_update(skip_locked=True)
+        _EXPIRED[(by_tenant, skip_locked)] = found
+    return found
 
 
 _ANY_EXPIRED = (
