@@ -400,7 +400,9 @@ async def verify_stored(
     read, blobs, keys = reader(db), notary.blobs, notary.keys.public_keys()
     start, repaired = from_seq, 0
     while True:
-        report = await verify_chain(read, blobs, keys, chain, from_seq=start, to_seq=to_seq, progress=progress)
+        # A repaired checkpoint can be the one past to_seq that covers the range: go on from it.
+        end = None if to_seq is None else max(to_seq, start)
+        report = await verify_chain(read, blobs, keys, chain, from_seq=start, to_seq=end, progress=progress)
         problem = report.problem
         if not repair_digests or problem is None or problem.kind != "digest_missing":
             break
