@@ -195,7 +195,7 @@ async def list_jobs(
     kind: str | None = None,
     queue: str | None = None,
     after: str | None = None,
-    limit: int = 50,
+    limit: int,
 ) -> list[Job]:
     """The tenant's jobs, newest first, filtered, starting after the position ``after``.
 
