@@ -7,6 +7,7 @@ tests/integration/test_audit_tamper.py draws them at random over a stored 10,000
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -82,12 +83,20 @@ def _verify(
 
 
 def _found(report: Report) -> tuple[int, str] | None:
-    return None if report.problem is None else (report.problem.seq, report.problem.kind)
+    if report.problem is None:
+        return None
+    assert report.problem.detail, "every problem is also told in words"
+    return report.problem.seq, report.problem.kind
 
 
 def _detail(report: Report) -> str:
     assert report.problem is not None
     return report.problem.detail
+
+
+def _numbers(report: Report) -> list[int]:
+    """The numbers the problem's words name (sequence numbers; event ids such as evt_3 are not numbers)."""
+    return [int(n) for n in re.findall(r"\b\d+\b", _detail(report))]
 
 
 def test_an_untouched_chain_passes_and_counts_its_events_checkpoints_and_unsigned_tail() -> None:
@@ -128,6 +137,7 @@ def test_a_range_after_genesis_trusts_its_first_link_and_counts_from_its_start()
     events = _chain(5)
     report = _verify(events[2:], from_seq=3)
     assert report.ok and (report.from_seq, report.to_seq, report.events, report.unsigned) == (3, 5, 3, 3)
+    assert _verify(events[2:3], from_seq=3, head=(3, events[2].hash)).ok
 
 
 def test_an_empty_range_after_genesis_ending_at_the_head_passes() -> None:
@@ -146,7 +156,7 @@ def test_an_edited_event_is_named_edited_once_the_rest_is_read() -> None:
     events[2] = replace(events[2], args={"n": -1})
     report = _verify(events)
     assert _found(report) == (3, "edited") and report.events == 2
-    assert "seq 3" in _detail(report)
+    assert "evt_3" in _detail(report) and _numbers(report) == [3]
 
 
 def test_an_edited_event_is_named_once_the_reorder_window_has_passed_and_later_events_are_ignored() -> None:
@@ -163,7 +173,8 @@ def test_an_edited_event_is_named_once_the_reorder_window_has_passed_and_later_e
 def test_a_relinked_event_whose_prev_hash_is_not_the_previous_hash_is_edited() -> None:
     events = _chain(4)
     events[2] = _sealed(events[2], prev_hash="1" * 64)
-    assert _found(_verify(events)) == (3, "edited")
+    report = _verify(events)
+    assert _found(report) == (3, "edited") and _numbers(report) == [3, 2]
 
 
 def test_an_event_slipped_in_and_the_rest_renumbered_is_inserted() -> None:
@@ -172,6 +183,7 @@ def test_an_event_slipped_in_and_the_rest_renumbered_is_inserted() -> None:
     moved = [replace(e, seq=e.seq + 1) for e in events[2:]]
     report = _verify([*events[:2], forged, *moved])
     assert _found(report) == (3, "inserted") and report.events == 3
+    assert _numbers(report) == [4, 3]  # the event at seq 4 was appended as seq 3
 
 
 @pytest.mark.parametrize("gap", [2, 3])
@@ -188,14 +200,16 @@ def test_an_event_slipped_in_and_the_next_one_relinked_is_inserted() -> None:
     events = _chain(5)
     forged = _sealed(events[2], id="evt_forged", operation="forged")
     relinked = _sealed(events[2], seq=4)  # still links to seq 2, past the forged event
-    assert _found(_verify([*events[:2], forged, relinked])) == (3, "inserted")
+    report = _verify([*events[:2], forged, relinked])
+    assert _found(report) == (3, "inserted") and _numbers(report) == [4, 3]
 
 
 def test_a_copy_of_the_event_just_verified_is_inserted_and_an_older_one_is_reordered() -> None:
     events = _chain(4)
     assert _found(_verify([*events[:3], events[1]])) == (2, "inserted")
     assert _found(_verify([*events[:3], events[2]])) == (3, "inserted")
-    assert _found(_verify([*events[:3], events[0]])) == (1, "reordered")
+    report = _verify([*events[:3], events[0]])
+    assert _found(report) == (1, "reordered") and _numbers(report) == [1, 3]
 
 
 def test_a_deleted_event_is_missing() -> None:
@@ -220,6 +234,7 @@ def test_deleted_events_with_the_rest_renumbered_are_missing(gap: int) -> None:
     renumbered = [replace(e, seq=e.seq - gap) for e in events[2 + gap :]]
     report = _verify([*events[:2], *renumbered])
     assert _found(report) == (3, "missing") and report.events == 2
+    assert _numbers(report) == [3, 3 + gap]  # the event now at seq 3 was appended as seq 3 + gap
 
 
 def test_lines_out_of_sequence_order_are_reordered() -> None:
@@ -247,7 +262,8 @@ def test_a_second_line_for_the_edited_sequence_number_does_not_make_it_a_reorder
 def test_a_checkpoint_that_does_not_verify_is_named_with_its_reason() -> None:
     events = _chain(3)
     forged = replace(_signed(events[1]), hash=events[2].hash)
-    assert _found(_verify(events, {2: Evidence(forged)})) == (2, "bad_signature")
+    report = _verify(events, {2: Evidence(forged)})
+    assert _found(report) == (2, "bad_signature") and "digest object" not in _detail(report)
     stranger = _signed(events[1], key=STRANGER)
     assert _found(_verify(events, {2: Evidence(stranger)})) == (2, "unknown_key")
 
@@ -305,8 +321,10 @@ def test_a_chain_ending_before_a_signed_checkpoint_is_truncated() -> None:
 
 def test_a_chain_ending_before_its_head_is_truncated_and_events_past_the_head_are_inserted() -> None:
     events = _chain(5)
-    assert _found(_verify(events[:3], head=(5, events[4].hash))) == (4, "truncated")
-    assert _found(_verify(events, head=(3, events[2].hash))) == (4, "inserted")
+    report = _verify(events[:3], head=(5, events[4].hash))
+    assert _found(report) == (4, "truncated") and _numbers(report) == [3, 5]
+    report = _verify(events, head=(3, events[2].hash))
+    assert _found(report) == (4, "inserted") and _numbers(report) == [3]
     assert _verify(events, head=(5, events[4].hash)).ok
 
 
