@@ -171,7 +171,10 @@ _GET_LOCKED = _GET.with_for_update()
 
 def _not_found(job_id: str) -> NotFound:
     # The same answer for a job of another tenant: no existence leak.
-    return NotFound(f"no job {job_id[:64]!r} in this tenant", hint="Use jobs_list to see the tenant's jobs.")
+    return NotFound(
+        f"no job {job_id[:64]!r} in this tenant",
+        hint="Use jobs_list to see the tenant's jobs.",
+    )
 
 
 async def get(conn: Connection, tenant_id: str, job_id: str, *, lock: bool = False) -> Job:
