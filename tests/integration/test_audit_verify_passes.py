@@ -24,7 +24,13 @@ async def _log(runtime: Runtime, events: int, *, signed: tuple[int, ...] = ()) -
     for seq in range(1, events + 1):
         async with runtime.db.transaction() as conn:
             event = AuditEvent(
-                at=utcnow(), operation="whoami", outcome="ok", transport="cli", duration_ms=0, args={}, tenant_id=chain
+                at=utcnow(),
+                operation="whoami",
+                outcome="ok",
+                transport="cli",
+                duration_ms=0.5,
+                args={},
+                tenant_id=chain,
             )
             await audit.append(conn, [event])
             if seq in signed:
