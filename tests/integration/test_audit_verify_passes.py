@@ -78,7 +78,9 @@ async def test_a_chain_without_events_verifies_empty(runtime: Runtime) -> None:
 
 async def test_a_range_may_start_just_past_the_head_and_end_where_it_starts(runtime: Runtime) -> None:
     chain = await _log(runtime, 3)
-    assert (await _verify(runtime, chain, from_seq=4)).ok
+    calls: list[tuple[int, int]] = []
+    assert (await _verify(runtime, chain, from_seq=4, progress=lambda d, t: calls.append((d, t)))).ok
+    assert calls == [(0, 0)]
     with pytest.raises(InvalidArgument):
         await _verify(runtime, chain, from_seq=5)
     report = await _verify(runtime, chain, from_seq=2, to_seq=2)
@@ -88,8 +90,8 @@ async def test_a_range_may_start_just_past_the_head_and_end_where_it_starts(runt
 async def test_a_chain_is_read_in_batches_and_progress_is_reported_after_each(runtime: Runtime) -> None:
     chain = await _log(runtime, 7, signed=(6,))
     calls: list[tuple[int, int]] = []
-    report = await _verify(runtime, chain, batch=2, progress=lambda done, total: calls.append((done, total)))
-    assert report.ok and report.events == 7 and calls == [(2, 7), (4, 7), (6, 7), (7, 7)]
+    report = await _verify(runtime, chain, batch=3, progress=lambda done, total: calls.append((done, total)))
+    assert report.ok and report.events == 7 and calls == [(3, 7), (6, 7), (7, 7)]
     calls.clear()
     report = await _verify(runtime, chain, from_seq=3, to_seq=4, batch=2, progress=lambda d, t: calls.append((d, t)))
     assert report.ok and _counts(report) == (3, 6, 4, 1, 6, 0) and calls == [(2, 4), (4, 4), (4, 4)]
@@ -164,13 +166,14 @@ async def test_repair_rewrites_the_missing_digest_objects_of_the_range_and_repor
         runtime.db,
         runtime.notary,
         chain,
+        from_seq=2,
         to_seq=4,
         progress=lambda done, total: calls.append((done, total)),
         repair_digests=True,
     )
-    assert report.ok and _counts(report) == (1, 5, 5, 3, 5, 0) and repaired == 2
+    assert report.ok and _counts(report) == (2, 5, 4, 2, 5, 0) and repaired == 2
     # One pass per repair, each from the checkpoint it repaired; the digest past the range stays missing.
-    assert calls == [(5, 5), (3, 3), (1, 1)] and await _digests(runtime, chain) == {1, 3, 5}
+    assert calls == [(4, 4), (3, 3), (1, 1)] and await _digests(runtime, chain) == {1, 3, 5}
 
 
 async def test_repair_writes_no_digest_object_past_the_first_other_problem_which_it_reports(

@@ -94,6 +94,7 @@ async def test_an_expired_lease_is_rescued_by_the_next_claim_and_the_old_token_i
     assert (await world.ok("jobs_get", world.agent, job_id=made["id"]))["result"] == 2
     (rescue,) = [e for e in await probe.audit_events() if e["operation"] == "jobs_rescue"]
     assert rescue["target"] == made["id"] and rescue["actor_name"] == "acme-agent"
+    assert rescue["transport"] == "internal"  # made by the server inside the claim
     assert rescue["args"] == {"job_id": made["id"], "attempt": 1, "state": "queued", "reason": "lease expired"}
 
 

@@ -43,13 +43,14 @@ async def _claim(
     queues: list[str] | None = None,
     kinds: list[str] | None = None,
     limit: int = 10,
+    **transport: str,
 ) -> list[jobs.Job]:
     tenant = tenant_id or world.made.tenant.id
     worker = world.made.agent
     return await _in(
         world,
         lambda conn: jobs.claim(
-            conn, tenant, worker=worker, queues=queues, kinds=kinds, limit=limit, lease=lease, now=now
+            conn, tenant, worker=worker, queues=queues, kinds=kinds, limit=limit, lease=lease, now=now, **transport
         ),
     )
 
@@ -115,6 +116,8 @@ async def test_a_rescue_on_the_last_attempt_records_when_the_job_ended(world: Wo
     expired = START + LEASE + timedelta(seconds=1)
     (rescued,) = await _in(world, lambda conn: jobs.rescue_expired(conn, now=expired, rescuer=world.made.agent))
     assert (rescued.id, rescued.state, rescued.finished_at) == (job.id, "dead", expired)
+    (event,) = [e for e in await StoreProbe(world.dispatcher.runtime).audit_events() if e["target"] == job.id]
+    assert (event["operation"], event["transport"]) == ("jobs_rescue", "internal")
     assert (START + LEASE).isoformat() in (rescued.last_error or "")  # when the lease ran out
 
 
@@ -152,7 +155,7 @@ async def test_a_rescue_is_recorded_in_the_jobs_tenant_as_the_rescuer_and_over_i
     await _enqueue(world)
     first, second = await _claim(world)
     expired = START + LEASE + timedelta(seconds=1)
-    await _claim(world, now=expired, kinds=["none"], limit=1)  # a claim rescues its tenant's leases first
+    await _claim(world, now=expired, kinds=["none"], transport="stdio")  # a claim rescues its tenant's leases first
     maintenance = jobs.maintenance_principal()
     assert (maintenance.id, maintenance.kind, maintenance.name) == ("maintenance", "operator", "job-maintenance")
     events = [e for e in await probe.audit_events() if e["operation"] == "jobs_rescue"]
@@ -162,7 +165,7 @@ async def test_a_rescue_is_recorded_in_the_jobs_tenant_as_the_rescuer_and_over_i
         assert (event["tenant_id"], event["outcome"], event["transport"], event["duration_ms"]) == (
             world.made.tenant.id,
             "ok",
-            "internal",
+            "stdio",
             0,
         )
         assert (event["actor_id"], event["actor_kind"], event["actor_name"]) == (agent.id, "agent", agent.name)

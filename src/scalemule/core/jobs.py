@@ -561,10 +561,9 @@ async def next_due(
     """When the next claimable job of these queues and kinds is due (None: none waiting). Reads only."""
     far = now + timedelta(days=36500)
     condition = _claimable(tenant_id, queues, kinds, far)
-    found = (await conn.execute(sa.select(sa.func.min(jobs.c.run_at)).where(condition))).scalar_one()
-    if found is None:
-        return None
-    return found if isinstance(found, datetime) else datetime.fromisoformat(str(found))
+    # min() has the column's type, so its value arrives as an aware datetime like run_at itself.
+    found: datetime | None = (await conn.execute(sa.select(sa.func.min(jobs.c.run_at)).where(condition))).scalar_one()
+    return found
 
 
 def maintenance_principal() -> Principal:
