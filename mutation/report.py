@@ -131,11 +131,13 @@ def main() -> int:
         if status not in SURVIVED:
             continue
         added = _added_lines(name, score.path)
-        for i, entry in enumerate(equivalents):
-            if entry.matches(module, func, added):
-                used[i] = True
-                score.equivalent += 1
-                break
+        # Two mutants of a function can add the same line for different reasons (`found = None` in two
+        # branches): each takes an entry of its own while one is left.
+        matching = [i for i, entry in enumerate(equivalents) if entry.matches(module, func, added)]
+        if matching:
+            i = next((i for i in matching if not used[i]), matching[0])
+            used[i] = True
+            score.equivalent += 1
         else:
             unexplained.append((name, added))
 
