@@ -308,6 +308,12 @@ def bare_stdio(workdir: Path, mode: str = "lowlevel-stdio") -> Any:
     return stdio(f"bare-{mode}", [sys.executable, BARE_SERVER, mode], clean_env(), workdir)
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) the process has used so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss(pid: int) -> int:
     """The process's peak resident set (``VmHWM``), in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -128,6 +128,12 @@ async def inline(bench: Bench) -> None:
                 judged=median(mine) if target else None,
             )
         )
+        if target is not None and not target.met(median(floor)):
+            bench.say(
+                f"  (the bare server sending the same bytes once takes {median(floor):.2f} s with this client, over"
+                f" the target: the official client's stdio reader is quadratic in a message's size, so no server"
+                " meets it with that client; see client_reader.py)"
+            )
     for label, rss, floor in (("put", sm_rss_put, bare_rss_put), ("get", sm_rss_get, bare_rss_get)):
         figures = f"+{rss / MIB:.0f} MiB over idle (bare SDK server moving the same bytes: +{floor / MIB:.0f} MiB)"
         bench.add(

@@ -22,7 +22,7 @@ import pytest
 
 TEMPLATE_ENV = "SCALEMULE_TEST_SQLITE_TEMPLATE"
 # Module -> names of its module-level caches of built statements (filled on first use).
-STATEMENT_CACHES = {"scalemule.core.jobs": ("_UPDATES", "_PICKS", "_EXPIRED")}
+STATEMENT_CACHES = {"scalemule.core.jobs": ("_UPDATES", "_CLAIMS", "_FENCED", "_EXPIRED")}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import asyncpg
 import jsonschema
 import pytest
 import sqlalchemy as sa
@@ -108,14 +109,20 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-async def _truncate(url: str) -> None:
-    engine = create_engine(url)
+# Emptying every table before each PostgreSQL test, in one round trip on one short connection:
+# DELETE on tables this small takes milliseconds where TRUNCATE rewrites each table's files.
+_EMPTY_ALL = "; ".join(f'DELETE FROM "{table.name}"' for table in reversed(metadata.sorted_tables))
+
+
+async def _empty(url: str) -> None:
+    parsed = sa.engine.make_url(url)
+    schema = str(parsed.query["search_path"])
+    dsn = parsed.difference_update_query(["search_path"]).render_as_string(hide_password=False)
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
     try:
-        async with engine.begin() as conn:
-            names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
-            await conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
+        await conn.execute(_EMPTY_ALL)
     finally:
-        await engine.dispose()
+        await conn.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -129,7 +136,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path)
     url = request.getfixturevalue("postgres_url")
     if url is None:
         pytest.skip(os.environ.get("SCALEMULE_TEST_POSTGRES_SKIP", "PostgreSQL unreachable"))
-    anyio.run(_truncate, url)
+    anyio.run(_empty, url)
     return Settings(data_dir=data_dir, database_url=url)
 
 

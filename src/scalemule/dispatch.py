@@ -4,6 +4,11 @@ authenticate -> expose -> authorize (resolving the tenant) -> validate -> run th
 one audited unit of work (core.unit_of_work): its event is appended in the same transaction and
 committed with it; a failed or denied call is rolled back and recorded in a fresh transaction. Only
 here do errors become results.
+
+An operation declared ``task=True`` takes one of two more turns at the end of the same path: for a
+client that accepts a task, it is queued as a server job instead of run (``operations.tasks.start``);
+when the server runs that job, the call comes back here with the caller's ``RecordedKey``. Read-only
+operations run apart from writers, their event recorded just after (``UnitOfWork.read``).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import difflib
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -37,9 +42,22 @@ from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import idempotency_keys
 from scalemule.operations import REGISTRY, Operation
 from scalemule.operations.base import SHOWN_ONCE, AuditNote, Call, bounded, encodable, recorded_args, redacted
+from scalemule.operations.tasks import start as start_task
 from scalemule.runtime import Runtime
 
 Via = Literal["tool", "resource", "prompt", "task"]
+
+
+@dataclass(frozen=True)
+class RecordedKey:
+    """The credential of a server task's run: the id of the API key that created the task.
+
+    It authenticates as that key does now (a revoked or expired key is ``unauthenticated``), and only
+    for operations declared ``task=True``. Only the server's task runner makes one, from the job it
+    claimed; surfaces pass the tokens their clients send.
+    """
+
+    key_id: str
 
 
 @dataclass(frozen=True)
@@ -48,7 +66,7 @@ class Invocation:
 
     operation: str
     arguments: Any
-    credential: str | None
+    credential: str | RecordedKey | None
     transport: str
     client_name: str | None = None
     client_version: str | None = None
@@ -64,6 +82,10 @@ class Invocation:
     # Where a network client connects from (core.unit_of_work.network_source): refused calls are
     # tallied per source.
     source: str | None = None
+    # The client takes an MCP task: an operation declared task=True is queued, not run (Outcome.task).
+    accepts_task: bool = False
+    # Where a server task's run reports progress (Call.report): (fraction, message).
+    progress: Callable[[float, str | None], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +115,8 @@ class Outcome:
     error: ErrorBody | None
     # None when the call was tallied rather than recorded alone (a refused credential).
     event_id: str | None
+    # The call was queued as a server task: ``result`` is the new task (operations.tasks.TaskView).
+    task: bool = False
 
 
 # The default tool list: what an agent building an app calls in a session, within the 24,000-character
@@ -124,6 +148,10 @@ DEFAULT_TOOLS = frozenset(
     }
 )
 DEFAULT = "default"
+# An audited target is indexed (audit_query's target filter), and PostgreSQL refuses an index entry
+# over a third of a page (2,704 bytes): 1,000 characters of another script can pass that, so a
+# target is also cut to 2,000 bytes of UTF-8.
+TARGET_BYTES = 2000
 
 
 def toolsets() -> list[str]:
@@ -181,6 +209,7 @@ class _Caller:
     tenant: Tenant | None = None
     role: str | None = None
     note: AuditNote = field(default_factory=AuditNote)
+    task_started: bool = False
 
     @property
     def operation(self) -> str:
@@ -228,7 +257,7 @@ class _Caller:
             session_id=_clip(inv.session_id, 100),
             request_id=_clip(inv.request_id, 100),
             permission=op.permission if op is not None else None,
-            target=_clip(target, 1000),
+            target=_clip(target, 1000, max_bytes=TARGET_BYTES),
             error_code=error_code,
         )
 
@@ -239,6 +268,8 @@ class Dispatcher:
     def __init__(self, runtime: Runtime, exposure: Exposure | None = None) -> None:
         self.runtime = runtime
         self.exposure = exposure or Exposure()
+        # Called once a server task is committed: the process's task runner sets it to take the task now.
+        self.task_created: Callable[[], None] = lambda: None
 
     def exposure_for(self, chosen: Exposure | None) -> Exposure:
         """The exposure a call is served under: the client's choice of toolsets, else the server's, and
@@ -256,11 +287,18 @@ class Dispatcher:
         """Run one invocation through the whole path; never raises for a caller's mistake."""
         caller = _Caller(inv, REGISTRY.get(inv.operation))
         work = UnitOfWork(self.runtime.db, caller)
+        # A read never holds up writers: it runs apart and its event is recorded after it. A read that
+        # a task-aware client may turn into a task queues a job, which is a write.
+        op = caller.op
+        reads = op is not None and op.read_only and not (op.task and inv.accepts_task)
+        unit = work.read if reads else work.run
         try:
-            result = await work.run(lambda conn: self._pipeline(conn, caller))
+            result = await unit(lambda conn: self._pipeline(conn, caller))
         except ScaleMuleError as error:
             return Outcome(result=None, error=ErrorBody.of(error), event_id=work.event_id)
-        return Outcome(result=result, error=None, event_id=work.event_id)
+        if caller.task_started:
+            self.task_created()
+        return Outcome(result=result, error=None, event_id=work.event_id, task=caller.task_started)
 
     async def screen(self, inv: Invocation, refusal: ScaleMuleError | None = None) -> ErrorBody | None:
         """Check a request's credential before a surface reads it; None lets it on.
@@ -273,8 +311,10 @@ class Dispatcher:
         work = UnitOfWork(self.runtime.db, caller)
         try:
             async with work.recorded():
-                async with self.runtime.db.transaction() as conn:
-                    who = await identity.authenticate(conn, inv.credential)
+                # A read, apart from writers (no write lock on SQLite); the key's last_used_at, deferred
+                # here, is refreshed by the call the request carries.
+                async with self.runtime.db.snapshot([]) as conn:
+                    who = await _authenticate(conn, inv.credential)
                 caller.principal, caller.key = who.principal, who.key
                 if refusal is not None:
                     raise refusal
@@ -285,10 +325,18 @@ class Dispatcher:
     async def _pipeline(self, conn: Connection, caller: _Caller) -> dict[str, Any]:
         """authenticate -> expose -> authorize -> run; the unit of work records the outcome."""
         inv = caller.inv
-        who = await identity.authenticate(conn, inv.credential)
+        who = await _authenticate(conn, inv.credential)
         caller.principal, caller.key = who.principal, who.key
         op = self._exposed(inv)
         call = await self._authorize(conn, op, inv, who, caller)
+        if inv.accepts_task and op.task and call.allows("jobs:read"):
+            # Queued, not run: a caller that could not read its task back (no jobs:read) is answered
+            # at once instead.
+            args = self._validated(op, inv.arguments)
+            client = {"name": inv.client_name, "version": inv.client_version}
+            task = await start_task(call, op, args, client=client)
+            caller.task_started = True
+            return task.model_dump(mode="json")
         return await self._run(call, op, inv.arguments)
 
     def _exposed(self, inv: Invocation) -> Operation:
@@ -307,6 +355,8 @@ class Dispatcher:
             raise NotFound(
                 f"no tool named {name[:64]!r}", hint=f"{guess}List tools with tools/list or 'scalemule tools'."
             )
+        if isinstance(inv.credential, RecordedKey) and not op.task:
+            raise FailedPrecondition(f"{name} does not run as a task", hint="Only task operations run from a task.")
         exposure = self.exposure_for(inv.exposure)
         # Toolsets choose tools; resources are served whatever the toolsets (all are read-only).
         if not (exposure.allows(op) or (inv.resource is not None and op.read_only)):
@@ -344,6 +394,7 @@ class Dispatcher:
             role=caller.role,
             permissions=permissions,
             audit=caller.note,
+            progress=inv.progress,
         )
         if (
             op.permission != AUTHENTICATED
@@ -353,11 +404,15 @@ class Dispatcher:
             raise _denied(op, caller, permissions)
         return call
 
-    async def _run(self, call: Call, op: Operation, raw: Any) -> dict[str, Any]:
+    @staticmethod
+    def _validated(op: Operation, raw: Any) -> Any:
         try:
-            args = op.args_model.model_validate({} if raw is None else raw)
+            return op.args_model.model_validate({} if raw is None else raw)
         except ValidationError as exc:
             raise _invalid(op, exc) from None
+
+    async def _run(self, call: Call, op: Operation, raw: Any) -> dict[str, Any]:
+        args = self._validated(op, raw)
         key = getattr(args, "idempotency_key", None)
         if key is None:
             return (await op.handler(call, args)).model_dump(mode="json")
@@ -394,6 +449,12 @@ class Dispatcher:
                 )
             )
         return replay
+
+
+async def _authenticate(conn: Connection, credential: str | RecordedKey | None) -> identity.Authenticated:
+    if isinstance(credential, RecordedKey):
+        return await identity.authenticate_key(conn, credential.key_id)
+    return await identity.authenticate(conn, credential)
 
 
 async def _by_grant(call: Call, op: Operation) -> bool:
@@ -478,8 +539,39 @@ def _invalid(op: Operation, exc: ValidationError) -> InvalidArgument:
 
 
 def _fingerprint(op: Operation, args: dict[str, Any]) -> str:
-    canonical = json.dumps([op.name, args], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    digest = hashlib.sha256()
+    for piece in canonical_json([op.name, args]):
+        digest.update(piece.encode())
+    return digest.hexdigest()
+
+
+# Strings longer than this are escaped a slice at a time when hashed.
+_SLICE = 1 << 20
+
+
+def canonical_json(value: Any) -> Iterator[str]:
+    """``json.dumps(value, sort_keys=True, separators=(",", ":"))`` in pieces, a long string a slice at
+    a time: an argument of 16 MiB is hashed without being copied whole, twice (text, then bytes)."""
+    if isinstance(value, str) and len(value) > _SLICE:
+        yield '"'
+        for start in range(0, len(value), _SLICE):
+            yield json.dumps(value[start : start + _SLICE])[1:-1]
+        yield '"'
+    elif isinstance(value, dict):
+        yield "{"
+        for index, key in enumerate(sorted(value)):
+            yield f"{',' if index else ''}{json.dumps(key)}:"
+            yield from canonical_json(value[key])
+        yield "}"
+    elif isinstance(value, list | tuple):
+        yield "["
+        for index, item in enumerate(value):
+            if index:
+                yield ","
+            yield from canonical_json(item)
+        yield "]"
+    else:
+        yield json.dumps(value)
 
 
 def _home_tenant(principal: Principal | None, key: KeyInfo | None) -> str | None:
@@ -498,6 +590,11 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-def _clip(value: str | None, size: int) -> str | None:
+def _clip(value: str | None, size: int, *, max_bytes: int | None = None) -> str | None:
     # Audit text columns take what callers sent: cut to size, NUL made visible (PostgreSQL refuses it).
-    return None if value is None else encodable(str(value)[:size]).replace("\x00", "\\x00")[:size]
+    if value is None:
+        return None
+    text = encodable(str(value)[:size]).replace("\x00", "\\x00")[:size]
+    if max_bytes is not None and len(text) * 4 > max_bytes:
+        text = text.encode()[:max_bytes].decode(errors="ignore")  # never half a character
+    return text

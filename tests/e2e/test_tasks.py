@@ -1,13 +1,16 @@
 """MCP Tasks (io.modelcontextprotocol/tasks) over stdio and streamable HTTP, with a raw JSON-RPC client
-(the SDK's client has no task support). Jobs are claimed and finished beside the server, through the
-same dispatch path a worker uses, so each test moves the job exactly when it means to.
+(the SDK's client has no task support). jobs_run's jobs are claimed and finished beside the server,
+through the same dispatch path a worker uses, so each test moves the job exactly when it means to;
+audit_verify's tasks are run by the servers themselves.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
 from itertools import count
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from scalemule.core import jobs
 from scalemule.dispatch import Dispatcher, Invocation
 from tests.e2e.conftest import SCALEMULE, Deployment, http_server
 
@@ -63,10 +67,10 @@ class StdioRpc:
 
 
 @asynccontextmanager
-async def stdio_rpc(deployment: Deployment, key: str) -> AsyncIterator[StdioRpc]:
+async def stdio_rpc(deployment: Deployment, key: str, *serve_args: str) -> AsyncIterator[StdioRpc]:
     env = deployment.env | {"SCALEMULE_API_KEY": key}
     with (deployment.logs / "stdio-tasks.log").open("a") as errlog:
-        process = await anyio.open_process([SCALEMULE, "serve"], env=env, stderr=errlog)
+        process = await anyio.open_process([SCALEMULE, "serve", *serve_args], env=env, stderr=errlog)
         try:
             yield StdioRpc(process)
         finally:
@@ -77,8 +81,8 @@ async def stdio_rpc(deployment: Deployment, key: str) -> AsyncIterator[StdioRpc]
 class HttpRpc:
     """One JSON-RPC request per POST, with the 2026-07-28 routing headers (no session)."""
 
-    def __init__(self, url: str, key: str, *, name_header: bool = True) -> None:
-        self.url, self.key, self.name_header = url, key, name_header
+    def __init__(self, url: str, key: str, *, name_header: bool = True, toolsets: str | None = None) -> None:
+        self.url, self.key, self.name_header, self.toolsets = url, key, name_header, toolsets
         self.ids = count(1)
 
     async def __call__(self, method: str, params: dict[str, Any], *, tasks: bool = True) -> dict[str, Any]:
@@ -90,6 +94,8 @@ class HttpRpc:
         name = params.get("name") if method == "tools/call" else params.get("taskId")
         if name is not None and (self.name_header or method == "tools/call"):
             headers["Mcp-Name"] = str(name)
+        if self.toolsets is not None:
+            headers["X-MCP-Toolsets"] = self.toolsets
         body = {"jsonrpc": "2.0", "id": next(self.ids), "method": method, "params": params_of(method, params, tasks)}
         async with httpx2.AsyncClient(timeout=60) as http:
             response = await http.post(self.url, json=body, headers=headers)
@@ -298,3 +304,114 @@ async def test_a_task_made_on_one_server_is_polled_and_cancelled_on_another_acro
         assert "result" in await other("tasks/cancel", {"taskId": created["taskId"]})
         await owner_call(d, "jobs_fail", job_id=created["taskId"], lease_token=token, error="stopped")
         assert (await get_task(HttpRpc(one, d.agent_key), created["taskId"]))["status"] == "cancelled"
+
+
+# --- audit_verify: a task the server runs itself ---------------------------------------------------
+
+AUDIT = "default,audit"
+Connect = Callable[[str], AbstractAsyncContextManager[Rpc]]
+
+
+@pytest.fixture(params=["stdio", "http"])
+def connect(request: pytest.FixtureRequest, deployment: Deployment) -> Connect:
+    """Opens a raw client with a given key, over each transport, to a server serving the audit toolset."""
+    url = request.getfixturevalue("url") if request.param == "http" else None
+
+    @asynccontextmanager
+    async def open_rpc(key: str) -> AsyncIterator[Rpc]:
+        if url is not None:
+            yield HttpRpc(url, key, toolsets=AUDIT)
+            return
+        async with stdio_rpc(deployment, key, "--toolsets", AUDIT) as rpc:
+            yield rpc
+
+    return open_rpc
+
+
+async def verify_task(rpc: Rpc, **arguments: Any) -> dict[str, Any]:
+    answer = await rpc("tools/call", {"name": "audit_verify", "arguments": arguments})
+    created = answer["result"]
+    assert created["resultType"] == "task" and created["status"] == "working", created
+    assert "result" not in created and created["taskId"].startswith("job_")
+    return dict(created)
+
+
+async def until_done(rpc: Rpc, task_id: str) -> dict[str, Any]:
+    """Poll ``task_id`` until it is no longer working; the Task then."""
+    with anyio.fail_after(60):
+        while True:
+            task = await get_task(rpc, task_id)
+            if task["status"] != "working":
+                return task
+            await anyio.sleep(0.05)  # the server runs it in the background
+
+
+async def test_a_task_aware_verify_is_polled_to_the_report_and_others_get_the_report_itself(
+    deployment: Deployment, connect: Connect
+) -> None:
+    async with connect(deployment.agent_key) as rpc:
+        created = await verify_task(rpc)
+        done = await until_done(rpc, created["taskId"])
+        plain = (await rpc("tools/call", {"name": "audit_verify", "arguments": {}}, tasks=False))["result"]
+    assert done["status"] == "completed" and done["result"]["isError"] is False
+    report = done["result"]["structuredContent"]
+    assert report["ok"] is True and report["problem"] is None and report["from_seq"] == 1
+    assert json.loads(done["result"]["content"][0]["text"]) == report
+    assert plain["resultType"] == "complete" and "taskId" not in plain and plain["isError"] is False
+    assert plain["structuredContent"]["ok"] is True and set(plain["structuredContent"]) == set(report)
+    async with deployment.beside() as (_, probe):
+        events = await probe.audit_events()
+    made = [e for e in events if e["args"].get("task_id") == created["taskId"]]
+    run = [e for e in events if e["request_id"] == created["taskId"] and e["transport"] == "task"]
+    assert [e["operation"] for e in made] == ["audit_verify"] and made[0]["transport"] != "task"
+    assert [(e["operation"], e["outcome"]) for e in run] == [("audit_verify", "ok")]
+    assert run[0]["actor_id"] == made[0]["actor_id"] and run[0]["key_id"] == made[0]["key_id"]
+
+
+async def test_a_verify_that_fails_when_it_runs_completes_with_the_tools_error(
+    deployment: Deployment, connect: Connect
+) -> None:
+    async with connect(deployment.agent_key) as rpc:
+        done = await until_done(rpc, (await verify_task(rpc, from_seq=10**9))["taskId"])
+    assert done["status"] == "completed" and done["result"]["isError"] is True
+    assert done["result"]["structuredContent"]["error"]["code"] == "invalid_argument"
+    assert done["result"]["content"][0]["text"].startswith("invalid_argument: from_seq 1000000000")
+
+
+async def test_a_verify_the_caller_may_not_run_is_refused_at_once_never_as_a_task(
+    deployment: Deployment, connect: Connect
+) -> None:
+    name = f"no-audit-{secrets.token_hex(4)}"
+    agent = await owner_call(deployment, "agents_create", name=name, role="worker")
+    made = await owner_call(deployment, "keys_create", name=name, principal_id=agent["principal"]["id"])
+    async with connect(str(made["token"])) as rpc:
+        answer = await rpc("tools/call", {"name": "audit_verify", "arguments": {}})
+    result = answer["result"]
+    assert result["resultType"] == "complete" and "taskId" not in result and result["isError"] is True
+    assert result["structuredContent"]["error"]["code"] == "permission_denied"
+    assert "audit:read" in result["content"][0]["text"]
+
+
+async def test_a_verify_task_is_answered_by_any_server_and_finished_by_another_when_its_own_died(
+    postgres_deployment: Deployment,
+) -> None:
+    d = postgres_deployment
+    # A server that died holding a task: the task is made and claimed beside, under a one-second lease.
+    async with d.beside() as (dispatcher, _):
+        made = await dispatcher.call(Invocation("audit_verify", {}, d.agent_key, "e2e", accepts_task=True))
+        assert made.task and made.result is not None
+        orphan = made.result["task_id"]
+        async with dispatcher.runtime.db.transaction() as conn:
+            await jobs.claim_server(
+                conn, worker_id="srv_dead", limit=1, lease=timedelta(seconds=1), now=dispatcher.runtime.clock()
+            )
+    with http_server(d, "--toolsets", AUDIT) as two:
+        other = HttpRpc(two, d.agent_key)
+        with http_server(d, "--toolsets", AUDIT) as one:
+            created = await verify_task(HttpRpc(one, d.agent_key))
+        # The server it was made on has stopped; the other answers for it, and for the orphan.
+        done = await until_done(other, created["taskId"])
+        assert done["status"] == "completed" and done["result"]["structuredContent"]["ok"] is True
+        rescued = await until_done(other, orphan)
+    assert rescued["status"] == "completed" and rescued["result"]["structuredContent"]["ok"] is True
+    assert "attempt 2 of 3" in rescued["statusMessage"]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
 import pytest
 import sqlalchemy as sa
 
-from scalemule.core import audit, audit_checkpoints
+from scalemule.core import audit, audit_checkpoints, audit_verify
 from scalemule.db.tables import audit_events
 from scalemule.dispatch import Invocation
 from tests.conftest import World
@@ -140,3 +144,22 @@ async def test_audit_verify_from_just_past_the_head_passes_with_nothing_to_check
     head = (await world.ok("audit_verify", world.owner))["to_seq"] + 1  # that call's own event
     report = await world.ok("audit_verify", world.owner, from_seq=head + 1)
     assert report["ok"] and (report["from_seq"], report["to_seq"], report["events"]) == (head + 1, head, 0)
+
+
+async def test_a_cancelled_verify_stops_at_its_next_batch(world: World) -> None:
+    # A task's cancellation reaches its verify between batches, even where reads never wait (SQLite).
+    await _activity(world)
+    checked: list[int] = []
+    async with world.dispatcher.runtime.db.reader() as conn:
+
+        async def read(query: sa.Select[Any]) -> Sequence[Any]:
+            return (await conn.execute(query)).all()
+
+        with anyio.CancelScope() as scope:
+
+            def progress(done: int, total: int) -> None:
+                checked.append(done)
+                scope.cancel()
+
+            await audit_verify.verify_chain(read, None, {}, world.made.tenant.id, batch=2, progress=progress)
+    assert scope.cancelled_caught and checked == [2]

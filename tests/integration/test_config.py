@@ -27,6 +27,13 @@ async def test_each_write_makes_a_new_version_and_history_keeps_them_all(world: 
     assert revived["version"] == 4
 
 
+async def test_a_null_value_is_stored_and_read_back_as_null(world: World) -> None:
+    await world.ok("config_set", world.agent, env="dev", key="unset", value=None)
+    await world.ok("config_set", world.agent, env="dev", key="unset", value=None)
+    assert (await world.ok("config_get", world.agent, env="dev", key="unset"))["value"] is None
+    assert (await world.ok("config_get", world.agent, env="dev", key="unset", version=1))["value"] is None
+
+
 async def test_a_stale_expected_version_is_a_conflict_naming_the_current_version(world: World) -> None:
     await world.ok("config_set", world.agent, env="dev", key="flag", value=True, expected_version=0)
     outcome = await world.call("config_set", world.agent, env="dev", key="flag", value=False, expected_version=0)

@@ -6,9 +6,10 @@ import dataclasses
 import logging
 from typing import Any
 
+import anyio
 import pytest
 
-from scalemule.core import identity, tenants
+from scalemule.core import config, identity, tenants
 from scalemule.dispatch import Dispatcher, Exposure, Invocation
 from scalemule.operations import REGISTRY
 from scalemule.operations.base import Call
@@ -150,3 +151,39 @@ async def test_the_result_is_the_json_form_of_the_result_model(world: World) -> 
     result = await world.ok("tenants_get", world.agent)
     assert isinstance(result["tenant"]["created_at"], str)
     REGISTRY["tenants_get"].result_model.model_validate(result)
+
+
+async def test_a_read_in_progress_does_not_hold_up_a_write_and_both_are_recorded_in_the_order_they_completed(
+    world: World, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await world.ok("config_set", world.agent, env="dev", key="model", value="v1")
+    entered, release = anyio.Event(), anyio.Event()
+    read_entry = config.get
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        # The read has authenticated and read its entry; it now stays open until released.
+        found = await read_entry(*args, **kwargs)
+        entered.set()
+        await release.wait()
+        return found
+
+    monkeypatch.setattr(config, "get", held)
+    read: list[Any] = []
+
+    async def reader() -> None:
+        read.append(await world.call("config_get", world.agent, env="dev", key="model"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await entered.wait()
+        # A guard against a deadlock, not a timing assertion: the write must not wait for the read.
+        with anyio.fail_after(30):
+            written = await world.ok("config_set", world.agent, env="dev", key="model", value="v2")
+        assert not read, "the read finished before it was released"
+        release.set()
+    (outcome,) = read
+    assert outcome.error is None and outcome.result is not None
+    assert outcome.result["value"] == "v1" and written["version"] == 2
+    # Recorded when each completed: the write, then the read that began before it.
+    order = [(e["operation"], e["args"].get("value")) for e in await probe.audit_events() if e["target"] == "model"]
+    assert [name for name, _ in order] == ["config_set", "config_set", "config_get"]

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from scalemule.core.access import PROTECTED_WRITE, ROLES
 from scalemule.core.ids import utcnow
@@ -50,6 +51,24 @@ async def _empty_database(store: Settings) -> AsyncIterator[str]:
         async with admin.begin() as conn:
             await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         await admin.dispose()
+
+
+def test_the_head_a_store_is_checked_against_is_the_newest_migration() -> None:
+    assert ScriptDirectory.from_config(migrate.alembic_config()).get_current_head() == migrate.HEAD
+
+
+async def test_a_store_is_pending_until_it_is_migrated_to_the_head(store: Settings) -> None:
+    async with _empty_database(store) as url:
+        engine = create_engine(url)
+        try:
+            empty = await migrate.pending(engine)
+            await migrate.upgrade(engine, "0003")
+            behind = await migrate.pending(engine)
+            await migrate.upgrade(engine)
+            current = await migrate.pending(engine)
+        finally:
+            await engine.dispose()
+    assert (empty, behind, current) == (True, True, False)
 
 
 _ROWS_AT_0003 = [

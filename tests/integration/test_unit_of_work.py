@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 
@@ -16,7 +18,7 @@ from scalemule.core.unit_of_work import UnitOfWork
 from scalemule.db.engine import Connection
 from scalemule.db.tables import audit_rollups
 from scalemule.runtime import Runtime
-from tests.conftest import StoreProbe
+from tests.conftest import POSTGRES_ADMIN_URL, StoreProbe, World
 
 pytestmark = pytest.mark.anyio
 
@@ -110,3 +112,31 @@ async def test_an_operator_one_liner_records_what_its_body_learns(runtime: Runti
         {"key_id": "key_1", "found": False},
         "operator",
     )
+
+
+async def _backend_pids(runtime: Runtime, count: int) -> set[int]:
+    # Holds ``count`` pooled connections at once, so that each is a different one, then returns them.
+    async with AsyncExitStack() as stack:
+        pids = set()
+        for _ in range(count):
+            conn = await stack.enter_async_context(runtime.db.transaction())
+            pids.add(int((await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()))
+        return pids
+
+
+async def test_pooled_connections_the_database_dropped_are_replaced_without_failing_a_call(
+    runtime: Runtime, world: World
+) -> None:
+    if runtime.db.dialect != "postgresql":
+        pytest.skip("SQLite has no server to drop connections")
+    pids = await _backend_pids(runtime, 3)
+    # What a database restart does to idle pooled connections.
+    admin = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", sorted(pids))
+    finally:
+        await admin.close()
+    for _ in range(4):
+        await world.ok("whoami", world.agent)
+        await world.ok("config_set", world.agent, env="dev", key="after-restart", value=1)
+    assert not pids & await _backend_pids(runtime, 3)

@@ -2,7 +2,8 @@
 
 Appending is batch-first; the chain head row serialises appenders of one chain, so sequence numbers
 have no gaps and every event names the hash of the one before it. Signed checkpoints of the chain
-heads join the events they cover (``audit_checkpoints``); ``audit_verify`` checks it all.
+heads join the events they cover (``audit_checkpoints``); ``audit_verify`` checks it all. Reading the
+log by filters is ``audit_filters``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from datetime import datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from scalemule.core import audit_checkpoints as checkpoints
 from scalemule.core.access import operator
 from scalemule.core.audit_checkpoints import Checkpoint, Notary
 from scalemule.core.errors import NotFound
 from scalemule.core.ids import new_id, utcnow
+from scalemule.db.dialects import insert_for
 from scalemule.db.engine import Connection
 from scalemule.db.tables import audit_events, audit_heads
 
@@ -64,15 +65,18 @@ class AuditEvent:
         """The chain this event belongs to: its tenant, or the global chain."""
         return self.tenant_id or GLOBAL_CHAIN
 
+    @classmethod
+    def from_row(cls, row: Any) -> AuditEvent:
+        """The event an ``audit_events`` row holds."""
+        return cls(**{k: v for k, v in row._mapping.items() if k in _FIELD_SET})
+
     def row(self) -> dict[str, Any]:
         """The event as an ``audit_events`` row."""
         return {**{name: getattr(self, name) for name in _FIELDS}, "chain": self.chain}
 
     def canonical(self) -> bytes:
         """The bytes ``hash`` is computed over: every other field as canonical JSON."""
-        body = {name: getattr(self, name) for name in _HASHED}
-        body["at"] = self.at.isoformat()
-        return _CANONICAL.encode(body).encode()
+        return _canonical(self, self.seq, self.prev_hash)
 
     def digest(self) -> str:
         """SHA-256 over every field but ``hash``, in a canonical JSON form."""
@@ -81,8 +85,16 @@ class AuditEvent:
 
 _FIELDS = tuple(f.name for f in fields(AuditEvent))
 _HASHED = tuple(name for name in _FIELDS if name != "hash")
+_FIELD_SET = frozenset(_FIELDS)
 # Built once: json.dumps with options builds an encoder per call, a large share of hashing an event.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _canonical(event: AuditEvent, seq: int, prev_hash: str) -> bytes:
+    # Given seq and prev_hash apart, so an event is sealed with one copy instead of two.
+    body = {name: getattr(event, name) for name in _HASHED}
+    body["at"], body["seq"], body["prev_hash"] = event.at.isoformat(), seq, prev_hash
+    return _CANONICAL.encode(body).encode()
 
 
 def operator_event(
@@ -128,7 +140,7 @@ _head_guess: dict[str, _Head] = {}
 
 
 def _insert_head(dialect: str) -> Any:
-    table_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table_insert = insert_for(dialect)
     return table_insert(audit_heads).on_conflict_do_nothing(index_elements=["chain"])
 
 
@@ -150,10 +162,9 @@ def _seal(events: Sequence[AuditEvent], seq: int, prev: str) -> list[AuditEvent]
     sealed = []
     for event in events:
         seq += 1
-        event = replace(event, seq=seq, prev_hash=prev)
-        event = replace(event, hash=event.digest())
-        prev = event.hash
-        sealed.append(event)
+        digest = hashlib.sha256(_canonical(event, seq, prev)).hexdigest()
+        sealed.append(replace(event, seq=seq, prev_hash=prev, hash=digest))
+        prev = digest
     return sealed
 
 
@@ -259,55 +270,6 @@ async def checkpoint_head(conn: Connection, notary: Notary, chain: str) -> Check
     return made
 
 
-async def query(
-    conn: Connection,
-    *,
-    tenant_id: str,
-    actor: str | None = None,
-    operation: str | None = None,
-    outcome: str | None = None,
-    target: str | None = None,
-    permission: str | None = None,
-    client: str | None = None,
-    session: str | None = None,
-    key: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    before_seq: int | None = None,
-    limit: int = 50,
-) -> list[AuditEvent]:
-    """The tenant's events, newest first, filtered; ``actor`` matches a principal id or name, ``client``
-    the MCP client's name."""
-    table = audit_events
-    q = sa.select(table).where(table.c.chain == tenant_id).order_by(table.c.seq.desc()).limit(limit)
-    equal = {
-        table.c.operation: operation,
-        table.c.outcome: outcome,
-        table.c.target: target,
-        table.c.permission: permission,
-        table.c.client_name: client,
-        table.c.session_id: session,
-        table.c.key_id: key,
-    }
-    q = q.where(*(column == value for column, value in equal.items() if value is not None))
-    if actor is not None:
-        q = q.where(sa.or_(table.c.actor_id == actor, table.c.actor_name == actor))
-    if since is not None:
-        q = q.where(table.c.at >= since)
-    if until is not None:
-        q = q.where(table.c.at < until)
-    if before_seq is not None:
-        q = q.where(table.c.seq < before_seq)
-    return [_event(row) for row in await conn.execute(q)]
-
-
-def _event(row: Any) -> AuditEvent:
-    return AuditEvent(**{k: v for k, v in row._mapping.items() if k in _FIELD_SET})
-
-
-_FIELD_SET = frozenset(_FIELDS)
-
-
 async def get(conn: Connection, *, tenant_id: str, event_id: str) -> tuple[AuditEvent, int]:
     """One of the tenant's events by id, and the chain's head sequence number.
 
@@ -319,4 +281,4 @@ async def get(conn: Connection, *, tenant_id: str, event_id: str) -> tuple[Audit
     if row is None:
         raise NotFound(f"no audit event {event_id[:64]!r} in this tenant", hint="Find event ids with audit_query.")
     head = (await conn.execute(sa.select(audit_heads.c.seq).where(audit_heads.c.chain == tenant_id))).scalar_one()
-    return _event(row), int(head)
+    return AuditEvent.from_row(row), int(head)

@@ -23,11 +23,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from scalemule.core import audit
 from scalemule.core.audit import AuditEvent
 from scalemule.core.ids import new_id, utcnow
+from scalemule.db.dialects import insert_for
 from scalemule.db.engine import Connection
 from scalemule.db.tables import audit_rollups
 
@@ -58,7 +58,7 @@ def _template(event: AuditEvent, source: str) -> dict[str, Any]:
 
 
 def _upsert(dialect: str) -> Any:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    insert = insert_for(dialect)
     statement = insert(audit_rollups)
     return statement.on_conflict_do_update(
         index_elements=["chain", "window_start", "bucket"],
@@ -117,12 +117,8 @@ async def flush(conn: Connection, *, chain: str | None = None, before: datetime 
         chain: only this chain's buckets (None: every chain).
         before: only windows that started before this time (None: every window, the open one too).
     """
-    query = sa.select(audit_rollups).order_by(audit_rollups.c.window_start, audit_rollups.c.first_at)
-    if chain is not None:
-        query = query.where(audit_rollups.c.chain == chain)
-    if before is not None:
-        query = query.where(audit_rollups.c.window_start < before)
-    rows = (await conn.execute(query.with_for_update() if conn.dialect.name == "postgresql" else query)).all()
+    query = _CLOSED[(chain is not None, before is not None, conn.dialect.name == "postgresql")]
+    rows = (await conn.execute(query, {"c": chain, "before": before})).all()
     if not rows:
         return 0
     await audit.append(conn, [_folded(row) for row in rows])
@@ -135,6 +131,19 @@ async def flush(conn: Connection, *, chain: str | None = None, before: datetime 
             )
         )
     return len(rows)
+
+
+def _closed(by_chain: bool, by_window: bool, lock: bool) -> Any:
+    query = sa.select(audit_rollups).order_by(audit_rollups.c.window_start, audit_rollups.c.first_at)
+    if by_chain:
+        query = query.where(audit_rollups.c.chain == sa.bindparam("c"))
+    if by_window:
+        query = query.where(audit_rollups.c.window_start < sa.bindparam("before"))
+    return query.with_for_update() if lock else query
+
+
+# Built once: every tally (an idle claim, a task poll, a refused credential) runs one first.
+_CLOSED = {(c, w, lock): _closed(c, w, lock) for c in (False, True) for w in (False, True) for lock in (False, True)}
 
 
 def _folded(row: Any) -> AuditEvent:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
+from anyio import lowlevel
 
 from scalemule.blobs import BlobStore
 from scalemule.core import audit_checkpoints
@@ -316,7 +317,8 @@ async def verify_chain(
         blobs: where digest objects are; None skips them.
         keys: trusted public keys.
         chain: a tenant id, or ``-`` for the global chain.
-        progress: called with (events done, events to check) after each batch.
+        progress: called with (events done, events to check) after each batch. A cancellation stops
+            the pass between batches.
 
     Raises:
         InvalidArgument: ``from_seq`` lies past the chain's end, or after ``to_seq``.
@@ -353,6 +355,9 @@ async def verify_chain(
         last = events[-1].seq
         if progress is not None:
             progress(min(last, end) - from_seq + 1, total)
+        # A batch read may never wait on I/O (SQLite answers in-process): yield here, so the process
+        # serves others (a task's heartbeats) and a cancellation stops the pass between batches.
+        await lowlevel.checkpoint()
     if progress is not None:
         progress(total, total)
     return verifier.finish(head if to_seq is None else None)

@@ -1,8 +1,9 @@
 """Environments and versioned configuration.
 
-Each write of a key inserts the next version into ``config_history``; the primary key there lets
-exactly one of several writers that read the same version succeed, on any database. ``config_entries``
-holds the current value of every live key for listing and diffing.
+Each write of a key inserts the next version into ``config_history``. Writers of one key take turns
+on a lock on its name (``db.locks``), so a blind write always lands as its own version and an
+``expected_version`` is checked against the version that is current when the write happens.
+``config_entries`` holds the current value of every live key for listing and diffing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 
 from scalemule.core.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from scalemule.core.ids import utcnow
+from scalemule.db import locks
 from scalemule.db.engine import Connection
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import config_entries, config_history, environments
@@ -138,14 +140,19 @@ async def list_environments(conn: Connection, tenant_id: str) -> list[Environmen
     return [Environment(r.name, r.protected, r.created_at) for r in await conn.execute(query)]
 
 
+# Built once: constructing a statement costs more than running it on SQLite (docs/scaling.md).
+_environment_query = sa.select(environments).where(
+    environments.c.tenant_id == sa.bindparam("tenant_id"), environments.c.name == sa.bindparam("name")
+)
+
+
 async def get_environment(conn: Connection, tenant_id: str, name: str) -> Environment:
     """One environment.
 
     Raises:
         NotFound: no such environment in the tenant.
     """
-    query = sa.select(environments).where(environments.c.tenant_id == tenant_id, environments.c.name == name)
-    row = (await conn.execute(query)).first()
+    row = (await conn.execute(_environment_query, {"tenant_id": tenant_id, "name": name})).first()
     if row is None:
         known = ", ".join(e.name for e in await list_environments(conn, tenant_id))
         raise NotFound(f"no environment {name[:40]!r} in this tenant", hint=f"Environments: {known}. Or envs_create.")
@@ -156,12 +163,35 @@ def _entry(row: Any) -> Entry:
     return Entry(row.key, row.value, row.version, row.updated_at, row.updated_by)
 
 
+def _of_key(table: sa.Table) -> tuple[sa.ColumnElement[bool], ...]:
+    # Parameter names apart from the column names, which an UPDATE's SET clause takes for its own.
+    return (
+        table.c.tenant_id == sa.bindparam("k_tenant"),
+        table.c.env == sa.bindparam("k_env"),
+        table.c.key == sa.bindparam("k_key"),
+    )
+
+
 # Built once: constructing a statement costs more than running it on SQLite.
-_current_query = sa.select(config_entries).where(
-    config_entries.c.tenant_id == sa.bindparam("tenant_id"),
-    config_entries.c.env == sa.bindparam("env"),
-    config_entries.c.key == sa.bindparam("key"),
+_current_query = sa.select(config_entries).where(*_of_key(config_entries))
+_version_query = sa.select(config_history).where(
+    *_of_key(config_history), config_history.c.version == sa.bindparam("v")
 )
+# (live version, highest version ever written) in one statement: on PostgreSQL two reads could
+# straddle a concurrent commit and pair an old live version with a new top, letting a stale
+# writer through.
+_versions_query = sa.select(
+    sa.select(config_entries.c.version).where(*_of_key(config_entries)).scalar_subquery().label("live"),
+    sa.select(sa.func.max(config_history.c.version)).where(*_of_key(config_history)).scalar_subquery().label("top"),
+)
+_insert_history = config_history.insert()
+_insert_entry = config_entries.insert()
+_update_entry = config_entries.update().where(*_of_key(config_entries))
+_delete_entry = config_entries.delete().where(*_of_key(config_entries))
+
+
+def _key_params(tenant_id: str, env: str, key: str) -> dict[str, str]:
+    return {"k_tenant": tenant_id, "k_env": env, "k_key": key}
 
 
 async def get(conn: Connection, tenant_id: str, env: str, key: str, version: int | None = None) -> Entry:
@@ -171,14 +201,12 @@ async def get(conn: Connection, tenant_id: str, env: str, key: str, version: int
         NotFound: no such key (or version) in the environment.
     """
     if version is None:
-        row = (await conn.execute(_current_query, {"tenant_id": tenant_id, "env": env, "key": key})).first()
+        row = (await conn.execute(_current_query, _key_params(tenant_id, env, key))).first()
         if row is None:
             await get_environment(conn, tenant_id, env)  # a missing environment is the better answer
             raise NotFound(f"no config key {key!r} in {env!r}", hint="List keys with config_list.")
         return _entry(row)
-    h = config_history
-    query = sa.select(h).where(h.c.tenant_id == tenant_id, h.c.env == env, h.c.key == key, h.c.version == version)
-    row = (await conn.execute(query)).first()
+    row = (await conn.execute(_version_query, {**_key_params(tenant_id, env, key), "v": version})).first()
     if row is None or row.deleted:
         await get_environment(conn, tenant_id, env)
         raise NotFound(f"config key {key!r} has no version {version} in {env!r}", hint="See config_history.")
@@ -186,22 +214,8 @@ async def get(conn: Connection, tenant_id: str, env: str, key: str, version: int
 
 
 async def _current_version(conn: Connection, tenant_id: str, env: str, key: str) -> tuple[int, int]:
-    """(live version or 0 when absent, highest version ever written), read in one snapshot.
-
-    One statement matters on PostgreSQL: two reads could straddle a concurrent commit and pair an old
-    live version with a new top, letting a stale writer through.
-    """
-    live = (
-        sa.select(config_entries.c.version)
-        .where(config_entries.c.tenant_id == tenant_id, config_entries.c.env == env, config_entries.c.key == key)
-        .scalar_subquery()
-    )
-    top = (
-        sa.select(sa.func.max(config_history.c.version))
-        .where(config_history.c.tenant_id == tenant_id, config_history.c.env == env, config_history.c.key == key)
-        .scalar_subquery()
-    )
-    row = (await conn.execute(sa.select(live.label("live"), top.label("top")))).one()
+    """(live version or 0 when absent, highest version ever written), read in one snapshot."""
+    row = (await conn.execute(_versions_query, _key_params(tenant_id, env, key))).one()
     return int(row.live or 0), int(row.top or 0)
 
 
@@ -216,6 +230,7 @@ async def _write(
     by: str | None,
     delete: bool,
 ) -> Entry:
+    await locks.hold(conn, "config", tenant_id, env, key)
     live, top = await _current_version(conn, tenant_id, env, key)
     if expected_version is not None and expected_version != live:
         state = f"its current version is {live}" if live else "it does not exist"
@@ -226,7 +241,8 @@ async def _write(
     if delete and not live:
         raise NotFound(f"no config key {key!r} in {env!r}", hint="List keys with config_list.")
     now, version = utcnow(), top + 1
-    # Concurrent writers that read the same version race for this primary key; one wins.
+    # Writers holding the key's lock never collide here; the primary key still refuses a second copy
+    # of a version from a writer that does not take it (a replica of an older release).
     async with constraint_errors(
         {
             "pk_config_history": lambda: Conflict(
@@ -236,30 +252,26 @@ async def _write(
         }
     ):
         await conn.execute(
-            config_history.insert().values(
-                tenant_id=tenant_id,
-                env=env,
-                key=key,
-                version=version,
-                value=None if delete else value,
-                deleted=delete,
-                at=now,
-                by=by,
-            )
+            _insert_history,
+            {
+                "tenant_id": tenant_id,
+                "env": env,
+                "key": key,
+                "version": version,
+                "value": None if delete else value,
+                "deleted": delete,
+                "at": now,
+                "by": by,
+            },
         )
-    where = (config_entries.c.tenant_id == tenant_id, config_entries.c.env == env, config_entries.c.key == key)
+    where = _key_params(tenant_id, env, key)
+    current = {"value": value, "version": version, "updated_at": now, "updated_by": by}
     if delete:
-        await conn.execute(config_entries.delete().where(*where))
+        await conn.execute(_delete_entry, where)
     elif live:
-        await conn.execute(
-            config_entries.update().where(*where).values(value=value, version=version, updated_at=now, updated_by=by)
-        )
+        await conn.execute(_update_entry, {**where, **current})
     else:
-        await conn.execute(
-            config_entries.insert().values(
-                tenant_id=tenant_id, env=env, key=key, value=value, version=version, updated_at=now, updated_by=by
-            )
-        )
+        await conn.execute(_insert_entry, {"tenant_id": tenant_id, "env": env, "key": key, **current})
     return Entry(key, None if delete else value, version, now, by, deleted=delete)
 
 
@@ -275,9 +287,12 @@ async def set_value(
 ) -> Entry:
     """Write a new version of ``key``.
 
+    Without ``expected_version`` the write always lands, as the next version; concurrent writers of
+    the key take turns.
+
     Raises:
         InvalidArgument: bad key or value.
-        Conflict: ``expected_version`` is stale, or a concurrent writer won.
+        Conflict: ``expected_version`` is not the current version when the write happens.
     """
     check_key(key)
     check_value(value)

@@ -19,7 +19,7 @@ from scalemule.core import tokens
 from scalemule.core.access import KeyAudience, KeyInfo, KeyTerms, Principal, PrincipalKind, Tenant
 from scalemule.core.errors import AlreadyExists, NotFound, Unauthenticated
 from scalemule.core.ids import new_id, utcnow
-from scalemule.db.engine import Connection
+from scalemule.db.engine import Connection, write
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import api_keys, memberships, principals, tenants
 
@@ -49,8 +49,9 @@ _authenticate_query = (
         sa.and_(memberships.c.principal_id == api_keys.c.principal_id, memberships.c.tenant_id == api_keys.c.tenant_id),
     )
     .outerjoin(tenants, tenants.c.id == memberships.c.tenant_id)
-    .where(api_keys.c.token_sha256 == sa.bindparam("digest"))
 )
+_by_digest = _authenticate_query.where(api_keys.c.token_sha256 == sa.bindparam("digest"))
+_by_key_id = _authenticate_query.where(api_keys.c.id == sa.bindparam("key_id"))
 
 
 @dataclass(frozen=True)
@@ -101,16 +102,39 @@ async def authenticate(conn: Connection, token: str | None) -> Authenticated:
     if not tokens.is_well_formed(token):
         raise Unauthenticated("the API key is malformed (checksum mismatch or wrong shape)", hint=_NEXT_STEP)
     digest = tokens.digest(token)
-    row = (await conn.execute(_authenticate_query, {"digest": digest})).first()
+    row = (await conn.execute(_by_digest, {"digest": digest})).first()
     if row is None or not hmac.compare_digest(row.token_sha256, digest):
         raise Unauthenticated(f"API key {tokens.display_prefix(token)}… is not known", hint=_NEXT_STEP)
     now = utcnow()
+    _check_live(row, now)
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        await write(conn, api_keys.update().where(api_keys.c.id == row.id).values(last_used_at=now))
+    return _authenticated(row)
+
+
+async def authenticate_key(conn: Connection, key_id: str) -> Authenticated:
+    """Resolve the key ``key_id`` as ``authenticate`` resolves a token, for work the server runs later
+    on a caller's behalf (a task): the caller's rights as they stand now. Reads only (a task is not a
+    use of the key that ``last_used_at`` tells of).
+
+    Raises:
+        Unauthenticated: the key no longer exists, was revoked or expired.
+    """
+    row = (await conn.execute(_by_key_id, {"key_id": key_id})).first()
+    if row is None:
+        raise Unauthenticated(f"the API key {key_id[:40]!r} no longer exists", hint=_NEXT_STEP)
+    _check_live(row, utcnow())
+    return _authenticated(row)
+
+
+def _check_live(row: Any, now: datetime) -> None:
     if row.revoked_at is not None:
         raise Unauthenticated(f"API key {row.prefix}… was revoked", hint=_NEXT_STEP)
     if row.expires_at is not None and row.expires_at <= now:
         raise Unauthenticated(f"API key {row.prefix}… expired at {row.expires_at.isoformat()}", hint=_NEXT_STEP)
-    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
-        await conn.execute(api_keys.update().where(api_keys.c.id == row.id).values(last_used_at=now))
+
+
+def _authenticated(row: Any) -> Authenticated:
     principal = Principal(
         id=row.principal_id,
         kind=row.kind,

@@ -9,6 +9,10 @@ Claims take due jobs with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (workers neve
 rows); on SQLite the unit of work already holds the database's only write lock. Every claim first
 rescues a bounded batch of its tenant's expired leases; long-running processes also rescue across
 tenants periodically (``rescue_expired``), so no separate daemon is needed. Time is always passed in.
+
+Jobs in ``SERVER_QUEUE`` are operations the server itself runs for a caller (MCP Tasks of tools such
+as ``audit_verify``): only ``enqueue_server`` puts them there (the queue's name is not a valid queue
+name, so no caller can enqueue into it), only ``claim_server`` takes them, and ``claim`` never does.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import sqlalchemy as sa
 from scalemule.core import audit
 from scalemule.core.access import Principal
 from scalemule.core.audit import AuditEvent
-from scalemule.core.errors import Conflict, InvalidArgument, NotFound
+from scalemule.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from scalemule.core.ids import new_id, utcnow
 from scalemule.core.job_states import (
     CLAIMABLE,
@@ -44,6 +48,9 @@ DEFAULT_LEASE = timedelta(seconds=60)
 RESCUE_BATCH = 100
 # PostgreSQL channel notified in the enqueue's transaction (delivered on commit); payload: tenant id.
 NOTIFY_CHANNEL = "scalemule_jobs"
+# The queue of operations the server runs itself. A leading underscore is outside QUEUE_PATTERN, so
+# check_queue refuses it to every caller: jobs_enqueue cannot put work here, jobs_claim cannot ask for it.
+SERVER_QUEUE = "_server"
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,26 @@ async def enqueue(conn: Connection, new: NewJob, *, now: datetime) -> Job:
     if new.delay is not None and new.delay < timedelta(0):
         raise InvalidArgument("delay_seconds must not be negative", hint="Use 0 (or omit it) to run now.")
     due = now + new.delay if new.delay is not None else max(now, new.run_at or now)
+    job = await _insert(conn, new, due=due, now=now)
+    if _pg(conn):
+        # Sent inside the transaction: PostgreSQL delivers it on commit, never for a rolled-back job.
+        await conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "tenant": new.tenant_id})
+    return job
+
+
+async def enqueue_server(conn: Connection, new: NewJob, *, now: datetime) -> Job:
+    """Add a job the server runs itself (``SERVER_QUEUE``, whatever ``new.queue`` says), due now.
+
+    Raises:
+        InvalidArgument: a bad kind, or a payload over 256 KiB.
+    """
+    check_kind(new.kind)
+    check_json_size(new.payload, "payload")
+    # No NOTIFY: it wakes a tenant's own workers, which never take these.
+    return await _insert(conn, replace(new, queue=SERVER_QUEUE), due=now, now=now)
+
+
+async def _insert(conn: Connection, new: NewJob, *, due: datetime, now: datetime) -> Job:
     row = {
         "id": new_id("job"),
         "tenant_id": new.tenant_id,
@@ -155,16 +182,13 @@ async def enqueue(conn: Connection, new: NewJob, *, now: datetime) -> Job:
         "started_at": None,
         "finished_at": None,
     }
-    await conn.execute(jobs.insert(), row)
-    if _pg(conn):
-        # Sent inside the transaction: PostgreSQL delivers it on commit, never for a rolled-back job.
-        await conn.execute(
-            sa.text("SELECT pg_notify(:channel, :tenant)"), {"channel": NOTIFY_CHANNEL, "tenant": new.tenant_id}
-        )
+    await conn.execute(_INSERT, row)
     return Job(**row)
 
 
 # Hot-path statements are built once: constructing a statement costs more than running it on SQLite.
+_INSERT = jobs.insert()
+_NOTIFY = sa.text("SELECT pg_notify(:channel, :tenant)")
 _GET = sa.select(jobs).where(jobs.c.tenant_id == sa.bindparam("t"), jobs.c.id == sa.bindparam("j"))
 _GET_LOCKED = _GET.with_for_update()
 
@@ -268,9 +292,15 @@ async def retry(conn: Connection, tenant_id: str, job_id: str, *, now: datetime)
 
     Raises:
         NotFound: no such job in this tenant.
-        FailedPrecondition: the job is queued, running or succeeded.
+        FailedPrecondition: the job is queued, running or succeeded, or is a task the server ran (a task
+            runs again by calling its tool again).
     """
     job = await get(conn, tenant_id, job_id, lock=True)
+    if job.queue == SERVER_QUEUE:
+        raise FailedPrecondition(
+            f"job {job.id} is a task the server ran ({job.kind}); it is not retried",
+            hint=f"Call {job.kind} again for a fresh run.",
+        )
     values = {
         "attempt": 0,
         "run_at": now,
@@ -287,7 +317,9 @@ async def retry(conn: Connection, tenant_id: str, job_id: str, *, now: datetime)
 
 
 def _claimable(tenant_id: str, queues: Sequence[str] | None, kinds: Sequence[str] | None, now: datetime) -> Any:
-    condition = sa.and_(jobs.c.tenant_id == tenant_id, jobs.c.state.in_(CLAIMABLE), jobs.c.run_at <= now)
+    condition = sa.and_(
+        jobs.c.tenant_id == tenant_id, jobs.c.state.in_(CLAIMABLE), jobs.c.run_at <= now, jobs.c.queue != SERVER_QUEUE
+    )
     if queues:
         condition = sa.and_(condition, jobs.c.queue.in_(list(queues)))
     if kinds:
@@ -310,21 +342,45 @@ async def claim(
     """Claim up to ``limit`` due jobs, highest priority then oldest first, each under a fresh lease.
 
     Expired leases of the tenant are rescued first (a bounded batch), so a claim can pick them up.
-    Returns at once: an empty list when nothing is due.
+    Returns at once: an empty list when nothing is due. Never takes a job of ``SERVER_QUEUE``.
     """
     await rescue_expired(conn, now=now, rescuer=worker, tenant_id=tenant_id, transport=transport)
-    query = _pick(bool(queues), bool(kinds), _pg(conn))
-    params: dict[str, Any] = {"t": tenant_id, "now": now, "n": limit}
-    params |= {"queues": list(queues or ()), "kinds": list(kinds or ())}
+    statement = _claim_next(bool(queues), bool(kinds), _pg(conn))
+    params: dict[str, Any] = {"t": tenant_id, "now": now, "until": now + lease, "worker": worker.id}
+    params |= {"queues": list(queues or ()), "kinds": list(kinds or ()), "new_state": _CLAIMED}
     claimed: list[Job] = []
-    for row in (await conn.execute(query, params)).all():
+    # One statement per job, picking and leasing it at once; the first that finds nothing ends the claim.
+    while len(claimed) < limit:
+        row = (await conn.execute(statement, params | {"token": secrets.token_urlsafe(24)})).first()
+        if row is None:
+            break
+        claimed.append(Job.of(row))
+    return claimed
+
+
+async def claim_server(conn: Connection, *, worker_id: str, limit: int, lease: timedelta, now: datetime) -> list[Job]:
+    """Claim up to ``limit`` due jobs of ``SERVER_QUEUE``, across tenants, oldest first, for the server
+    process ``worker_id`` to run. Expired leases are left to the periodic rescue."""
+    query = _SERVER_PICK_LOCKED if _pg(conn) else _SERVER_PICK
+    rows = (await conn.execute(query, {"now": now, "n": limit})).all()
+    return await _take(conn, rows, worker_id=worker_id, lease=lease, now=now)
+
+
+async def server_due(conn: Connection, *, now: datetime) -> bool:
+    """Whether a job of ``SERVER_QUEUE`` is due (a read: a runner looks before it takes a write lock)."""
+    return (await conn.execute(_SERVER_PICK, {"now": now, "n": 1})).first() is not None
+
+
+async def _take(conn: Connection, rows: Sequence[Any], *, worker_id: str, lease: timedelta, now: datetime) -> list[Job]:
+    claimed: list[Job] = []
+    for row in rows:
         values = {
             "new_state": transition(row.state, "claim"),
             "old_id": row.id,
             "old_state": row.state,
             "token": secrets.token_urlsafe(24),
             "until": now + lease,
-            "worker": worker.id,
+            "worker": worker_id,
             "now": now,
         }
         updated = (await conn.execute(_CLAIM, values)).first()
@@ -333,46 +389,69 @@ async def claim(
     return claimed
 
 
-_PICKS: dict[tuple[bool, bool, bool], Any] = {}
+# Both claimable states lead to the same one.
+(_CLAIMED,) = {transition(state, "claim") for state in CLAIMABLE}
+_CLAIMS: dict[tuple[bool, bool, bool], Any] = {}
 
 
-def _pick(by_queue: bool, by_kind: bool, skip_locked: bool) -> Any:
-    """The due jobs of a tenant, best first, built once per filter shape."""
-    found = _PICKS.get((by_queue, by_kind, skip_locked))
+def _claim_next(by_queue: bool, by_kind: bool, skip_locked: bool) -> Any:
+    """Lease the tenant's best due job, if any, and return it: ``UPDATE jobs ... WHERE id = (SELECT the
+    best due job [FOR UPDATE SKIP LOCKED]) RETURNING *``, built once per filter shape."""
+    found = _CLAIMS.get((by_queue, by_kind, skip_locked))
     if found is None:
         condition = sa.and_(
-            jobs.c.tenant_id == sa.bindparam("t"), jobs.c.state.in_(CLAIMABLE), jobs.c.run_at <= sa.bindparam("now")
+            jobs.c.tenant_id == sa.bindparam("t"),
+            jobs.c.state.in_(CLAIMABLE),
+            jobs.c.run_at <= sa.bindparam("now"),
+            jobs.c.queue != SERVER_QUEUE,
         )
         if by_queue:
             condition = sa.and_(condition, jobs.c.queue.in_(sa.bindparam("queues", expanding=True)))
         if by_kind:
             condition = sa.and_(condition, jobs.c.kind.in_(sa.bindparam("kinds", expanding=True)))
-        found = (
-            sa.select(jobs.c.id, jobs.c.state)
-            .where(condition)
-            .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
-            .limit(sa.bindparam("n"))
-        )
+        best = sa.select(jobs.c.id).where(condition).order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id).limit(1)
         if skip_locked:
-            found = found.with_for_update(skip_locked=True)
-        _PICKS[(by_queue, by_kind, skip_locked)] = found
+            best = best.with_for_update(skip_locked=True)
+        found = _CLAIMS[(by_queue, by_kind, skip_locked)] = (
+            jobs.update()
+            # The state again: like every write here, it matches the state it was decided on.
+            .where(jobs.c.id == best.scalar_subquery(), jobs.c.state.in_(CLAIMABLE))
+            .values(_LEASE)
+            .returning(*jobs.c)
+        )
     return found
 
 
+# The queue is written into the statement, not bound: it matches the partial index ix_jobs_server_due
+# only when the planner sees the value (a prepared statement's parameter would not do).
+_SERVER_PICK = (
+    sa.select(jobs.c.id, jobs.c.state)
+    .where(
+        jobs.c.queue == sa.literal_column(f"'{SERVER_QUEUE}'"),
+        jobs.c.state.in_(CLAIMABLE),
+        jobs.c.run_at <= sa.bindparam("now"),
+    )
+    .order_by(jobs.c.run_at, jobs.c.id)
+    .limit(sa.bindparam("n"))
+)
+_SERVER_PICK_LOCKED = _SERVER_PICK.with_for_update(skip_locked=True)
+
+
+_LEASE: dict[str, Any] = {
+    "state": sa.bindparam("new_state"),
+    "attempt": jobs.c.attempt + 1,
+    "lease_token": sa.bindparam("token"),
+    "lease_expires_at": sa.bindparam("until"),
+    "worker_id": sa.bindparam("worker"),
+    "started_at": sa.bindparam("now"),
+    "run_at": sa.bindparam("now"),
+    "progress": None,
+    "progress_message": None,
+}
 _CLAIM = (
     jobs.update()
     .where(jobs.c.id == sa.bindparam("old_id"), jobs.c.state == sa.bindparam("old_state"))
-    .values(
-        state=sa.bindparam("new_state"),
-        attempt=jobs.c.attempt + 1,
-        lease_token=sa.bindparam("token"),
-        lease_expires_at=sa.bindparam("until"),
-        worker_id=sa.bindparam("worker"),
-        started_at=sa.bindparam("now"),
-        run_at=sa.bindparam("now"),
-        progress=None,
-        progress_message=None,
-    )
+    .values(_LEASE)
     .returning(*jobs.c)
 )
 
@@ -387,12 +466,57 @@ async def _leased(conn: Connection, tenant_id: str, job_id: str, token: str) -> 
     """
     job = await get(conn, tenant_id, job_id, lock=True)
     if job.state != "running" or job.lease_token is None or not secrets.compare_digest(job.lease_token, token):
-        raise Conflict(
-            f"the lease token for job {job.id} is stale (the job is {job.state}): its lease expired and it was "
-            "rescued, it finished, or another worker holds it",
-            hint="Drop this attempt's result: do not retry the write. Claim new jobs with jobs_claim.",
-        )
+        raise _stale(job)
     return job
+
+
+def _stale(job: Job) -> Conflict:
+    return Conflict(
+        f"the lease token for job {job.id} is stale (the job is {job.state}): its lease expired and it was "
+        "rescued, it finished, or another worker holds it",
+        hint="Drop this attempt's result: do not retry the write. Claim new jobs with jobs_claim.",
+    )
+
+
+_FENCED: dict[tuple[str, ...], Any] = {}
+
+
+def _fenced(columns: tuple[str, ...]) -> Any:
+    """``UPDATE jobs SET state, <columns> WHERE tenant, id, state 'running', lease_token RETURNING *``,
+    built once per shape."""
+    found = _FENCED.get(columns)
+    if found is None:
+        setting: dict[str, Any] = {"state": sa.bindparam("new_state"), **{c: sa.bindparam(c) for c in columns}}
+        found = _FENCED[columns] = (
+            jobs.update()
+            .where(
+                jobs.c.tenant_id == sa.bindparam("t"),
+                jobs.c.id == sa.bindparam("j"),
+                jobs.c.state == "running",
+                jobs.c.lease_token == sa.bindparam("token"),
+            )
+            .values(setting)
+            .returning(*jobs.c)
+        )
+    return found
+
+
+async def _leased_move(
+    conn: Connection, tenant_id: str, job_id: str, token: str, action: Action, values: dict[str, Any]
+) -> Job:
+    """Apply ``action``, whose outcome does not depend on the job's other columns, to the running job
+    leased by ``token``: one fenced update that hands back the row (no read before it).
+
+    Raises:
+        NotFound: no such job in this tenant.
+        Conflict: the lease token is stale.
+    """
+    params = {**values, "new_state": transition("running", action), "t": tenant_id, "j": job_id, "token": token}
+    row = (await conn.execute(_fenced(tuple(sorted(values))), params)).first()
+    if row is None:
+        # Only now is the job read, to say why: unknown here, or leased no more.
+        raise _stale(await get(conn, tenant_id, job_id))
+    return Job.of(row)
 
 
 async def heartbeat(
@@ -412,13 +536,12 @@ async def heartbeat(
         NotFound: no such job in this tenant.
         Conflict: the lease token is stale.
     """
-    job = await _leased(conn, tenant_id, job_id, token)
     values: dict[str, Any] = {"lease_expires_at": now + (extend or DEFAULT_LEASE)}
     if progress is not None:
         values["progress"] = progress
     if message is not None:
         values["progress_message"] = message[:500]
-    return await _move(conn, job, "heartbeat", values)
+    return await _leased_move(conn, tenant_id, job_id, token, "heartbeat", values)
 
 
 async def complete(conn: Connection, tenant_id: str, job_id: str, token: str, result: Any, *, now: datetime) -> Job:
@@ -430,9 +553,8 @@ async def complete(conn: Connection, tenant_id: str, job_id: str, token: str, re
         InvalidArgument: the result is over 256 KiB.
     """
     check_json_size(result, "result")
-    job = await _leased(conn, tenant_id, job_id, token)
     values = {"result": result, "progress": 1.0, "finished_at": now, "lease_token": None, "lease_expires_at": None}
-    return await _move(conn, job, "complete", values)
+    return await _leased_move(conn, tenant_id, job_id, token, "complete", values)
 
 
 async def fail(
@@ -445,24 +567,40 @@ async def fail(
     retryable: bool,
     now: datetime,
     rand: Callable[[], float] | None = None,
+    detail: Any = None,
 ) -> Job:
     """Record a failed attempt: the job runs again after a backoff, or is dead, or cancelled if requested.
+
+    ``detail``, when given, is kept as the job's result: what the attempt produced although it failed
+    (a server task keeps its operation's error there, code and hint included).
 
     Raises:
         NotFound: no such job in this tenant.
         Conflict: the lease token is stale.
+        InvalidArgument: ``detail`` is over 256 KiB.
     """
+    if detail is not None:
+        check_json_size(detail, "result")
     job = await _leased(conn, tenant_id, job_id, token)
-    return await _end_attempt(conn, job, error, retryable=retryable, now=now, rand=rand)
+    return await _end_attempt(conn, job, error, retryable=retryable, now=now, rand=rand, detail=detail)
 
 
 async def _end_attempt(
-    conn: Connection, job: Job, error: str, *, retryable: bool, now: datetime, rand: Callable[[], float] | None
+    conn: Connection,
+    job: Job,
+    error: str,
+    *,
+    retryable: bool,
+    now: datetime,
+    rand: Callable[[], float] | None,
+    detail: Any = None,
 ) -> Job:
     action = after_failure(
         attempt=job.attempt, max_attempts=job.max_attempts, retryable=retryable, cancel_requested=job.cancel_requested
     )
     values: dict[str, Any] = {"last_error": error[:MAX_ERROR_CHARS], "lease_token": None, "lease_expires_at": None}
+    if detail is not None:
+        values["result"] = detail
     if action == "fail":
         values["run_at"] = now + (backoff(job.attempt, rand=rand) if rand else backoff(job.attempt))
     else:

@@ -14,6 +14,7 @@ from scalemule.core.config import check_key, get_environment
 from scalemule.core.crypto import Keyring, Sealed
 from scalemule.core.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from scalemule.core.ids import utcnow
+from scalemule.db import locks
 from scalemule.db.engine import Connection, Database
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import secret_versions, secrets
@@ -70,9 +71,32 @@ def check_secret_value(value: str) -> bytes:
     return data
 
 
+def _of_name(table: sa.Table) -> tuple[sa.ColumnElement[bool], ...]:
+    # Parameter names apart from the column names, which an UPDATE's SET clause takes for its own.
+    return (
+        table.c.tenant_id == sa.bindparam("s_tenant"),
+        table.c.env == sa.bindparam("s_env"),
+        table.c.name == sa.bindparam("s_name"),
+    )
+
+
+def _name_params(tenant_id: str, env: str, name: str) -> dict[str, Any]:
+    return {"s_tenant": tenant_id, "s_env": env, "s_name": name}
+
+
+# Built once: constructing a statement costs more than running it on SQLite (docs/scaling.md).
+_head_query = sa.select(secrets).where(*_of_name(secrets))
+_insert_head = secrets.insert()
+# Moves only the version read: a writer that skipped the lock cannot be overwritten.
+_advance_head = secrets.update().where(*_of_name(secrets), secrets.c.version == sa.bindparam("s_current"))
+_insert_version = secret_versions.insert()
+_prune_versions = secret_versions.delete().where(
+    *_of_name(secret_versions), secret_versions.c.version <= sa.bindparam("s_oldest_gone")
+)
+
+
 async def _head(conn: Connection, tenant_id: str, env: str, name: str) -> Any:
-    query = sa.select(secrets).where(secrets.c.tenant_id == tenant_id, secrets.c.env == env, secrets.c.name == name)
-    return (await conn.execute(query)).first()
+    return (await conn.execute(_head_query, _name_params(tenant_id, env, name))).first()
 
 
 def _not_found(env: str, name: str) -> NotFound:
@@ -95,9 +119,12 @@ async def set_secret(
     """Store a new version of ``name`` and prune versions beyond the newest ``max_versions`` (given
     now, else stored on the secret, else ``keep``: the server's default).
 
+    Without ``expected_version`` the write always lands, as the next version: writers of one secret
+    take turns on a lock on its name (``db.locks``), as config writers do.
+
     Raises:
         InvalidArgument: bad name or value, or max_versions outside 1..100.
-        Conflict: ``expected_version`` is stale, or a concurrent writer won.
+        Conflict: ``expected_version`` is not the current version when the write happens.
     """
     check_key(name, what="secret name")
     plaintext = check_secret_value(value)
@@ -105,6 +132,7 @@ async def set_secret(
         raise InvalidArgument(
             f"max_versions must be between 1 and {MAX_VERSIONS}", hint="Omit it to keep the server's default."
         )
+    await locks.hold(conn, "secret", tenant_id, env, name)
     head = await _head(conn, tenant_id, env, name)
     current = int(head.version) if head is not None else 0
     if max_versions is None and head is not None and head.max_versions is not None:
@@ -118,57 +146,38 @@ async def set_secret(
         )
     version, now = current + 1, utcnow()
     sealed = crypto.seal(keyring, plaintext, _aad(tenant_id, env, name, version))
+    # Writers holding the secret's lock never collide here; these still refuse a writer that does not
+    # take it (a replica of an older release).
     conflict = {
         "pk_secrets": lambda: Conflict(f"secret {name!r} was created concurrently", hint="Retry."),
         "pk_secret_versions": lambda: Conflict(f"secret {name!r} was changed concurrently", hint="Retry."),
     }
+    named = {"tenant_id": tenant_id, "env": env, "name": name}
+    moved = {"version": version, "updated_at": now, "updated_by": by, "max_versions": max_versions}
     async with constraint_errors(conflict):
         if head is None:
-            await conn.execute(
-                secrets.insert().values(
-                    tenant_id=tenant_id,
-                    env=env,
-                    name=name,
-                    version=version,
-                    updated_at=now,
-                    updated_by=by,
-                    max_versions=max_versions,
-                )
-            )
+            await conn.execute(_insert_head, {**named, **moved})
         else:
-            result = await conn.execute(
-                secrets.update()
-                .where(
-                    secrets.c.tenant_id == tenant_id,
-                    secrets.c.env == env,
-                    secrets.c.name == name,
-                    secrets.c.version == current,
-                )
-                .values(version=version, updated_at=now, updated_by=by, max_versions=max_versions)
-            )
+            where = {**_name_params(tenant_id, env, name), "s_current": current}
+            result = await conn.execute(_advance_head, {**where, **moved})
             if result.rowcount != 1:
                 raise conflict["pk_secret_versions"]()
         await conn.execute(
-            secret_versions.insert().values(
-                tenant_id=tenant_id,
-                env=env,
-                name=name,
-                version=version,
-                ciphertext=sealed.ciphertext,
-                nonce=sealed.nonce,
-                wrapped_key=sealed.wrapped_key,
-                key_nonce=sealed.key_nonce,
-                master_key_version=sealed.master_key_version,
-                created_at=now,
-                created_by=by,
-            )
+            _insert_version,
+            {
+                **named,
+                "version": version,
+                "ciphertext": sealed.ciphertext,
+                "nonce": sealed.nonce,
+                "wrapped_key": sealed.wrapped_key,
+                "key_nonce": sealed.key_nonce,
+                "master_key_version": sealed.master_key_version,
+                "created_at": now,
+                "created_by": by,
+            },
         )
-    v = secret_versions.c
-    await conn.execute(
-        secret_versions.delete().where(
-            v.tenant_id == tenant_id, v.env == env, v.name == name, v.version <= version - max(keep, 1)
-        )
-    )
+    oldest_gone = version - max(keep, 1)
+    await conn.execute(_prune_versions, {**_name_params(tenant_id, env, name), "s_oldest_gone": oldest_gone})
     return SecretInfo(name, version, now, by, min(version, max(keep, 1)), max_versions)
 
 
@@ -260,6 +269,7 @@ async def delete_secret(conn: Connection, tenant_id: str, env: str, name: str) -
     Raises:
         NotFound: no such secret.
     """
+    await locks.hold(conn, "secret", tenant_id, env, name)
     info = await get_info(conn, tenant_id, env, name)
     v = secret_versions.c
     await conn.execute(secret_versions.delete().where(v.tenant_id == tenant_id, v.env == env, v.name == name))

@@ -21,7 +21,6 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from scalemule.blobs import BlobInfo, BlobNotFound, BlobStore
 from scalemule.blobs.base import CHUNK_SIZE, DIGEST_SIZE, cpu_parallelism
@@ -43,6 +42,7 @@ from scalemule.core.object_rules import (
     check_prefix,
     shown,
 )
+from scalemule.db.dialects import insert_for
 from scalemule.db.engine import Connection
 from scalemule.db.errors import constraint_errors
 from scalemule.db.tables import storage_objects, storage_usage
@@ -128,10 +128,32 @@ def _object_of(row: Any) -> StoredObject:
     )
 
 
+# Built once: constructing a statement costs more than running it on SQLite (docs/scaling.md). Where
+# parameters sit beside an UPDATE's SET columns, their names stay apart from the column names.
+_objects = storage_objects.c
+_of_object = (_objects.tenant_id == sa.bindparam("o_tenant"), _objects.key == sa.bindparam("o_key"))
+_find_query = sa.select(storage_objects).where(*_of_object)
+_insert_object = storage_objects.insert()
+# Replaces or deletes only the version read: a writer that skipped the usage lock cannot be overwritten.
+_swap_object = storage_objects.update().where(*_of_object, _objects.etag == sa.bindparam("o_etag"))
+_delete_object = storage_objects.delete().where(*_of_object, _objects.etag == sa.bindparam("o_etag"))
+_usage_query = sa.select(storage_usage.c.bytes, storage_usage.c.objects).where(
+    storage_usage.c.tenant_id == sa.bindparam("tenant_id")
+)
+_lock_usage_query = _usage_query.with_for_update()
+_add_usage_statement = (
+    storage_usage.update()
+    .where(storage_usage.c.tenant_id == sa.bindparam("u_tenant"))
+    .values(
+        bytes=storage_usage.c.bytes + sa.bindparam("u_bytes", type_=sa.BigInteger()),
+        objects=storage_usage.c.objects + sa.bindparam("u_objects", type_=sa.BigInteger()),
+    )
+)
+
+
 async def find(conn: Connection, *, tenant_id: str, key: str) -> StoredObject | None:
     """The object ``key`` of the tenant, or None."""
-    query = sa.select(storage_objects).where(storage_objects.c.tenant_id == tenant_id, storage_objects.c.key == key)
-    row = (await conn.execute(query)).first()
+    row = (await conn.execute(_find_query, {"o_tenant": tenant_id, "o_key": key})).first()
     return None if row is None else _object_of(row)
 
 
@@ -150,35 +172,26 @@ async def head(conn: Connection, *, tenant_id: str, key: str) -> StoredObject:
 
 async def usage(conn: Connection, *, tenant_id: str, quota: int) -> Usage:
     """Bytes and objects the tenant stores, with its quota."""
-    query = sa.select(storage_usage.c.bytes, storage_usage.c.objects).where(storage_usage.c.tenant_id == tenant_id)
-    row = (await conn.execute(query)).first()
+    row = (await conn.execute(_usage_query, {"tenant_id": tenant_id})).first()
     return Usage(0, 0, quota) if row is None else Usage(int(row.bytes), int(row.objects), quota)
 
 
 async def _lock_usage(conn: Connection, tenant_id: str) -> Usage:
     # The row lock orders the tenant's writers from here to commit (SQLite has one writer anyway).
-    query = (
-        sa.select(storage_usage.c.bytes, storage_usage.c.objects)
-        .where(storage_usage.c.tenant_id == tenant_id)
-        .with_for_update()
-    )
-    row = (await conn.execute(query)).first()
+    params = {"tenant_id": tenant_id}
+    row = (await conn.execute(_lock_usage_query, params)).first()
     if row is None:
-        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(storage_usage)
+        insert = insert_for(conn.dialect.name)(storage_usage)
         await conn.execute(
             insert.on_conflict_do_nothing(index_elements=["tenant_id"]),
             {"tenant_id": tenant_id, "bytes": 0, "objects": 0},
         )
-        row = (await conn.execute(query)).one()
+        row = (await conn.execute(_lock_usage_query, params)).one()
     return Usage(int(row.bytes), int(row.objects))
 
 
 async def _add_usage(conn: Connection, tenant_id: str, *, size: int, objects: int) -> None:
-    await conn.execute(
-        storage_usage.update()
-        .where(storage_usage.c.tenant_id == tenant_id)
-        .values(bytes=storage_usage.c.bytes + size, objects=storage_usage.c.objects + objects)
-    )
+    await conn.execute(_add_usage_statement, {"u_tenant": tenant_id, "u_bytes": size, "u_objects": objects})
 
 
 # --- writes ----------------------------------------------------------------------------------
@@ -343,18 +356,14 @@ async def _commit(conn: Connection, request: WriteRequest, blob: BlobInfo, *, qu
         "updated_at": now,
         "updated_by": request.writer,
     }
-    table = storage_objects
     if current is None:
         values |= {"created_at": now, "created_by": request.writer}
         exists = AlreadyExists(f"object '{shown(request.key)}' was created concurrently", hint="Read it and retry.")
         async with constraint_errors({"pk_storage_objects": lambda: exists}):
-            await conn.execute(table.insert().values(tenant_id=request.tenant_id, key=request.key, **values))
+            await conn.execute(_insert_object, {"tenant_id": request.tenant_id, "key": request.key, **values})
     else:
-        swapped = await conn.execute(
-            table.update()
-            .where(table.c.tenant_id == request.tenant_id, table.c.key == request.key, table.c.etag == current.etag)
-            .values(**values)
-        )
+        where = {"o_tenant": request.tenant_id, "o_key": request.key, "o_etag": current.etag}
+        swapped = await conn.execute(_swap_object, {**where, **values})
         if swapped.rowcount != 1:
             raise Conflict(f"object '{shown(request.key)}' changed during the write", hint="Read it and retry.")
         values |= {"created_at": current.created_at, "created_by": current.created_by}
@@ -397,10 +406,7 @@ async def delete(conn: Connection, *, tenant_id: str, key: str, if_match: str | 
     if current is None:
         raise NotFound(f"no object '{shown(key)}' in this tenant", hint="Use storage_list_objects to see keys.")
     _check_conditions(WriteRequest(tenant_id, key, "", {}, if_match=if_match), current)
-    table = storage_objects
-    await conn.execute(
-        table.delete().where(table.c.tenant_id == tenant_id, table.c.key == key, table.c.etag == current.etag)
-    )
+    await conn.execute(_delete_object, {"o_tenant": tenant_id, "o_key": key, "o_etag": current.etag})
     await _add_usage(conn, tenant_id, size=-current.size, objects=-1)
     return current
 

@@ -98,25 +98,25 @@ async def role_in(conn: Connection, *, principal_id: str, tenant_id: str) -> str
     return (await conn.execute(query)).scalar_one_or_none()
 
 
+# Built once: a call naming its tenant resolves it with one of these (docs/scaling.md).
+_membership_query = sa.select(tenants, memberships.c.role).join(memberships, memberships.c.tenant_id == tenants.c.id)
+_by_slug_query = _membership_query.where(
+    memberships.c.principal_id == sa.bindparam("principal_id"), memberships.c.slug == sa.bindparam("slug")
+)
+_by_id_query = _membership_query.where(
+    tenants.c.id == sa.bindparam("tenant_id"), memberships.c.principal_id == sa.bindparam("principal_id")
+)
+
+
 async def membership_by_slug(conn: Connection, *, principal_id: str, slug: str) -> tuple[Tenant, str] | None:
     """The tenant the principal knows as ``slug`` and its role there, or None when it has none."""
-    query = (
-        sa.select(tenants, memberships.c.role)
-        .join(memberships, memberships.c.tenant_id == tenants.c.id)
-        .where(memberships.c.principal_id == principal_id, memberships.c.slug == slug)
-    )
-    row = (await conn.execute(query)).first()
+    row = (await conn.execute(_by_slug_query, {"principal_id": principal_id, "slug": slug})).first()
     return None if row is None else (tenant_of(row), row.role)
 
 
 async def membership_by_id(conn: Connection, *, principal_id: str, tenant_id: str) -> tuple[Tenant, str] | None:
     """The tenant with ``tenant_id`` and the principal's role there, or None when it is not a member."""
-    query = (
-        sa.select(tenants, memberships.c.role)
-        .join(memberships, memberships.c.tenant_id == tenants.c.id)
-        .where(tenants.c.id == tenant_id, memberships.c.principal_id == principal_id)
-    )
-    row = (await conn.execute(query)).first()
+    row = (await conn.execute(_by_id_query, {"principal_id": principal_id, "tenant_id": tenant_id})).first()
     return None if row is None else (tenant_of(row), row.role)
 
 

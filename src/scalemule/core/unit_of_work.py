@@ -87,6 +87,28 @@ class UnitOfWork:
         async with self.recorded(), self.transaction() as conn:
             return await body(conn)
 
+    async def read(self, body: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run a ``body`` that only reads, without holding up writers, then record its ``ok`` event.
+
+        Where the store serialises writers (SQLite), the body runs in a read snapshot and its event
+        (with the bookkeeping the read deferred, e.g. a key's ``last_used_at``) is appended in a short
+        transaction after it: the result is handed back only once that has committed, so no read goes
+        unrecorded, and events stay in the order calls completed. Elsewhere this is ``run``.
+
+        Raises:
+            ScaleMuleError: the body's error, or ``Internal`` for an unexpected exception (recorded).
+        """
+        if not self.db.reads_apart:
+            return await self.run(body)
+        deferred: list[Any] = []
+        async with self.recorded():
+            async with self.db.snapshot(deferred) as conn:
+                result = await body(conn)
+            async with self.transaction() as conn:
+                for statement in deferred:
+                    await conn.execute(statement)
+            return result
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         """A transaction whose block, on success, is followed by the ``ok`` event in it, then commits."""

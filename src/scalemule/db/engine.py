@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import anyio
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -62,7 +62,9 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(parsed, connect_args=connect_args, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip per transaction. A connection the server dropped (a restart)
+    # fails its first statement instead, which PooledConnection retries once on a fresh connection.
+    return create_async_engine(parsed, connect_args=connect_args, pool_size=10, max_overflow=20)
 
 
 def _create_private(path: Path) -> None:
@@ -99,7 +101,7 @@ def _configure_sqlite(engine: AsyncEngine | sa.Engine) -> None:
 
 
 class Connection(Protocol):
-    """What domain code uses of a unit of work's connection: ``AsyncConnection`` on PostgreSQL,
+    """What domain code uses of a unit of work's connection: ``PooledConnection`` on PostgreSQL,
     ``InlineConnection`` on SQLite."""
 
     @property
@@ -129,6 +131,75 @@ class InlineConnection:
         return self.sync_connection.execute(statement, parameters)
 
 
+class PooledConnection:
+    """A pooled PostgreSQL connection whose first statement also checks that the connection is alive.
+
+    A connection the server dropped while it sat in the pool (a database restart, a failover) fails
+    its first statement with a disconnect error. Nothing has happened on it yet, so that statement is
+    run again, once, on a fresh connection: what a ping before every transaction would have done, at
+    no cost on the common path. SQLAlchemy invalidates the rest of the pool on that error, so the
+    other stale connections are replaced as they are checked out. A connection lost after its first
+    statement fails the unit of work, which is rolled back.
+    """
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.async_connection = connection
+        self._fresh = True
+
+    @property
+    def dialect(self) -> sa.Dialect:
+        """The connection's dialect."""
+        return self.async_connection.dialect
+
+    async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]:
+        """Execute ``statement``; the first one is retried once when the connection turns out dead."""
+        result: sa.CursorResult[Any]
+        if not self._fresh:
+            result = await self.async_connection.execute(statement, parameters)
+            return result
+        self._fresh = False
+        try:
+            result = await self.async_connection.execute(statement, parameters)
+        except sa.exc.DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.warning("a pooled database connection was dead (%s); retrying on a fresh one", type(exc.orig).__name__)
+            await self.async_connection.rollback()  # ends the invalidated transaction; the next one reconnects
+            result = await self.async_connection.execute(statement, parameters)
+        return result
+
+
+@asynccontextmanager
+async def _pooled(engine: AsyncEngine, *, commit: bool) -> AsyncIterator[PooledConnection]:
+    # The transaction begins with the first statement; leaving without commit (an exception, a read)
+    # rolls it back when the connection goes back to the pool.
+    async with engine.connect() as connection:
+        yield PooledConnection(connection)
+        if commit:
+            await connection.commit()
+
+
+def _sqlite_reader_engine(url: sa.URL) -> sa.Engine:
+    # A pool of connections that only read: several reads run at once, none takes the write lock,
+    # and a write through one of them fails (query_only) instead of queueing behind writers.
+    engine = sa.create_engine(
+        url.set(drivername="sqlite+pysqlite"),
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        pool_size=8,
+        max_overflow=56,
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        for pragma in ("query_only=ON", f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}"):
+            dbapi_connection.execute(f"PRAGMA {pragma}")
+
+    # No BEGIN: each statement reads the last committed state on its own, as PostgreSQL's default
+    # (read committed) does, so a read never holds a snapshot that a write it waits for cannot join.
+    return engine
+
+
 def _sqlite_sync_engine(url: sa.URL) -> sa.Engine:
     engine = sa.create_engine(
         url.set(drivername="sqlite+pysqlite"),
@@ -150,6 +221,9 @@ class TransactionScope:
 
     services: dict[str, Any]
     after_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Inside a snapshot (a read's unit of work): the writes it must still make, held for the
+    # transaction that records its event (``write``). None in a transaction, which writes at once.
+    deferred: list[Any] | None = None
 
     async def committed(self) -> None:
         """Run the after-commit work, oldest first. Each piece is best effort: the transaction is
@@ -167,6 +241,25 @@ _scope: ContextVar[TransactionScope | None] = ContextVar("scalemule_transaction_
 def current_scope() -> TransactionScope | None:
     """The scope of the transaction the current task runs in, if it was opened by ``Database``."""
     return _scope.get()
+
+
+def in_snapshot() -> bool:
+    """Whether the current task runs in ``Database.snapshot``, where nothing may be written directly."""
+    scope = _scope.get()
+    return scope is not None and scope.deferred is not None
+
+
+async def write(conn: Connection, statement: Any) -> None:
+    """Execute a write that may wait for the end of a read: inside ``Database.snapshot`` it is held for
+    the transaction that records the read's event (``deferred``); anywhere else it runs now.
+
+    For bookkeeping a read makes (a key's ``last_used_at``), never for a change the caller asked for.
+    """
+    scope = _scope.get()
+    if scope is not None and scope.deferred is not None:
+        scope.deferred.append(statement)
+        return
+    await conn.execute(statement)
 
 
 class Database:
@@ -204,7 +297,7 @@ class Database:
         token = _scope.set(scope)
         try:
             if self._writer is None:
-                async with self.engine.begin() as conn:
+                async with _pooled(self.engine, commit=True) as conn:
                     yield conn
             else:
                 assert self._sqlite is not None
@@ -220,26 +313,49 @@ class Database:
         if scope.after_commit:
             await scope.committed()
 
+    @property
+    def reads_apart(self) -> bool:
+        """Whether reads run apart from writers (``snapshot``): on SQLite, where a unit of work that
+        writes holds the one write lock. PostgreSQL readers never wait for writers in any transaction."""
+        return self._writer is not None
+
+    @asynccontextmanager
+    async def snapshot(self, deferred: list[Any]) -> AsyncIterator[Connection]:
+        """Where a read runs without taking or waiting for SQLite's write lock: a pooled read-only
+        connection whose every statement sees the last committed state (read committed, as on
+        PostgreSQL). Writes made through ``write`` inside it are appended to ``deferred`` for the
+        caller to make afterwards; any other write fails. On PostgreSQL, an ordinary transaction.
+        """
+        scope = TransactionScope(self.services, deferred=deferred)
+        token = _scope.set(scope)
+        try:
+            if self._writer is None:
+                async with _pooled(self.engine, commit=True) as conn:
+                    yield conn
+            else:
+                with self._readers().begin() as sync_conn:
+                    yield InlineConnection(sync_conn)
+        finally:
+            _scope.reset(token)
+
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[Connection]:
         """A connection for reads that must not queue behind writers (e.g. a worker's probe for due jobs).
 
-        On SQLite it is a separate connection that never begins a write transaction, so it neither takes
-        nor waits for the write lock (WAL readers see the last committed state); on PostgreSQL a pooled
-        connection. Never write through it.
+        On SQLite a pooled read-only connection (WAL readers see the last committed state); on
+        PostgreSQL a pooled connection. Never write through it.
         """
         if self._writer is None:
-            async with self.engine.connect() as conn:
+            async with _pooled(self.engine, commit=False) as conn:
                 yield conn
             return
+        with self._readers().connect() as sync_conn:
+            yield InlineConnection(sync_conn)
+
+    def _readers(self) -> sa.Engine:
         if self._sqlite_reader is None:
-            self._sqlite_reader = sa.create_engine(
-                self.engine.url.set(drivername="sqlite+pysqlite"),
-                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-                poolclass=StaticPool,
-            )
-        with self._sqlite_reader.connect() as conn:
-            yield InlineConnection(conn)
+            self._sqlite_reader = _sqlite_reader_engine(self.engine.url)
+        return self._sqlite_reader
 
     async def dispose(self) -> None:
         """Close the kept connection and pooled ones."""

@@ -1,21 +1,33 @@
-"""Apply Alembic migrations to the configured database: ``scalemule migrate`` and tests call this."""
+"""Apply Alembic migrations to the configured database: ``scalemule migrate`` and tests call this.
+
+Alembic is imported only to migrate: checking that a store is current, which every server and command
+does at startup, reads the revision table and compares it with ``HEAD``, without loading Alembic and
+its migration scripts (about a tenth of a second of startup).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The newest migration's revision. A test checks that it is Alembic's head, so a new migration that
+# does not move it fails the suite.
+HEAD = "0012"
+# Where Alembic records a database's revision.
+VERSION_TABLE = "alembic_version"
 
 
 def alembic_config(connection: sa.Connection | None = None) -> Config:
     """An Alembic config pointing at the packaged migrations, optionally bound to a connection."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -24,6 +36,8 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (default: the newest)."""
+
+    from alembic import command
 
     def run(connection: sa.Connection) -> None:
         command.upgrade(alembic_config(connection), revision)
@@ -58,11 +72,13 @@ def _sqlite_foreign_keys(connection: sa.Connection, enabled: bool) -> None:
 
 
 async def pending(engine: AsyncEngine) -> bool:
-    """True when the database is behind the newest migration."""
+    """True when the database is not at the newest migration (``HEAD``): missing, empty or behind."""
 
     def check(connection: sa.Connection) -> bool:
-        current = MigrationContext.configure(connection).get_current_revision()
-        return current != ScriptDirectory.from_config(alembic_config()).get_current_head()
+        if not sa.inspect(connection).has_table(VERSION_TABLE):
+            return True
+        current = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+        return current != [HEAD]
 
     async with engine.connect() as conn:
         return await conn.run_sync(check)

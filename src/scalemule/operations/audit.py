@@ -9,7 +9,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
-from scalemule.core import audit, audit_checkpoints, audit_rollups, audit_verify
+from scalemule.core import audit, audit_checkpoints, audit_filters, audit_rollups, audit_verify
 from scalemule.core.audit import AuditEvent
 from scalemule.core.audit_checkpoints import Checkpoint
 from scalemule.core.pages import paginate
@@ -127,25 +127,25 @@ async def audit_query(call: Call, args: AuditQueryArgs) -> EventsPage:
     """
     if args.cursor is None:
         # Calls recorded in aggregate (refused credentials, idle polls) show up before the first page.
-        await audit_rollups.flush(call.conn, chain=call.tenant_id)
+        async with call.bookkeeping() as conn:
+            await audit_rollups.flush(conn, chain=call.tenant_id)
+    where = audit_filters.EventFilter(
+        actor=args.actor,
+        operation=args.operation,
+        outcome=args.outcome,
+        target=args.target,
+        permission=args.permission,
+        client=args.client,
+        session=args.session,
+        key=args.key,
+        since=args.since,
+        until=args.until,
+    )
     page, next_cursor = await paginate(
         args.cursor,
         args.limit,
-        lambda after, n: audit.query(
-            call.conn,
-            tenant_id=call.tenant_id,
-            actor=args.actor,
-            operation=args.operation,
-            outcome=args.outcome,
-            target=args.target,
-            permission=args.permission,
-            client=args.client,
-            session=args.session,
-            key=args.key,
-            since=args.since,
-            until=args.until,
-            before_seq=after,
-            limit=n,
+        lambda after, n: audit_filters.query(
+            call.conn, tenant_id=call.tenant_id, where=where, before_seq=after, limit=n
         ),
         lambda e: e.seq,
     )
@@ -236,20 +236,25 @@ class VerifyView(Result):
     toolset="audit",
     read_only=True,
     idempotent=True,
+    task=True,
 )
 async def audit_verify_chain(call: Call, args: AuditVerifyArgs) -> VerifyView:
     """Verify the tenant's audit log: every event's hash and link, every signed checkpoint and its digest
     object, from genesis or from_seq. Names the first bad sequence number and what is wrong.
 
-    Reads the whole range (seconds per million events); use audit_get to check a single event's proof.
+    Reads the whole range (seconds per million events); MCP Tasks clients get a task handle. Use
+    audit_get to check a single event's proof.
     """
 
     async def read(query: sa.Select[Any]) -> Sequence[Any]:
         return (await call.conn.execute(query)).all()
 
+    def progress(done: int, total: int) -> None:
+        call.report(done / total if total else 1.0, f"{done:,} of {total:,} events checked")
+
     keys = call.runtime.notary.keys.public_keys()
     report = await audit_verify.verify_chain(
-        read, call.runtime.blobs, keys, call.tenant_id, from_seq=args.from_seq, to_seq=args.to_seq
+        read, call.runtime.blobs, keys, call.tenant_id, from_seq=args.from_seq, to_seq=args.to_seq, progress=progress
     )
     body = report.to_dict()
     body.pop("chain")

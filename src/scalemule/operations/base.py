@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -16,7 +18,7 @@ from scalemule.core import grants as core_grants
 from scalemule.core.access import Grant, KeyInfo, Principal, Tenant
 from scalemule.core.errors import FailedPrecondition, PermissionDenied
 from scalemule.core.tenants import SLUG_PATTERN
-from scalemule.db.engine import Connection
+from scalemule.db.engine import Connection, in_snapshot
 from scalemule.runtime import Runtime
 
 REDACTED = "[redacted]"
@@ -95,7 +97,7 @@ _INT64 = range(-(2**63), 2**63)
 class Args(BaseModel):
     """Base of every argument model: unknown fields, NUL and lone surrogates are refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     _storable = model_validator(mode="before")(_storable_text)
 
@@ -131,7 +133,7 @@ class TenantPageArgs(TenantArgs, PageArgs):
 class Result(BaseModel):
     """Base of every result model."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
 
 @dataclass
@@ -164,8 +166,16 @@ class Call:
     role: str | None
     permissions: frozenset[str]
     audit: AuditNote = field(default_factory=AuditNote)
+    # Where a call run as a task reports how far it got (``report``); None for an ordinary call.
+    progress: Callable[[float, str | None], None] | None = None
     # The caller's grants, read at most once per call and only when asked for (see ``grants``).
     _grants: list[list[Grant]] = field(default_factory=list, repr=False)
+
+    def report(self, fraction: float, message: str | None = None) -> None:
+        """Say how far a long call got (0..1, a short note): a task's client reads it on ``tasks/get``.
+        Cheap and synchronous: the task's runner writes the latest report with its next heartbeat."""
+        if self.progress is not None:
+            self.progress(min(max(fraction, 0.0), 1.0), message)
 
     async def grants(self) -> list[Grant]:
         """The grants this call may use in its tenant (core.access.Grant); read once, on first use."""
@@ -195,6 +205,17 @@ class Call:
             f" (role {self.role!r}, no grant matches) to {doing}",
             hint="See your grants with whoami; ask an owner or admin for a grant (grants_create) on this name.",
         )
+
+    @asynccontextmanager
+    async def bookkeeping(self) -> AsyncIterator[Connection]:
+        """Where a read writes what it needs written before it reads on (audit_query folds tallied calls
+        into events first): the call's own transaction, or, for a read that runs apart from writers
+        (``UnitOfWork.read``), a short transaction of its own, committed before the read goes on."""
+        if not in_snapshot():
+            yield self.conn
+            return
+        async with self.runtime.db.transaction() as conn:
+            yield conn
 
     @property
     def tenant_id(self) -> str:
@@ -251,8 +272,15 @@ class TenantView(Result):
 
 
 def _is_sensitive(model: type[BaseModel], field: str) -> bool:
-    info = model.model_fields.get(field)
-    return info is not None and any(isinstance(m, Sensitive) for m in info.metadata)
+    return field in _sensitive_fields(model)
+
+
+@functools.cache
+def _sensitive_fields(model: type[BaseModel]) -> frozenset[str]:
+    # Once per model: every audited call redacts its arguments, and a model's fields never change.
+    return frozenset(
+        name for name, info in model.model_fields.items() if any(isinstance(m, Sensitive) for m in info.metadata)
+    )
 
 
 def redacted(model: type[BaseModel], data: dict[str, Any], marker: str = REDACTED) -> dict[str, Any]:

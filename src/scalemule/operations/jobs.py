@@ -19,7 +19,7 @@ from scalemule.operations.base import (
     TenantArgs,
     TenantPageArgs,
 )
-from scalemule.operations.registry import Resource, operation
+from scalemule.operations.registry import REGISTRY, Resource, operation
 
 # Kinds and queues are checked by core.jobs, whose refusal names the allowed form.
 Kind = Annotated[str, StringConstraints(max_length=200)]
@@ -115,6 +115,19 @@ class JobIdArgs(TenantArgs):
     job_id: Identifier = Field(description="Job id.")
 
 
+def check_server_job(call: Call, job: Job, *, doing: str) -> None:
+    """A server task (``jobs.SERVER_QUEUE``) holds its operation's arguments and result: reading or
+    cancelling it also takes that operation's permission (a worker holding jobs:read does not see an
+    audit_verify report).
+
+    Raises:
+        PermissionDenied: the caller lacks the operation's permission.
+    """
+    op = REGISTRY.get(job.kind) if job.queue == jobs.SERVER_QUEUE else None
+    if op is not None:
+        call.require(op.permission, doing=f"{doing} (job {job.id} is a task running {op.name})")
+
+
 # --- the jobs toolset: what an agent building an app uses ------------------------------------
 
 
@@ -174,7 +187,9 @@ async def jobs_get(call: Call, args: JobIdArgs) -> JobView:
 
     Poll it until state is succeeded, dead or cancelled. Many jobs: jobs_list.
     """
-    return JobView.of(await jobs.get(call.conn, call.tenant_id, args.job_id))
+    job = await jobs.get(call.conn, call.tenant_id, args.job_id)
+    check_server_job(call, job, doing="read it")
+    return JobView.of(job)
 
 
 class JobSummary(Result):
@@ -245,6 +260,7 @@ async def jobs_list(call: Call, args: JobsListArgs) -> JobsPage:
 async def jobs_cancel(call: Call, args: JobIdArgs) -> JobStatus:
     """Cancel a job: a queued or failed one at once; a running one is asked to stop (cancel_requested)
     and its worker sees it on its next heartbeat. Finished jobs: failed_precondition."""
+    check_server_job(call, await jobs.get(call.conn, call.tenant_id, args.job_id), doing="cancel it")
     return JobStatus.of(await jobs.cancel(call.conn, call.tenant_id, args.job_id, now=call.runtime.clock()))
 
 

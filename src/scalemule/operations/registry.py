@@ -205,6 +205,8 @@ class Operation:
     tool: bool
     resources: tuple[Resource, ...]
     handler: Handler
+    # Runs as an MCP task for a task-aware client: queued as a server job, run in the background.
+    task: bool = False
 
     @cached_property
     def input_schema(self) -> dict[str, Any]:
@@ -258,6 +260,27 @@ def resource_for(uri: str) -> tuple[Operation, Resource, dict[str, Any]] | None:
     return op, resource, args
 
 
+def check_task(name: str, args_model: type[BaseModel], *, read_only: bool) -> None:
+    """Refuse to declare as a task an operation the server could not safely run later on a caller's behalf.
+
+    A task's arguments are stored in its job (shown by jobs_get), and a run whose server died is run
+    again by another: so only read-only, tenant-scoped operations whose arguments hold no secret and
+    no idempotency key qualify.
+
+    Raises:
+        ValueError: naming the rule the declaration breaks.
+    """
+    from scalemule.operations.base import Sensitive, TenantArgs
+
+    if not read_only:
+        raise ValueError(f"{name}: only read-only operations run as tasks (a rescued run is run again)")
+    if not issubclass(args_model, TenantArgs):
+        raise ValueError(f"{name}: only tenant-scoped operations run as tasks (a task is a job of a tenant)")
+    for field_name, info in args_model.model_fields.items():
+        if field_name == "idempotency_key" or any(isinstance(m, Sensitive) for m in info.metadata):
+            raise ValueError(f"{name}: argument {field_name!r} cannot be stored in a task's job")
+
+
 def operation(
     name: str,
     *,
@@ -270,6 +293,7 @@ def operation(
     target: str | None = None,
     tool: bool = True,
     resources: tuple[Resource, ...] = (),
+    task: bool = False,
 ) -> Callable[[Callable[[Call, A], Awaitable[R]]], Callable[[Call, A], Awaitable[R]]]:
     """Declare an operation; the handler's docstring is its description, its annotations its models.
 
@@ -284,6 +308,8 @@ def operation(
         target: the argument naming what the call acts on, recorded in the audit event.
         tool: False for operations served only as MCP resources.
         resources: MCP resource templates read through this operation.
+        task: the work can outlast a client's timeout: a task-aware client gets an MCP task, which
+            the server runs in the background with the caller's rights (``check_task``).
     """
     if permission != AUTHENTICATED and permission not in PERMISSIONS:
         raise ValueError(f"{name}: unknown permission {permission!r}")
@@ -295,6 +321,8 @@ def operation(
             raise ValueError(f"operation {name!r} declared twice")
         hints = get_type_hints(handler)
         args_model, result_model = hints["args"], hints["return"]
+        if task:
+            check_task(name, args_model, read_only=read_only)
         REGISTRY[name] = Operation(
             name=name,
             title=title,
@@ -311,6 +339,7 @@ def operation(
             tool=tool,
             resources=resources,
             handler=handler,
+            task=task,
         )
         return handler
 

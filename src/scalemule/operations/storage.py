@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -84,24 +83,48 @@ class PutObjectArgs(TenantArgs):
 
 
 def _decode(args: PutObjectArgs) -> bytes:
-    if args.encoding == "text":
-        data = args.content.encode("utf-8")
-    else:
-        compact = "".join(args.content.split())
-        try:
-            # Standard or URL-safe alphabet, padding optional: what encoders commonly produce.
-            altchars = b"-_" if "-" in compact or "_" in compact else None
-            data = base64.b64decode(compact + "=" * (-len(compact) % 4), altchars=altchars, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidArgument(
-                "content is not valid base64", hint="Send standard base64, or encoding='text' for text."
-            ) from None
+    data = args.content.encode("utf-8") if args.encoding == "text" else decode_base64(args.content)
     if len(data) > MAX_INLINE_BYTES:
         raise InvalidArgument(
             f"content is {len(data):,} bytes, over the {MAX_INLINE_BYTES:,} a call may carry",
             hint="Upload it with storage_create_signed_url(method='PUT') instead.",
         )
     return data
+
+
+def decode_base64(content: str) -> bytes:
+    """The bytes of base64 ``content``: standard or URL-safe alphabet, padding optional, whitespace
+    ignored (what encoders commonly produce).
+
+    Raises:
+        InvalidArgument: it is not base64.
+    """
+    # Neither split/join (without whitespace) nor the decoder (given ASCII text) copies the text: a
+    # 22 MB argument is read where it lies, never re-encoded to bytes first.
+    compact = "".join(content.split())
+    try:
+        if "-" in compact or "_" in compact:
+            compact = compact.translate(_URL_SAFE)
+        return binascii.a2b_base64(compact + "=" * (-len(compact) % 4), strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(
+            "content is not valid base64", hint="Send standard base64, or encoding='text' for text."
+        ) from None
+
+
+_URL_SAFE = str.maketrans("-_", "+/")
+# Bytes encoded to base64 per step: a multiple of 3, so the pieces' base64 joins into the whole's.
+_ENCODE_STEP = 3 << 18
+
+
+def encode_base64(data: bytearray | bytes) -> list[str]:
+    """The base64 of ``data`` in pieces to join: encoded a step at a time, so the whole is never held
+    both as base64 bytes and as text (join the pieces once ``data`` is released)."""
+    view = memoryview(data)
+    return [
+        binascii.b2a_base64(view[start : start + _ENCODE_STEP], newline=False).decode("ascii")
+        for start in range(0, len(view), _ENCODE_STEP)
+    ]
 
 
 @operation(
@@ -154,19 +177,20 @@ class ObjectContent(ObjectRef):
     next_offset: int | None
 
 
-def _render(obj: StoredObject, data: bytes, *, cut: bool) -> tuple[Literal["text", "base64"], str, int]:
-    """The content as text when it is textual UTF-8 (trimming a character split by the cut), else base64;
-    returns the encoding, the content and how many bytes of ``data`` it holds."""
+def _render(obj: StoredObject, data: bytes, *, cut: bool) -> tuple[Literal["text", "base64"], list[str], int]:
+    """The content as text when it is textual UTF-8 (trimming a character split by the cut), else base64
+    in pieces (``encode_base64``); returns the encoding, the content's pieces and how many bytes of
+    ``data`` they hold."""
     if object_rules.is_textual(obj.content_type):
         for trim in range(4 if cut else 1):
             kept = len(data) - trim
             if kept <= 0 and data:
                 break
             try:
-                return "text", data[:kept].decode("utf-8"), kept
+                return "text", [data[:kept].decode("utf-8") if trim else data.decode("utf-8")], kept
             except UnicodeDecodeError:
                 continue
-    return "base64", base64.b64encode(data).decode("ascii"), len(data)
+    return "base64", encode_base64(data), len(data)
 
 
 @operation(
@@ -185,7 +209,11 @@ async def storage_get_object(call: Call, args: GetObjectArgs) -> ObjectContent:
     wanted = storage.check_range(obj, args.offset, args.length)
     end = min(wanted, args.offset + args.max_bytes)
     data = await storage.read(call.runtime.blobs, obj, args.offset, end)
-    encoding, content, used = _render(obj, data, cut=end < wanted)
+    encoding, pieces, used = _render(obj, data, cut=end < wanted)
+    # The bytes go before their text is joined: at most two forms of the object are held at once.
+    del data
+    content = "".join(pieces)
+    del pieces
     end = args.offset + used
     return ObjectContent(
         key=obj.key,
@@ -247,14 +275,14 @@ async def storage_read_object(call: Call, args: KeyArgs) -> ObjectBlob:
             f"object is {obj.size:,} bytes, too large to read as a resource (at most {MAX_INLINE_BYTES:,})",
             hint="Read ranges with storage_get_object(offset, length), or use storage_create_signed_url.",
         )
-    data = await storage.read(call.runtime.blobs, obj)
+    pieces = encode_base64(await storage.read(call.runtime.blobs, obj))
     return ObjectBlob(
         key=obj.key,
         size=obj.size,
         sha256=obj.sha256,
         etag=obj.etag,
         content_type=obj.content_type,
-        content=base64.b64encode(data).decode("ascii"),
+        content="".join(pieces),
     )
 
 

@@ -1,10 +1,16 @@
 """Long-running work as MCP Tasks (``io.modelcontextprotocol/tasks``), backed by the job store.
 
-``jobs_run`` enqueues a job like ``jobs_enqueue``; the MCP surface then hands a task-aware client a
-task handle whose id is the job id, and waits a while for any other client. ``tasks_get`` and
-``tasks_cancel`` are not tools: the surface serves them as the ``tasks/get`` and ``tasks/cancel``
-methods, through dispatch like every call. A task is the job read back, so any replica on the same
-database answers for it and nothing is kept in a server's memory.
+Two kinds of task, one handle: a task id is a job id.
+
+- ``jobs_run`` enqueues a job like ``jobs_enqueue``, for the tenant's workers; the MCP surface then
+  hands a task-aware client a task handle, and waits a while for any other client.
+- An operation declared ``task=True`` (``audit_verify``) is, for a task-aware client, queued by
+  dispatch as a server job (``start``) that a server process runs with the caller's rights; its
+  task's result is the operation's own result.
+
+``tasks_get`` and ``tasks_cancel`` are not tools: the surface serves them as the ``tasks/get`` and
+``tasks/cancel`` methods, through dispatch like every call. A task is the job read back, so any
+replica on the same database answers for it and nothing is kept in a server's memory.
 """
 
 from __future__ import annotations
@@ -12,18 +18,21 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import Field, JsonValue
+from pydantic import BaseModel, Field, JsonValue
 
 from scalemule.core import job_states, jobs
+from scalemule.core.errors import FailedPrecondition
 from scalemule.core.jobs import Job
 from scalemule.operations.base import Call, Identifier, Result, TenantArgs
-from scalemule.operations.jobs import EnqueueArgs, jobs_enqueue
-from scalemule.operations.registry import operation
+from scalemule.operations.jobs import EnqueueArgs, check_server_job, jobs_enqueue
+from scalemule.operations.registry import Operation, operation
 
 TaskStatus = Literal["working", "input_required", "completed", "failed", "cancelled"]
 # Polls of a task come no faster than this, and no slower than the cap (the spec's pollIntervalMs).
 MIN_POLL = timedelta(seconds=1)
 MAX_POLL = timedelta(seconds=30)
+# Runs of a server task before it is given up: a run ends early only when its server stops.
+SERVER_ATTEMPTS = 3
 
 
 class RunArgs(EnqueueArgs):
@@ -93,6 +102,8 @@ class TaskView(Result):
     # Where the job run stands (the tool's result once completed), and whether that is an error (dead).
     outcome: JobOutcome
     is_error: bool
+    # The operation a server task runs (its result is that operation's); None for a jobs_run task.
+    operation: str | None = None
 
     @classmethod
     def of(cls, job: Job, *, ttl: timedelta, now: datetime) -> TaskView:
@@ -111,6 +122,7 @@ class TaskView(Result):
             poll_interval_ms=int(pace(job, now).total_seconds() * 1000),
             outcome=JobOutcome.of(job),
             is_error=job.state == "dead",
+            operation=job.kind if job.queue == jobs.SERVER_QUEUE else None,
         )
 
 
@@ -124,6 +136,9 @@ def status_message(job: Job) -> str:
         return f"running{done}{said} ({attempt}{stopping})"
     if job.state == "failed":
         return f"failed, runs again at {job.run_at.isoformat()} ({attempt}): {(job.last_error or '')[:300]}"
+    if job.state == "dead" and job.queue == jobs.SERVER_QUEUE:
+        # The operation's own error ends a server task at once: it was never a job that died of retries.
+        return f"ended with an error ({attempt}): {(job.last_error or '')[:300]}"
     if job.state == "dead":
         return f"dead after {attempt}: {(job.last_error or '')[:300]}"
     return f"{job.state} ({attempt})"
@@ -149,8 +164,9 @@ def pace(job: Job, now: datetime) -> timedelta:
     tool=False,
 )
 async def tasks_get(call: Call, args: TaskArgs) -> TaskView:
-    """Read a task (a job run with jobs_run) for ``tasks/get``; another tenant's id is not_found."""
+    """Read a task for ``tasks/get``; another tenant's id is not_found."""
     job = await jobs.get(call.conn, call.tenant_id, args.task_id)
+    check_server_job(call, job, doing="read it")
     # A poll changes nothing; the job's own events record every change of state.
     call.audit.tally = True
     ttl = timedelta(seconds=call.runtime.settings.task_ttl_seconds)
@@ -175,6 +191,37 @@ async def tasks_cancel(call: Call, args: TaskArgs) -> CancelAck:
     """Ask a task's job to stop, as jobs_cancel does, for ``tasks/cancel``; a finished one is left as it
     is (the protocol's cancellation is cooperative and always acknowledged)."""
     job = await jobs.get(call.conn, call.tenant_id, args.task_id)
+    check_server_job(call, job, doing="cancel it")
     if job.state not in job_states.FINAL:
         job = await jobs.cancel(call.conn, call.tenant_id, args.task_id, now=call.runtime.clock())
     return CancelAck(task_id=job.id, state=job.state)
+
+
+async def start(call: Call, op: Operation, args: BaseModel, *, client: dict[str, str | None]) -> TaskView:
+    """Queue ``op`` with its validated ``args`` as a task a server process runs for the caller (dispatch
+    calls this, for a task-aware client, once the call is authorized); the new task.
+
+    The job keeps what the run needs to act as the caller did: the key (re-authenticated and
+    re-authorized when the task runs), the tenant, resolved now and named in the arguments, and the
+    client, for the run's audit event.
+
+    Raises:
+        FailedPrecondition: the call was not made with an API key (the operator's CLI).
+    """
+    if call.key is None or call.tenant is None:
+        raise FailedPrecondition(
+            f"{op.name} runs as a task only for a caller with an API key", hint="Call it without tasks."
+        )
+    arguments = {**args.model_dump(mode="json"), "tenant": call.tenant.slug}
+    new = jobs.NewJob(
+        tenant_id=call.tenant.id,
+        kind=op.name,
+        payload={"arguments": arguments, "client": client},
+        max_attempts=SERVER_ATTEMPTS,
+        created_by=call.principal.id,
+        created_key=call.key.id,
+    )
+    job = await jobs.enqueue_server(call.conn, new, now=call.runtime.clock())
+    call.audit.details = {"task_id": job.id}
+    ttl = timedelta(seconds=call.runtime.settings.task_ttl_seconds)
+    return TaskView.of(job, ttl=ttl, now=call.runtime.clock())

@@ -6,6 +6,7 @@ docs/errors.md; ``cli_call`` generates one ``call`` subcommand per registry oper
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -13,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
@@ -33,6 +34,10 @@ from scalemule.settings import Settings, env_name
 from scalemule.surfaces import cli_audit, schemas
 from scalemule.surfaces.cli_call import SuggestingGroup, ToolGroup, parse_pairs
 from scalemule.surfaces.cli_output import EXIT_CODES, FORMATS, CliError, chosen_format, emit, emit_error, out, progress
+from scalemule.surfaces.console import loading
+
+if TYPE_CHECKING:
+    from scalemule.worker.server_tasks import TaskRunner
 
 __all__ = ["EXIT_CODES", "CliError", "app", "main", "parse_pairs"]
 
@@ -236,7 +241,9 @@ def _stdio_banner(settings: Settings, who: identity.Authenticated) -> None:
 @click.option("--read-only", is_flag=True, help="expose and allow only read-only tools")
 def serve(transport: str, host: str, port: int, toolsets: str, read_only: bool) -> int:
     """Serve MCP over stdio (default) or streamable HTTP. Errors go to stderr: stdout is the protocol."""
-    from scalemule.surfaces.stdio import serve_stdio
+    with loading():
+        from scalemule.surfaces.stdio import serve_stdio
+        from scalemule.worker.server_tasks import TaskRunner
 
     settings = _settings()
 
@@ -244,15 +251,19 @@ def serve(transport: str, host: str, port: int, toolsets: str, read_only: bool) 
         exposure = Exposure.parse(toolsets, read_only=read_only)
         await _require_schema(runtime, settings)
         dispatcher = Dispatcher(runtime, exposure)
+        runner = TaskRunner(dispatcher)
         if transport == "http":
-            import uvicorn
-
-            from scalemule.surfaces.http import build_app
-
-            config = uvicorn.Config(build_app(dispatcher, host=host), host=host, port=port, log_level="warning")
+            with loading():
+                from scalemule.surfaces.http import build_app, serve_http
+        # What is loaded by now (modules, models, tables) lives as long as the server: frozen, the
+        # collector never walks it again, neither in the pauses of a busy server nor at exit, where
+        # it cost half a second.
+        gc.freeze()
+        if transport == "http":
+            app = build_app(dispatcher, host=host)
             click.echo(f"scalemule: serving MCP on http://{host}:{port}/mcp", err=True)
             click.echo(settings.signing_notice(), err=True)
-            await _with_job_maintenance(runtime, uvicorn.Server(config).serve)
+            await _with_job_maintenance(runner, lambda: serve_http(app, host=host, port=port, before_exit=runner.stop))
             return
         key = settings.api_key
         try:
@@ -266,7 +277,7 @@ def serve(transport: str, host: str, port: int, toolsets: str, read_only: bool) 
             ) from None
         assert key is not None
         _stdio_banner(settings, who)
-        await _with_job_maintenance(runtime, lambda: serve_stdio(dispatcher, key))
+        await _with_job_maintenance(runner, lambda: serve_stdio(dispatcher, key))
 
     settings = settings.for_http(host, port) if transport == "http" else settings
     return _to_stderr(lambda: _run(settings, body))
@@ -285,13 +296,17 @@ def _to_stderr(body: Callable[[], Any]) -> int:
     return 0
 
 
-async def _with_job_maintenance(runtime: Runtime, serve: Callable[[], Awaitable[None]]) -> None:
-    """Run ``serve`` while rescuing expired job leases: whichever server or worker runs does it, no daemon."""
+async def _with_job_maintenance(runner: TaskRunner, serve: Callable[[], Awaitable[None]]) -> None:
+    """Run ``serve`` while rescuing expired job leases and running the server's tasks (MCP Tasks of
+    operations such as audit_verify): whichever server or worker runs does it, no daemon. On the way
+    out, running tasks are handed back for another server to finish."""
     from scalemule.worker.maintenance import rescue_forever
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(rescue_forever, runtime)
+        tg.start_soon(rescue_forever, runner.runtime)
+        tg.start_soon(runner.run)
         await serve()
+        await runner.stop()
         tg.cancel_scope.cancel()
 
 

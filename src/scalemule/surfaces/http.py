@@ -7,7 +7,9 @@ Requests refused here are recorded through dispatch like any call: a refused cre
 from __future__ import annotations
 
 import json
+import socket
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -247,3 +249,20 @@ def build_app(dispatcher: Dispatcher, *, host: str = "127.0.0.1") -> Starlette:
     # Probes carry no credential and must answer even when nothing else would.
     app.add_middleware(Health, dispatcher=dispatcher)
     return app
+
+
+async def serve_http(app: ASGIApp, *, host: str, port: int, before_exit: Callable[[], Awaitable[None]]) -> None:
+    """Serve ``app`` with uvicorn until SIGINT or SIGTERM.
+
+    ``before_exit`` runs once the requests in flight have drained: uvicorn then re-raises the signal it
+    caught, which ends the process at once, so what must happen on the way out (the server's tasks
+    handed back) happens here.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().shutdown(sockets)
+            await before_exit()
+
+    await Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).serve()

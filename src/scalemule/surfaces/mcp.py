@@ -16,7 +16,12 @@ from scalemule.dispatch import Dispatcher, Exposure, Invocation, Outcome, Via, t
 from scalemule.operations import REGISTRY, Operation, resource_for
 from scalemule.operations.docs import topics
 from scalemule.operations.prompts import PROMPTS
-from scalemule.surfaces import tasks
+from scalemule.surfaces import results, tasks
+
+
+def task_tools() -> list[str]:
+    """The tools that run as server tasks for a task-aware client (declared ``task=True``)."""
+    return [op.name for op in REGISTRY.values() if op.task and op.tool]
 
 
 def instructions(exposure: Exposure) -> str:
@@ -38,8 +43,8 @@ def instructions(exposure: Exposure) -> str:
         "your key's tenant (or your only one). Lists page with `limit` and `cursor` (pass `next_cursor`). "
         "Creates take an optional `idempotency_key`: a retry with the same key replays the first result. "
         "Errors begin with a stable code and say what to do next. "
-        "Work that takes longer than a call: jobs_run (MCP Tasks clients get a task handle), or "
-        "jobs_enqueue, then poll jobs_get. "
+        "Work that takes longer than a call: jobs_run, or jobs_enqueue, then poll jobs_get. MCP Tasks "
+        f"clients get a task handle from {' and '.join(['jobs_run', *task_tools()])}. "
         f"Tools served: {chosen}{' (read-only)' if exposure.read_only else ''}.{more} "
         f"Prompts: {', '.join(PROMPTS)}. Docs: scalemule://docs/{{topic}}."
     )
@@ -98,6 +103,7 @@ def build_server(
         resource: str | None = None,
         *,
         via: Via = "tool",
+        accepts_task: bool = False,
     ) -> Outcome:
         params = ctx.session.client_params
         client = params.client_info if params is not None else None
@@ -121,6 +127,7 @@ def build_server(
                 via="resource" if resource is not None else via,
                 exposure=exposure_of(ctx),
                 source=None if address is None else network_source(address),
+                accepts_task=accepts_task,
             )
         )
 
@@ -134,12 +141,16 @@ def build_server(
     ) -> types.CallToolResult | dict[str, Any]:
         # Registered as a plain request method (below) so that a task-aware client may get a
         # CreateTaskResult, whose resultType the SDK passes through; every other answer is a CallToolResult.
-        outcome = await invoke(ctx, params.name, params.arguments)
+        aware = tasks.task_aware(ctx)
+        outcome = await invoke(ctx, params.name, params.arguments, accepts_task=aware)
         if outcome.error is not None:
-            return types.CallToolResult.model_validate(tasks.error_result(outcome.error))
+            return types.CallToolResult.model_validate(results.error_result(outcome.error))
         assert outcome.result is not None
+        if outcome.task:
+            # Queued as a server task, committed: the handle now, the result through tasks/get.
+            return tasks.created(outcome.result)
         if params.name not in tasks.TASK_TOOLS:
-            return types.CallToolResult.model_validate(tasks.ok_result(outcome.result))
+            return types.CallToolResult.model_validate(results.ok_result(outcome.result))
         answer = await as_task(ctx, params, outcome.result)
         return answer if answer.get("resultType") == "task" else types.CallToolResult.model_validate(answer)
 
@@ -152,7 +163,7 @@ def build_server(
         if tasks.task_aware(ctx):
             seen = await invoke(ctx, "tasks_get", args, via="task")
             if seen.error is not None:
-                return tasks.error_result(seen.error)
+                return results.error_result(seen.error)
             assert seen.result is not None
             return tasks.created(seen.result)
         wait = (params.arguments or {}).get("wait_seconds", 20)

@@ -65,6 +65,11 @@ def tools_markdown() -> str:
                 f"- permission: `{op.permission}`",
                 f"- annotations: {', '.join(flags) or 'none (writes, not idempotent)'}",
             ]
+            if op.task:
+                lines.append(
+                    "- MCP Tasks: a task-aware client gets a task at once; the server runs the call in the "
+                    "background with the caller's rights ([jobs](jobs.md#long-running-work))"
+                )
             schema = op.input_schema
             required = set(schema.get("required", []))
             props = schema.get("properties", {})

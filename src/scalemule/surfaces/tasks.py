@@ -1,6 +1,9 @@
 """The MCP Tasks extension (``io.modelcontextprotocol/tasks``) on the wire: which requests opted in,
 the Task and CreateTaskResult shapes, and waiting for a job on behalf of a client without tasks.
 
+A task-aware client gets a task for ``jobs_run`` (its handler enqueues a job, ``TASK_TOOLS``) and for
+every operation declared ``task=True`` (dispatch queues it as a server task: ``Outcome.task``).
+
 The SDK (mcp 2.3) has the 2025-11-25 task types but no 2026-07-28 ``tasks/*`` methods, so the shapes
 are written here as the extension's specification gives them (flat ``Result & Task``, ``ttlMs``,
 ``pollIntervalMs``); the lowlevel server passes a result whose ``resultType`` is an extension's through
@@ -9,7 +12,6 @@ unchanged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,9 +23,11 @@ from mcp_types.jsonrpc import MISSING_REQUIRED_CLIENT_CAPABILITY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from scalemule.dispatch import ErrorBody, Outcome
+from scalemule.surfaces.results import error_result, ok_result
 
 TASKS = "io.modelcontextprotocol/tasks"
-# The tools whose work can outlast a client's timeout: a task-aware client gets a task handle for them.
+# Tools whose handler enqueues a tenant's job, handed to a task-aware client as a task handle (operations
+# declared task=True are the other kind: dispatch queues them as server tasks).
 TASK_TOOLS = frozenset({"jobs_run"})
 # Waiting for a client without tasks: the first look comes soon (most jobs are short), then backs off.
 FIRST_LOOK = 0.05
@@ -65,24 +69,12 @@ def protocol_error(error: ErrorBody) -> MCPError:
     )
 
 
-def error_result(error: ErrorBody) -> dict[str, Any]:
-    """The CallToolResult of a failed call."""
-    return {
-        "content": [{"type": "text", "text": error.text}],
-        "structuredContent": {"error": {"code": error.code, "message": error.message, "hint": error.hint}},
-        "isError": True,
-    }
-
-
-def ok_result(value: dict[str, Any]) -> dict[str, Any]:
-    """The CallToolResult of a call that produced ``value``: structured, and the same JSON as text."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return {"content": [{"type": "text", "text": text}], "structuredContent": value, "isError": False}
-
-
 def tool_result(view: dict[str, Any]) -> dict[str, Any]:
-    """The CallToolResult a finished task stands for (jobs_run's outcome); a dead job is an error result."""
+    """The CallToolResult a finished task stands for: a server task's operation result, or jobs_run's
+    outcome; a dead job is an error result."""
     outcome = view["outcome"]
+    if view.get("operation") is not None:
+        return server_result(view)
     if not view["is_error"]:
         return ok_result(outcome)
     job_id = outcome["job_id"]
@@ -91,6 +83,25 @@ def tool_result(view: dict[str, Any]) -> dict[str, Any]:
             "failed_precondition",
             f"job {job_id} ({outcome['kind']}) is dead after {outcome['attempt']} attempts: {outcome['last_error']}",
             f"Fix the cause, then run it again with jobs_retry(job_id='{job_id}'); details: jobs_get.",
+        )
+    )
+
+
+def server_result(view: dict[str, Any]) -> dict[str, Any]:
+    """The CallToolResult of a finished server task: what its operation returned, or the error it
+    ended with (kept in the job's result, code and hint included), exactly as the tool answers it."""
+    outcome, operation = view["outcome"], view["operation"]
+    if not view["is_error"]:
+        return ok_result(outcome["result"])
+    kept = outcome["result"].get("error") if isinstance(outcome["result"], dict) else None
+    if isinstance(kept, dict) and isinstance(kept.get("code"), str):
+        return error_result(ErrorBody(kept["code"], str(kept.get("message", "")), kept.get("hint")))
+    # No error of the operation's own: every run stopped with its server (the lease ran out each time).
+    return error_result(
+        ErrorBody(
+            "internal",
+            f"{operation} stopped before it finished, {outcome['attempt']} times: {outcome['last_error']}",
+            f"Call {operation} again.",
         )
     )
 

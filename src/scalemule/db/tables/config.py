@@ -31,8 +31,8 @@ config_entries = sa.Table(
     sa.ForeignKeyConstraint(["tenant_id", "env"], ["environments.tenant_id", "environments.name"], ondelete="CASCADE"),
 )
 
-# Every write of a key, deletes included. The primary key makes version numbers the arbiter of
-# concurrent writers: of those that read the same version, exactly one can insert the next.
+# Every write of a key, deletes included. Writers of a key take turns (db/locks.py), each inserting
+# the next version; the primary key keeps a version from being written twice whatever happens.
 config_history = sa.Table(
     "config_history",
     metadata,

@@ -54,4 +54,13 @@ jobs = sa.Table(
     sa.Index("ix_jobs_leases", "state", "lease_expires_at"),
     # Lists: a tenant's jobs, newest first.
     sa.Index("ix_jobs_listing", "tenant_id", "created_at", "id"),
+    # Server tasks (core.jobs.SERVER_QUEUE) due across tenants: a few rows among all jobs, polled by
+    # every server process, so the index holds only them.
+    sa.Index(
+        "ix_jobs_server_due",
+        "state",
+        "run_at",
+        sqlite_where=sa.text("queue = '_server'"),
+        postgresql_where=sa.text("queue = '_server'"),
+    ),
 )
