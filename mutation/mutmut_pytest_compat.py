@@ -1,13 +1,46 @@
-"""pytest plugin loaded for mutation runs only: mutmut 3.8 reads ``item._nodeid``, which pytest 9.2 no longer sets.
+"""pytest plugin loaded for mutation runs only (``make mutate`` puts mutation/ on ``PYTHONPATH``).
 
-Remove it once mutmut reads the public ``item.nodeid``.
+- mutmut 3.8 reads ``item._nodeid``, which pytest 9.2 no longer sets. Remove that part once mutmut
+  reads the public ``item.nodeid``.
+- mutmut runs the tests once in its own process, then forks a pytest session per mutant from it. The
+  migrated SQLite template is built once for all of them (``SCALEMULE_TEST_SQLITE_TEMPLATE``, read by
+  tests/conftest.py): migrating costs more than most mutants' tests.
+- Statement caches of the mutated modules are emptied before each test: filled by that first run, they
+  would answer instead of the mutated function that builds the statement, and no test could kill it.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
 import pytest
+
+TEMPLATE_ENV = "SCALEMULE_TEST_SQLITE_TEMPLATE"
+# Module -> names of its module-level caches of built statements (filled on first use).
+STATEMENT_CACHES = {"scalemule.core.jobs": ("_UPDATES", "_CLAIMS", "_FENCED", "_EXPIRED")}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if TEMPLATE_ENV not in os.environ:
+        # Set in mutmut's own process, so every forked session inherits it; removed when that ends
+        # (the forked sessions leave through os._exit, which skips atexit).
+        directory = Path(tempfile.mkdtemp(prefix="scalemule-mutation-"))
+        os.environ[TEMPLATE_ENV] = str(directory / "template.db")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item._nodeid = item.nodeid  # type: ignore[attr-defined]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for module_name, names in STATEMENT_CACHES.items():
+        module = sys.modules.get(module_name)
+        for name in names if module is not None else ():
+            getattr(module, name).clear()

@@ -89,11 +89,26 @@ def _function(name: str) -> tuple[str, str]:
     return match["module"], func
 
 
-def _equivalents(path: Path) -> list[dict[str, str]]:
+@dataclass(frozen=True)
+class Equivalent:
+    """One mutated line of an ``equivalent.toml`` entry (an entry lists one ``mutation`` or several)."""
+
+    module: str
+    function: str
+    mutation: str
+
+    def matches(self, module: str, function: str, added: str) -> bool:
+        return (self.module, self.function) == (module, function) and " ".join(self.mutation.split()) == added
+
+
+def _equivalents(path: Path) -> list[Equivalent]:
     if not path.exists():
         return []
-    entries: list[dict[str, str]] = tomllib.loads(path.read_text(encoding="utf-8")).get("equivalent", [])
-    return entries
+    found = []
+    for entry in tomllib.loads(path.read_text(encoding="utf-8")).get("equivalent", []):
+        lines = entry["mutations"] if "mutations" in entry else [entry["mutation"]]
+        found += [Equivalent(entry["module"], entry["function"], line) for line in lines]
+    return found
 
 
 def main() -> int:
@@ -116,12 +131,13 @@ def main() -> int:
         if status not in SURVIVED:
             continue
         added = _added_lines(name, score.path)
-        for i, entry in enumerate(equivalents):
-            same = entry["module"] == module and entry["function"] == func
-            if same and " ".join(entry["mutation"].split()) == added:
-                used[i] = True
-                score.equivalent += 1
-                break
+        # Two mutants of a function can add the same line for different reasons (`found = None` in two
+        # branches): each takes an entry of its own while one is left.
+        matching = [i for i, entry in enumerate(equivalents) if entry.matches(module, func, added)]
+        if matching:
+            i = next((i for i in matching if not used[i]), matching[0])
+            used[i] = True
+            score.equivalent += 1
         else:
             unexplained.append((name, added))
 
@@ -148,7 +164,7 @@ def main() -> int:
     if stale:
         print("\nEquivalent entries matching no survivor (remove them):")
         for entry in stale:
-            print(f"  {entry['module']}.{entry['function']}: {entry['mutation']}")
+            print(f"  {entry.module}.{entry.function}: {entry.mutation}")
     print(f"\nTarget: {TARGET:.0%} of non-equivalent mutants killed in each file.")
     return 1 if failing else 0
 

@@ -83,7 +83,14 @@ def postgres_url() -> Iterator[str | None]:
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated SQLite file, copied for each test (migrating once keeps the suite fast)."""
+    """A migrated SQLite file, copied for each test (migrating once keeps the suite fast).
+
+    ``SCALEMULE_TEST_SQLITE_TEMPLATE`` names a file where it is built once and then reused by every
+    later session: the mutation run starts a session per mutant (mutation/mutmut_pytest_compat.py).
+    """
+    shared = os.environ.get("SCALEMULE_TEST_SQLITE_TEMPLATE")
+    if shared and Path(shared).is_file():
+        return Path(shared)
     path = tmp_path_factory.mktemp("template") / "scalemule.db"
 
     async def build() -> None:
@@ -94,6 +101,11 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
             await engine.dispose()
 
     anyio.run(build)
+    if shared:
+        # Copied, then renamed into place: a session reading it never sees half a file.
+        partial = Path(f"{shared}.{os.getpid()}")
+        shutil.copy(path, partial)
+        os.replace(partial, shared)
     return path
 
 

@@ -139,6 +139,13 @@ async def test_audit_verify_refuses_a_range_past_the_chains_end(world: World) ->
     assert await world.code("audit_verify", world.owner, from_seq=3, to_seq=2) == "invalid_argument"
 
 
+async def test_audit_verify_from_just_past_the_head_passes_with_nothing_to_check(world: World) -> None:
+    await _activity(world)
+    head = (await world.ok("audit_verify", world.owner))["to_seq"] + 1  # that call's own event
+    report = await world.ok("audit_verify", world.owner, from_seq=head + 1)
+    assert report["ok"] and (report["from_seq"], report["to_seq"], report["events"]) == (head + 1, head, 0)
+
+
 async def test_a_cancelled_verify_stops_at_its_next_batch(world: World) -> None:
     # A task's cancellation reaches its verify between batches, even where reads never wait (SQLite).
     await _activity(world)

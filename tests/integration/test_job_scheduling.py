@@ -65,6 +65,11 @@ async def test_a_delayed_job_is_not_claimed_before_it_is_due(world: World, clock
     assert [j["id"] for j in await _claim(world)] == [made["id"]]
 
 
+async def test_a_delay_of_zero_runs_now(world: World) -> None:
+    made = await _enqueue(world, delay_seconds=0)
+    assert [j["id"] for j in await _claim(world)] == [made["id"]]
+
+
 async def test_a_job_scheduled_with_run_at_waits_for_it(world: World, clock: Clock) -> None:
     made = await _enqueue(world, run_at=(clock.now + timedelta(hours=1)).isoformat())
     assert await _claim(world) == []
@@ -77,9 +82,9 @@ async def test_an_expired_lease_is_rescued_by_the_next_claim_and_the_old_token_i
 ) -> None:
     made = await _enqueue(world)
     (first,) = await _claim(world, lease_seconds=30)
-    clock.advance(29)
-    assert await _claim(world) == []
-    clock.advance(2)
+    clock.advance(30)
+    assert await _claim(world) == []  # a lease holds up to its last instant
+    clock.advance(1)
     (second,) = await _claim(world, lease_seconds=30)
     assert second["id"] == made["id"] and second["attempt"] == 2
     assert "lease expired" in (second["last_error"] or "")
@@ -89,6 +94,7 @@ async def test_an_expired_lease_is_rescued_by_the_next_claim_and_the_old_token_i
     assert (await world.ok("jobs_get", world.agent, job_id=made["id"]))["result"] == 2
     (rescue,) = [e for e in await probe.audit_events() if e["operation"] == "jobs_rescue"]
     assert rescue["target"] == made["id"] and rescue["actor_name"] == "acme-agent"
+    assert rescue["transport"] == "internal"  # made by the server inside the claim
     assert rescue["args"] == {"job_id": made["id"], "attempt": 1, "state": "queued", "reason": "lease expired"}
 
 

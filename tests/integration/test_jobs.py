@@ -45,6 +45,7 @@ async def _claim(world: World, **arguments: Any) -> list[dict[str, Any]]:
 async def test_an_enqueued_job_is_queued_and_shows_who_enqueued_it(world: World, clock: Clock) -> None:
     made = await _enqueue(world, payload={"photo": "uploads/menu.png"})
     assert made["state"] == "queued" and made["attempt"] == 0 and made["max_attempts"] == 5
+    assert made["id"].startswith("job_")
     job = await world.ok("jobs_get", world.agent, job_id=made["id"])
     assert job["payload"] == {"photo": "uploads/menu.png"}
     assert job["enqueued_by"]["principal_id"] == world.made.agent.id
@@ -91,6 +92,17 @@ async def test_bad_enqueue_input_is_invalid_naming_the_rule_and_nothing_is_enque
 async def test_a_payload_over_the_limit_points_at_storage(world: World) -> None:
     outcome = await world.call("jobs_enqueue", world.agent, kind="k", payload=["x" * 300_000])
     assert outcome.error is not None and "storage_put_object" in (outcome.error.hint or "")
+    assert outcome.error.message.startswith("payload is")
+
+
+async def test_a_result_over_the_limit_is_refused_and_the_job_keeps_running(world: World) -> None:
+    made = await _enqueue(world)
+    (job,) = await _claim(world)
+    args = {"job_id": job["id"], "lease_token": job["lease_token"]}
+    outcome = await world.call("jobs_complete", world.agent, **args, result="x" * 300_000)
+    assert outcome.error is not None and outcome.error.code == "invalid_argument"
+    assert outcome.error.message.startswith("result is")
+    assert (await world.ok("jobs_get", world.agent, job_id=made["id"]))["state"] == "running"
 
 
 async def test_a_run_at_in_the_past_runs_now(world: World, clock: Clock) -> None:
@@ -139,7 +151,8 @@ async def test_jobs_list_is_newest_first_filters_and_pages(world: World, clock: 
 
 async def test_cancelling_a_queued_job_is_immediate_and_a_second_cancel_names_its_state(world: World) -> None:
     made = await _enqueue(world)
-    assert (await world.ok("jobs_cancel", world.agent, job_id=made["id"]))["state"] == "cancelled"
+    cancelled = await world.ok("jobs_cancel", world.agent, job_id=made["id"])
+    assert (cancelled["state"], cancelled["cancel_requested"]) == ("cancelled", False)
     outcome = await world.call("jobs_cancel", world.agent, job_id=made["id"])
     assert outcome.error is not None and outcome.error.code == "failed_precondition"
     assert "cancelled" in outcome.error.message
@@ -155,6 +168,8 @@ async def test_cancelling_a_running_job_is_seen_on_its_next_heartbeat_and_ends_i
     assert beat["cancel_requested"] is True
     ended = await world.ok("jobs_fail", world.agent, job_id=job["id"], lease_token=job["lease_token"], error="stop")
     assert ended["state"] == "cancelled"
+    again = await world.ok("jobs_retry", world.agent, job_id=made["id"])
+    assert (again["state"], again["cancel_requested"]) == ("queued", False)
 
 
 async def test_retry_requeues_failed_dead_and_cancelled_jobs_with_attempts_reset(world: World) -> None:

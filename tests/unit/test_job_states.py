@@ -4,7 +4,16 @@ from datetime import timedelta
 
 import pytest
 
-from scalemule.core.job_states import BACKOFF_CAP, TRANSITIONS, after_failure, backoff, transition
+from scalemule.core.errors import InvalidArgument
+from scalemule.core.job_states import (
+    BACKOFF_CAP,
+    MAX_JSON_BYTES,
+    TRANSITIONS,
+    after_failure,
+    backoff,
+    check_json_size,
+    transition,
+)
 
 
 def test_backoff_doubles_per_attempt_at_its_upper_jitter_bound() -> None:
@@ -33,3 +42,10 @@ def test_no_move_leaves_a_finished_state_except_retry() -> None:
         if state in ("succeeded", "dead", "cancelled"):
             assert action == "retry"
     assert transition("dead", "retry") == "queued"
+
+
+def test_a_value_whose_json_is_exactly_the_limit_is_accepted_and_one_byte_more_is_not() -> None:
+    exactly = "x" * (MAX_JSON_BYTES - 2)  # the quotes make up the rest
+    assert check_json_size(exactly, "payload") == exactly
+    with pytest.raises(InvalidArgument):
+        check_json_size(exactly + "x", "payload")

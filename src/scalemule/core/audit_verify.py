@@ -252,7 +252,9 @@ class ChainVerifier:
             self._fail(last + 1, "truncated", f"the chain ends at seq {last} but its head is seq {head[0]}")
         elif head is not None and head[0] < last:
             self._fail(head[0] + 1, "inserted", f"events follow the head, seq {head[0]}")
-        elif head is not None and last and head[1] != self._hashes[-1]:
+        elif head is not None and report.events and head[1] != self._hashes[-1]:
+            # Only a pass that verified an event knows the hash at ``last``: a range starting just
+            # past the head checks none.
             self._fail(last, "rewritten", f"the head row does not match the event at seq {last}")
         report.unsigned = last - (report.last_checkpoint or self.from_seq - 1)
         if require_signed and report.unsigned and not self.failed:
@@ -403,7 +405,9 @@ async def verify_stored(
     read, blobs, keys = reader(db), notary.blobs, notary.keys.public_keys()
     start, repaired = from_seq, 0
     while True:
-        report = await verify_chain(read, blobs, keys, chain, from_seq=start, to_seq=to_seq, progress=progress)
+        # A repaired checkpoint can be the one past to_seq that covers the range: go on from it.
+        end = None if to_seq is None else max(to_seq, start)
+        report = await verify_chain(read, blobs, keys, chain, from_seq=start, to_seq=end, progress=progress)
         problem = report.problem
         if not repair_digests or problem is None or problem.kind != "digest_missing":
             break

@@ -195,7 +195,10 @@ _GET_LOCKED = _GET.with_for_update()
 
 def _not_found(job_id: str) -> NotFound:
     # The same answer for a job of another tenant: no existence leak.
-    return NotFound(f"no job {job_id[:64]!r} in this tenant", hint="Use jobs_list to see the tenant's jobs.")
+    return NotFound(
+        f"no job {job_id[:64]!r} in this tenant",
+        hint="Use jobs_list to see the tenant's jobs.",
+    )
 
 
 async def get(conn: Connection, tenant_id: str, job_id: str, *, lock: bool = False) -> Job:
@@ -219,7 +222,7 @@ async def list_jobs(
     kind: str | None = None,
     queue: str | None = None,
     after: str | None = None,
-    limit: int = 50,
+    limit: int,
 ) -> list[Job]:
     """The tenant's jobs, newest first, filtered, starting after the position ``after``.
 
@@ -625,7 +628,7 @@ async def rescue_expired(
         transport: recorded in the events.
         limit: at most this many jobs per call.
     """
-    query = _EXPIRED[(tenant_id is not None, _pg(conn))]
+    query = _expired(tenant_id is not None, _pg(conn))
     rescued: list[Job] = []
     for row in (await conn.execute(query, {"now": now, "t": tenant_id, "n": limit})).all():
         job = Job.of(row)
@@ -645,15 +648,21 @@ async def rescue_expired(
     return rescued
 
 
+_EXPIRED: dict[tuple[bool, bool], Any] = {}
+
+
 def _expired(by_tenant: bool, skip_locked: bool) -> Any:
-    condition = sa.and_(jobs.c.state == "running", jobs.c.lease_expires_at < sa.bindparam("now"))
-    if by_tenant:
-        condition = sa.and_(condition, jobs.c.tenant_id == sa.bindparam("t"))
-    query = sa.select(jobs).where(condition).order_by(jobs.c.lease_expires_at).limit(sa.bindparam("n"))
-    return query.with_for_update(skip_locked=True) if skip_locked else query
-
-
-_EXPIRED = {(t, s): _expired(t, s) for t in (False, True) for s in (False, True)}
+    """Running jobs whose lease expired before ``now``, oldest lease first, built once per shape."""
+    found = _EXPIRED.get((by_tenant, skip_locked))
+    if found is None:
+        condition = sa.and_(jobs.c.state == "running", jobs.c.lease_expires_at < sa.bindparam("now"))
+        if by_tenant:
+            condition = sa.and_(condition, jobs.c.tenant_id == sa.bindparam("t"))
+        found = sa.select(jobs).where(condition).order_by(jobs.c.lease_expires_at).limit(sa.bindparam("n"))
+        if skip_locked:
+            found = found.with_for_update(skip_locked=True)
+        _EXPIRED[(by_tenant, skip_locked)] = found
+    return found
 
 
 _ANY_EXPIRED = (
@@ -690,10 +699,9 @@ async def next_due(
     """When the next claimable job of these queues and kinds is due (None: none waiting). Reads only."""
     far = now + timedelta(days=36500)
     condition = _claimable(tenant_id, queues, kinds, far)
-    found = (await conn.execute(sa.select(sa.func.min(jobs.c.run_at)).where(condition))).scalar_one()
-    if found is None:
-        return None
-    return found if isinstance(found, datetime) else datetime.fromisoformat(str(found))
+    # min() has the column's type, so its value arrives as an aware datetime like run_at itself.
+    found: datetime | None = (await conn.execute(sa.select(sa.func.min(jobs.c.run_at)).where(condition))).scalar_one()
+    return found
 
 
 def maintenance_principal() -> Principal:
