@@ -13,7 +13,6 @@ operations run apart from writers, their event recorded just after (``UnitOfWork
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import time
@@ -179,10 +178,9 @@ class Exposure:
         names = frozenset(v.strip() for v in value.split(",") if v.strip())
         known = [*toolsets(), DEFAULT]
         if unknown := sorted(names - set(known)):
-            near = difflib.get_close_matches(unknown[0], [*known, "all"], n=1)
-            guess = f"Did you mean '{near[0]}'? " if near else ""
             raise InvalidArgument(
-                f"unknown toolsets: {', '.join(unknown)}", hint=f"{guess}Known: {', '.join(known)}, all."
+                f"unknown toolsets: {', '.join(unknown)}",
+                hint=f"{access.did_you_mean(unknown[0], [*known, 'all'])}Known: {', '.join(known)}, all.",
             )
         if not names:
             raise InvalidArgument("no toolset named", hint=f"Name one or more of: {', '.join(known)}, all.")
@@ -350,10 +348,9 @@ class Dispatcher:
         # Operations that are not tools are served as MCP resources and prompts, and to the operator's CLI.
         if op is None or (not op.tool and inv.resource is None and inv.via == "tool" and inv.transport != "cli"):
             tools = [o.name for o in REGISTRY.values() if o.tool]
-            near = difflib.get_close_matches(name, tools, n=1)
-            guess = f"Did you mean '{near[0]}'? " if near else ""
             raise NotFound(
-                f"no tool named {name[:64]!r}", hint=f"{guess}List tools with tools/list or 'scalemule tools'."
+                f"no tool named {name[:64]!r}",
+                hint=f"{access.did_you_mean(name, tools)}List tools with tools/list or 'scalemule tools'.",
             )
         if isinstance(inv.credential, RecordedKey) and not op.task:
             raise FailedPrecondition(f"{name} does not run as a task", hint="Only task operations run from a task.")
@@ -365,13 +362,14 @@ class Dispatcher:
                     f"{name} changes state and this server runs --read-only",
                     hint="Use a read-only tool, or ask the operator.",
                 )
-            # What the operation also serves as a resource is readable whatever the toolsets: say so.
-            readable = f"Or read the resource {op.resources[0].template} (resources/read). " if op.resources else ""
-            raise PermissionDenied(
-                f"{name} belongs to toolset '{op.toolset}', which is not enabled here",
-                hint=f"{readable}Enable it: start the server with --toolsets default,{op.toolset}, or over HTTP "
-                f"send 'X-MCP-Toolsets: default,{op.toolset}' (or use /mcp/x/default,{op.toolset}).",
+            enable = (
+                f"Enable it: start the server with --toolsets default,{op.toolset}, or over HTTP "
+                f"send 'X-MCP-Toolsets: default,{op.toolset}' (or use /mcp/x/default,{op.toolset})."
             )
+            if op.resources:
+                # What the operation also serves as a resource is readable whatever the toolsets: say so.
+                enable = f"Or read the resource {op.resources[0].template} (resources/read). {enable}"
+            raise PermissionDenied(f"{name} belongs to toolset '{op.toolset}', which is not enabled here", hint=enable)
         return op
 
     async def _authorize(
@@ -545,14 +543,14 @@ def _fingerprint(op: Operation, args: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-# Strings longer than this are escaped a slice at a time when hashed.
+# Strings are escaped this many characters at a time when hashed.
 _SLICE = 1 << 20
 
 
 def canonical_json(value: Any) -> Iterator[str]:
     """``json.dumps(value, sort_keys=True, separators=(",", ":"))`` in pieces, a long string a slice at
     a time: an argument of 16 MiB is hashed without being copied whole, twice (text, then bytes)."""
-    if isinstance(value, str) and len(value) > _SLICE:
+    if isinstance(value, str):
         yield '"'
         for start in range(0, len(value), _SLICE):
             yield json.dumps(value[start : start + _SLICE])[1:-1]
@@ -595,6 +593,6 @@ def _clip(value: str | None, size: int, *, max_bytes: int | None = None) -> str 
     if value is None:
         return None
     text = encodable(str(value)[:size]).replace("\x00", "\\x00")[:size]
-    if max_bytes is not None and len(text) * 4 > max_bytes:
+    if max_bytes is not None:
         text = text.encode()[:max_bytes].decode(errors="ignore")  # never half a character
     return text
