@@ -3,6 +3,9 @@ found without their rows, every chain listed, and digest repair (core.audit_veri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 import sqlalchemy as sa
 
@@ -21,7 +24,13 @@ async def _log(runtime: Runtime, events: int, *, signed: tuple[int, ...] = ()) -
     """A new chain of ``events`` events, checkpointed at its first event (as every chain is) and at
     each sequence number in ``signed``."""
     chain = new_id("ten")
-    for seq in range(1, events + 1):
+    await _append(runtime, chain, range(1, events + 1), signed=signed)
+    return chain
+
+
+async def _append(runtime: Runtime, chain: str, seqs: range, *, signed: tuple[int, ...] = ()) -> None:
+    """Append the events ``seqs`` number to ``chain``, checkpointing at each one in ``signed``."""
+    for seq in seqs:
         async with runtime.db.transaction() as conn:
             event = AuditEvent(
                 at=utcnow(),
@@ -35,7 +44,6 @@ async def _log(runtime: Runtime, events: int, *, signed: tuple[int, ...] = ()) -
             await audit.append(conn, [event])
             if seq in signed:
                 await audit.checkpoint_head(conn, runtime.notary, chain)
-    return chain
 
 
 async def _verify(runtime: Runtime, chain: str, *, digests: bool = True, **options: object) -> audit_verify.Report:
@@ -95,6 +103,25 @@ async def test_a_chain_is_read_in_batches_and_progress_is_reported_after_each(ru
     calls.clear()
     report = await _verify(runtime, chain, from_seq=3, to_seq=4, batch=2, progress=lambda d, t: calls.append((d, t)))
     assert report.ok and _counts(report) == (3, 6, 4, 1, 6, 0) and calls == [(2, 4), (4, 4), (4, 4)]
+
+
+@pytest.mark.parametrize("digests", [True, False])
+async def test_a_checkpoint_signed_during_a_range_pass_does_not_stretch_it_past_the_head_it_read(
+    runtime: Runtime, digests: bool
+) -> None:
+    chain, read, reads = await _log(runtime, 4), audit_verify.reader(runtime.db), 0
+
+    async def read_while_appending(query: sa.Select[Any]) -> Sequence[Any]:
+        nonlocal reads
+        rows = await read(query)
+        reads += 1
+        if reads == 1:  # the head row (seq 4) was read: two more events are appended and signed now
+            await _append(runtime, chain, range(5, 7), signed=(6,))
+        return rows
+
+    keys, blobs = runtime.notary.keys.public_keys(), runtime.blobs if digests else None
+    report = await audit_verify.verify_chain(read_while_appending, blobs, keys, chain, from_seq=2, to_seq=3)
+    assert report.ok and _counts(report) == (2, 3, 2, 0, None, 2)
 
 
 async def test_the_head_row_is_checked_when_the_whole_chain_is_and_not_for_a_range(runtime: Runtime) -> None:

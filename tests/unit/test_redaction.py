@@ -5,6 +5,7 @@ from pydantic import BaseModel, JsonValue, ValidationError
 
 from scalemule.operations.base import (
     REDACTED,
+    SHOWN_ONCE,
     Args,
     SecretText,
     bounded,
@@ -47,6 +48,21 @@ def test_sensitive_fields_are_replaced_inside_nested_models_and_lists() -> None:
     assert "s1" not in repr(out) and "s2" not in repr(out) and "s3" not in repr(out)
 
 
+def test_the_marker_asked_for_replaces_sensitive_fields_at_every_depth() -> None:
+    data = {
+        "name": "DB",
+        "value": "v",
+        "inner": {"label": "a", "secret": "s1"},
+        "many": [{"label": "b", "secret": "s2"}, "not an object"],
+    }
+    assert redacted(SetArgs, data, SHOWN_ONCE) == {
+        "name": "DB",
+        "value": SHOWN_ONCE,
+        "inner": {"label": "a", "secret": SHOWN_ONCE},
+        "many": [{"label": "b", "secret": SHOWN_ONCE}, "not an object"],
+    }
+
+
 def test_invalid_input_is_recorded_without_its_sensitive_values() -> None:
     # Wrong types and unknown fields still go to the audit log, and must not carry the secret.
     raw = {"value": {"nested": "canary-1"}, "inner": {"secret": ["canary-2"]}, "bogus": 1}
@@ -79,6 +95,16 @@ def test_arguments_of_an_unknown_operation_are_recorded_by_name_and_size_only() 
         "ttl": "[not recorded: number]",
         "on": "[not recorded: boolean]",
         "none": "[not recorded: null]",
+    }
+
+
+def test_arguments_of_an_unknown_operation_are_recorded_for_fifty_names_cut_to_64_characters() -> None:
+    many = {f"arg{i}": i for i in range(51)}
+    assert recorded_args(None, many) == {f"arg{i}": "[not recorded: number]" for i in range(50)}
+    long = {"n" * 65: "x", "\ud800name": ["a", "b"]}
+    assert recorded_args(None, long) == {
+        "n" * 64: "[not recorded: string of 1 chars]",
+        "?name": "[not recorded: array of 2 items]",
     }
 
 
@@ -158,6 +184,20 @@ def test_seven_levels_of_nesting_are_kept_and_the_eighth_is_cut() -> None:
     recorded = recorded_args(SetArgs, {"name": _nested(6)})
     assert _depth(recorded["name"]) == (6, "leaf")
     assert _depth(recorded_args(SetArgs, {"name": _nested(7)})["name"]) == (7, "…")
+
+
+def test_seven_levels_of_nested_lists_are_kept_and_the_eighth_is_cut() -> None:
+    def nested(levels: int) -> object:
+        value: object = "leaf"
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    assert bounded(nested(6)) == nested(6)
+    assert bounded(nested(7)) == [[[[[[["…"]]]]]]]
+    # Lists and objects count alike.
+    assert bounded(mixed := [[[[[{"a": "leaf"}]]]]]) == mixed
+    assert bounded([[[[[{"a": ["leaf"]}]]]]]) == [[[[[{"a": ["…"]}]]]]]
 
 
 def test_fifty_items_are_kept_and_the_rest_counted() -> None:

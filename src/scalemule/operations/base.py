@@ -56,11 +56,9 @@ TenantSlug = Annotated[str, StringConstraints(max_length=64)]
 IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=200), Printable]
 
 
+@dataclass(frozen=True)
 class Sensitive:
     """Marks a field whose value must never reach the audit log, a replayed result or a log line."""
-
-    def __repr__(self) -> str:
-        return "Sensitive()"
 
 
 SecretText = Annotated[str, Sensitive()]
@@ -316,13 +314,13 @@ def unrecorded(value: Any) -> str:
     return f"[not recorded: {'boolean' if isinstance(value, bool) else 'number'}]"
 
 
-def _redact_nested(annotation: Any, value: Any, marker: str) -> Any:
+def _redact_nested(annotation: Any, value: dict[str, Any] | list[Any], marker: str) -> Any:
     nested = _model_in(annotation)
     if nested is None:
         return value
-    if isinstance(value, list):
-        return [redacted(nested, v, marker) if isinstance(v, dict) else v for v in value]
-    return redacted(nested, value, marker) if isinstance(value, dict) else value
+    if isinstance(value, dict):
+        return redacted(nested, value, marker)
+    return [redacted(nested, v, marker) if isinstance(v, dict) else v for v in value]
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
@@ -340,7 +338,7 @@ def encodable(text: str) -> str:
 
     They arrive from a JSON ``"\\ud800"`` escape or from command-line bytes that are not UTF-8.
     """
-    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+    return text if text.isascii() else text.encode(errors="replace").decode()
 
 
 def bounded(value: Any, *, depth: int = 0) -> Any:
