@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import getpass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -8,22 +9,29 @@ import pytest
 from scalemule.core.access import (
     KIND_PERMISSIONS,
     PERMISSIONS,
+    PROTECTED_WRITE,
     ROLES,
     Grant,
     KeyInfo,
     KeyTerms,
     Principal,
     Tenant,
+    advice,
     allowed,
     check_can_give,
     check_can_grant,
     check_grant_pattern,
     child_key_terms,
+    did_you_mean,
     effective_permissions,
     grantable_roles,
     grants_reach,
     key_audience,
     may_reach,
+    missing,
+    needs,
+    operator,
+    roles_holding,
     unknown_permissions,
 )
 from scalemule.core.errors import InvalidArgument, PermissionDenied
@@ -142,6 +150,14 @@ def test_a_minted_key_expires_no_later_than_its_parent() -> None:
     assert _terms(None, expires_in_days=30).expires_at == NOW + timedelta(days=30)
 
 
+def test_a_minted_key_lives_between_one_and_3650_days() -> None:
+    assert _terms(None, expires_in_days=1).expires_at == NOW + timedelta(days=1)
+    assert _terms(None, expires_in_days=3650).expires_at == NOW + timedelta(days=3650)
+    for days in (0, 3651):
+        with pytest.raises(InvalidArgument):
+            _terms(None, expires_in_days=days)
+
+
 def test_key_managers_reach_the_keys_of_roles_they_could_grant() -> None:
     tenant = Tenant(id="ten_1", slug="acme", name="Acme", created_at=NOW)
     developer = key_audience(AGENT, _key("ten_1"), tenant, ROLES["developer"])
@@ -150,6 +166,8 @@ def test_key_managers_reach_the_keys_of_roles_they_could_grant() -> None:
     assert grantable_roles(ROLES["owner"]) == set(ROLES)
     viewer = key_audience(USER, _key(None), tenant, ROLES["viewer"])
     assert viewer.tenant_id is None and viewer.roles == frozenset() and viewer.own_tenant_id is None
+    keyless = key_audience(USER, None, tenant, ROLES["owner"])
+    assert keyless.own_tenant_id is None and keyless.tenant_id == "ten_1" and keyless.roles == set(ROLES)
 
 
 def _documented_roles() -> dict[str, set[str]]:
@@ -205,9 +223,10 @@ def test_the_roles_table_is_the_documented_one_written_out() -> None:
     } == KIND_PERMISSIONS
 
 
-def test_the_operator_holds_every_permission_without_a_role() -> None:
-    operator = Principal(id="operator", kind="operator", name="root")
-    assert effective_permissions(operator, None, None) == set(PERMISSIONS)
+def test_the_operator_is_the_os_user_and_holds_every_permission_without_a_role() -> None:
+    local = operator()
+    assert (local.id, local.kind, local.name, local.tenant_id) == ("operator", "operator", getpass.getuser(), None)
+    assert effective_permissions(local, None, None) == set(PERMISSIONS)
 
 
 def test_a_role_and_the_kind_add_up_before_the_scopes_narrow_them() -> None:
@@ -256,3 +275,54 @@ def test_a_granter_needs_member_authority_and_the_permission_itself() -> None:
 def test_a_grant_pattern_must_be_env_slash_name(pattern: str) -> None:
     with pytest.raises(InvalidArgument):
         check_grant_pattern(pattern)
+
+
+def test_a_grant_pattern_splits_at_its_first_slash_so_a_secret_name_may_hold_slashes() -> None:
+    assert check_grant_pattern("prod/team/*") == "prod/team/*"
+    grant = Grant("grt_1", "agt_1", None, "secrets:reveal", "prod/team/*")
+    assert grant.matches("secrets:reveal", ("prod", "team/API_KEY"))
+    assert not grant.matches("secrets:reveal", ("prod", "other/API_KEY"))
+    assert not grant.matches("secrets:reveal", ("prod/team", "API_KEY"))
+
+
+# --- what an action needs, and what a denial names -------------------------------------------------
+
+
+def test_a_write_into_a_protected_environment_also_needs_the_protected_write_permission() -> None:
+    assert needs("config:write") == ("config:write",)
+    assert needs("config:write", protected_env=True) == ("config:write", PROTECTED_WRITE)
+    assert needs("secrets:write", protected_env=True) == ("secrets:write", PROTECTED_WRITE)
+    assert needs("config:read", protected_env=True) == ("config:read",)
+    developer = ROLES["developer"]
+    assert missing(developer, "secrets:write") == []
+    assert missing(developer, "secrets:write", protected_env=True) == [PROTECTED_WRITE]
+    assert missing(developer, "secrets:reveal", protected_env=True) == ["secrets:reveal"]
+    assert allowed(developer, [], "secrets:write")
+    assert not allowed(developer, [], "secrets:write", protected_env=True)
+    assert allowed(ROLES["admin"], [], "secrets:write", protected_env=True)
+
+
+@pytest.mark.parametrize(
+    ("lacking", "permission", "tool"),
+    [
+        pytest.param([PROTECTED_WRITE], "secrets:write", "secrets_set", id="protected-secret"),
+        pytest.param([PROTECTED_WRITE], "config:write", "config_promote", id="protected-config"),
+        pytest.param(["secrets:write"], "secrets:write", "access_check", id="unprotected-secret"),
+        pytest.param(["secrets:reveal"], "secrets:reveal", "access_check", id="other"),
+    ],
+)
+def test_a_denial_names_the_one_tool_that_is_the_next_step(lacking: list[str], permission: str, tool: str) -> None:
+    # A protected secret is set there by an owner or admin, never promoted from another environment.
+    hint = advice(lacking, permission)
+    assert {t for t in ("secrets_set", "config_promote", "access_check") if t in hint} == {tool}
+
+
+def test_an_unknown_name_is_answered_with_the_nearest_known_one_or_with_nothing() -> None:
+    assert "'secrets:reveal'" in did_you_mean("secrets:reveel", PERMISSIONS)
+    assert did_you_mean("zzzzzzzz", PERMISSIONS) == ""
+
+
+def test_the_roles_holding_some_permissions_are_listed_in_role_order() -> None:
+    assert roles_holding(ROLES["worker"]) == ["owner", "admin", "developer", "worker"]
+    assert roles_holding(["secrets:reveal", PROTECTED_WRITE]) == ["owner", "admin"]
+    assert roles_holding(["tenants:create"]) == []

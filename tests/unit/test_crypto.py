@@ -84,6 +84,12 @@ def test_the_key_file_is_private_and_rotation_appends_then_retires(tmp_path: Pat
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
+def test_a_keyring_given_no_environment_reads_the_process_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(crypto.MASTER_KEY_ENV, _key(5))
+    ring = crypto.Keyring(tmp_path)
+    assert ring.from_environment and ring.current() == (1, bytes([5]) * 32)
+
+
 def test_keys_from_the_environment_are_rotated_by_the_operator_not_by_the_file(tmp_path: Path) -> None:
     ring = crypto.Keyring(tmp_path, {crypto.MASTER_KEY_ENV: f"1:{_key(1)}"})
     with pytest.raises(FailedPrecondition):

@@ -178,7 +178,7 @@ def advice(lacking: Iterable[str], permission: str | None = None) -> str:
             "Writes to a protected environment need an owner or admin: prepare the change in another "
             "environment and ask one to apply it with config_promote."
         )
-    return "Use access_check or whoami to see what you may do, or ask an owner or admin."
+    return "Use access_check or whoami to see what you may do, or ask an owner or admin."  # pragma: no mutate
 
 
 def unknown_permissions_error(unknown: list[str]) -> InvalidArgument:
