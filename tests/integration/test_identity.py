@@ -8,8 +8,9 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from scalemule.core import ids, tokens
+from scalemule.core import identity, ids, tokens
 from scalemule.core.access import ROLES
+from scalemule.core.errors import AlreadyExists
 from scalemule.core.ids import utcnow
 from scalemule.db.tables import api_keys
 from scalemule.operations.base import REDACTED, SHOWN_ONCE
@@ -221,6 +222,33 @@ async def test_an_agent_created_by_an_agent_acts_on_behalf_of_the_same_human(wor
 async def test_an_agent_name_is_unique_within_its_tenant(world: World) -> None:
     await world.ok("agents_create", world.owner, name="helper", role="viewer")
     assert await world.code("agents_create", world.owner, name="helper", role="viewer") == "already_exists"
+
+
+# --- principals ------------------------------------------------------------------------------
+
+
+async def test_an_id_says_what_it_names(world: World) -> None:
+    made = await world.ok("keys_create", world.agent, name="k")
+    tenant_id = world.made.tenant.id
+    owners = {"user": (None, "bob@example.com"), "agent": (tenant_id, None), "service": (tenant_id, None)}
+    async with world.dispatcher.runtime.db.transaction() as conn:
+        prefixes = {}
+        for kind in ("user", "agent", "service", "operator"):
+            owner, email = owners.get(kind, (None, None))
+            made_principal = await identity.create_principal(
+                conn, kind=kind, name=f"a {kind}", email=email, tenant_id=owner
+            )
+            prefixes[kind] = made_principal.id.split("_")[0]
+    assert prefixes == {"user": "usr", "agent": "agt", "service": "svc", "operator": "opr"}
+    assert made["key"]["id"].startswith("key_") and world.made.tenant.id.startswith("ten_")
+
+
+async def test_a_second_user_with_a_taken_email_already_exists(world: World, probe: StoreProbe) -> None:
+    before = await probe.rows()
+    with pytest.raises(AlreadyExists):
+        async with world.dispatcher.runtime.db.transaction() as conn:
+            await identity.create_principal(conn, kind="user", name="alice 2", email="alice@example.com")
+    assert await probe.rows() == before
 
 
 # --- keys ------------------------------------------------------------------------------------

@@ -8,13 +8,14 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from scalemule.core import identity
+from scalemule.core import identity, ids
 from scalemule.core.access import KeyTerms
+from scalemule.core.errors import Unauthenticated
 from scalemule.db.engine import Connection
 from scalemule.db.tables import api_keys
 from scalemule.settings import Settings
 from tests.conftest import World
-from tests.integration.people import member_with_key, run_while_blocked
+from tests.integration.people import join, member_with_key, run_while_blocked, user_with_key
 
 pytestmark = pytest.mark.anyio
 
@@ -64,11 +65,29 @@ async def test_a_minted_key_cannot_expire_after_its_parent(world: World) -> None
     assert parent["key"]["expires_at"][:10] in outcome.error.message
 
 
-async def test_a_minted_key_records_the_key_that_minted_it(world: World) -> None:
+async def test_a_minted_key_records_the_key_that_minted_it_and_who_created_it(world: World) -> None:
     child = await world.ok("keys_create", world.agent, name="child")
     listed = await world.ok("keys_list", world.agent)
     (row,) = [k for k in listed["items"] if k["id"] == child["key"]["id"]]
-    assert row["parent_key_id"] == (await world.ok("whoami", world.agent))["key"]["id"]
+    agent_key = (await world.ok("whoami", world.agent))["key"]["id"]
+    assert row["parent_key_id"] == agent_key
+    bot = await world.ok("agents_create", world.owner, name="bot", role="viewer")
+    for_bot = await world.ok("keys_create", world.owner, name="bot key", principal_id=bot["principal"]["id"])
+    owner_key = await _owner_key_id(world)
+    async with world.dispatcher.runtime.db.transaction() as conn:
+        stored = {
+            r.id: (r.principal_id, r.created_by, r.parent_key_id)
+            for r in await conn.execute(
+                sa.select(api_keys.c.id, api_keys.c.principal_id, api_keys.c.created_by, api_keys.c.parent_key_id)
+            )
+        }
+    owner, agent = world.made.owner.id, world.made.agent.id
+    assert stored == {
+        owner_key: (owner, None, None),  # issued by the operator at init
+        agent_key: (agent, owner, None),
+        child["key"]["id"]: (agent, agent, agent_key),
+        for_bot["key"]["id"]: (bot["principal"]["id"], owner, owner_key),
+    }
 
 
 async def test_revoking_a_key_revokes_every_key_minted_from_it_transitively(world: World) -> None:
@@ -82,6 +101,71 @@ async def test_revoking_a_key_revokes_every_key_minted_from_it_transitively(worl
         assert await world.code("whoami", token) == "unauthenticated"
     await world.ok("whoami", sibling["token"])
     await world.ok("whoami", world.agent)
+
+
+async def _chain(world: World) -> list[str]:
+    """The agent's init key, a key minted with it, one minted with that and one below: ids, root first."""
+    chain = [(await world.ok("whoami", world.agent))["key"]["id"]]
+    token = world.agent
+    for name in ("parent", "child", "grandchild"):
+        made = await world.ok("keys_create", token, name=name)
+        chain.append(made["key"]["id"])
+        token = made["token"]
+    return chain
+
+
+async def test_a_keys_lineage_is_locked_and_returned_root_first_without_other_keys(world: World) -> None:
+    # The lock order (root first, the same for every mint and revocation) is what keeps concurrent
+    # mints and revocations free of deadlocks; SQLite cannot show it, so the order is read here.
+    chain = await _chain(world)
+    await world.ok("keys_create", world.agent, name="sibling")
+    await world.ok("keys_create", world.owner, name="unrelated")
+    async with world.dispatcher.runtime.db.transaction() as conn:
+        for end in range(1, len(chain) + 1):
+            rows = await identity._lock_lineage(conn, chain[end - 1])
+            assert [row.id for row in rows] == chain[:end]
+            assert all(row.revoked_at is None and row.expires_at is None for row in rows)
+
+
+async def _mint_below(world: World, key_id: str) -> str:
+    async with world.dispatcher.runtime.db.transaction() as conn:
+        parent = (await identity.get_key(conn, audience=None, key_id=key_id)).info
+        terms = KeyTerms(tenant_id=parent.tenant_id, scopes=frozenset({"config:read"}), expires_at=None)
+        info, _ = await identity.mint_key(
+            conn, parent=parent, principal_id=parent.principal_id, name="late", terms=terms, created_by="t"
+        )
+    return info.id
+
+
+async def _set_ancestor(world: World, key_id: str, **values: object) -> None:
+    # What a revocation or expiry committed while a mint below the key was under way leaves behind.
+    async with world.dispatcher.runtime.db.transaction() as conn:
+        await conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**values))
+
+
+async def test_minting_below_a_revoked_or_expired_ancestor_is_refused_at_the_instant_it_expires(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = identity.utcnow()
+    monkeypatch.setattr(ids, "clock", lambda: now)
+    chain = await _chain(world)
+    sibling = await world.ok("keys_create", world.agent, name="sibling")
+    await world.ok("keys_revoke", world.agent, key_id=sibling["key"]["id"])
+    # A revoked key off the lineage stops nothing.
+    await _mint_below(world, chain[-1])
+    await _set_ancestor(world, chain[1], expires_at=now + timedelta(microseconds=1))
+    await _mint_below(world, chain[-1])
+    count = await _key_count(world)
+    for values in ({"expires_at": now}, {"expires_at": None, "revoked_at": now}):
+        await _set_ancestor(world, chain[1], **values)
+        with pytest.raises(Unauthenticated):
+            await _mint_below(world, chain[-1])
+        assert await _key_count(world) == count
+
+
+async def _key_count(world: World) -> int:
+    async with world.dispatcher.runtime.db.transaction() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(api_keys))).scalar_one())
 
 
 async def test_a_key_minted_while_its_parent_is_being_revoked_is_refused(world: World, store: Settings) -> None:
@@ -185,3 +269,85 @@ async def test_a_developer_revokes_the_key_of_an_agent_it_could_manage(world: Wo
     bot_key = await world.ok("keys_create", world.owner, name="bot", principal_id=viewer_bot["principal"]["id"])
     await world.ok("keys_revoke", world.agent, key_id=bot_key["key"]["id"])
     assert await world.code("whoami", bot_key["token"]) == "unauthenticated"
+
+
+async def _issue(world: World, principal_id: str, *, tenant_id: str | None) -> tuple[str, str]:
+    # A key as the operator issues it, bound where the caller's API would not let one be bound.
+    async with world.dispatcher.runtime.db.transaction() as conn:
+        info, token = await identity.create_key(
+            conn,
+            principal_id=principal_id,
+            tenant_id=tenant_id,
+            name="issued",
+            scopes=None,
+            expires_at=None,
+            created_by=None,
+        )
+    return info.id, token
+
+
+async def test_each_caller_lists_exactly_its_own_keys_and_those_it_could_issue(world: World) -> None:
+    acme = world.made.tenant.id
+    globex = (await world.ok("tenants_create", world.owner, slug="globex", name="Globex"))["tenant"]["id"]
+    key: dict[str, str] = {
+        "owner": await _owner_key_id(world),
+        "agent": (await world.ok("whoami", world.agent))["key"]["id"],
+    }
+    owner_acme = await world.ok("keys_create", world.owner, tenant="acme", name="owner in acme")
+    key["owner@acme"] = owner_acme["key"]["id"]
+    key["owner@globex"] = (await world.ok("keys_create", world.owner, tenant="globex", name="g"))["key"]["id"]
+    principal: dict[str, str] = {}
+    for name, role in (("bot", "viewer"), ("admin-bot", "admin"), ("ex-bot", "viewer")):
+        principal[name] = (await world.ok("agents_create", world.owner, tenant="acme", name=name, role=role))[
+            "principal"
+        ]["id"]
+        made = await world.ok("keys_create", world.owner, tenant="acme", name=name, principal_id=principal[name])
+        key[name] = made["key"]["id"]
+    roaming = await world.ok(
+        "keys_create", world.owner, tenant="acme", name="roaming", principal_id=principal["bot"], bind_tenant=False
+    )
+    key["bot unbound"] = roaming["key"]["id"]
+    key["bot@globex"], _ = await _issue(world, principal["bot"], tenant_id=globex)
+    await world.ok("members_remove", world.owner, tenant="acme", principal_id=principal["ex-bot"])
+    stranger = await world.ok("agents_create", world.owner, tenant="globex", name="stranger", role="viewer")
+    for bind in (True, False):
+        made = await world.ok(
+            "keys_create",
+            world.owner,
+            tenant="globex",
+            name="s",
+            principal_id=stranger["principal"]["id"],
+            bind_tenant=bind,
+        )
+        key[f"stranger {bind}"] = made["key"]["id"]
+    # bob: a viewer of acme; dave: an admin of acme and a viewer of globex.
+    bob, bob_token = await user_with_key(world, "bob@example.com")
+    await join(world, bob_token, by=world.owner, email="bob@example.com", role="viewer")
+    key["bob"] = (await world.ok("whoami", bob_token))["key"]["id"]
+    key["bob@acme"], bob_acme = await _issue(world, bob, tenant_id=acme)
+    dave, dave_token = await user_with_key(world, "dave@example.com")
+    await join(world, dave_token, by=world.owner, email="dave@example.com", role="admin")
+    await join(world, dave_token, by=world.owner, tenant="globex", email="dave@example.com", role="viewer")
+    key["dave@acme"], _ = await _issue(world, dave, tenant_id=acme)
+
+    async def listed(token: str, **tenant: str) -> list[str]:
+        items = (await world.ok("keys_list", token, limit=200, **tenant))["items"]
+        names = {v: k for k, v in key.items()}
+        return [names.get(item["id"], item["id"]) for item in items]
+
+    def by_id(*names: str) -> list[str]:
+        return sorted(names, key=lambda name: key[name])
+
+    acme_keys = ("agent", "owner@acme", "bot", "bot unbound", "admin-bot", "ex-bot", "bob@acme", "dave@acme")
+    # A developer: its own key, and the tenant's keys of developers, viewers, workers and non-members.
+    assert await listed(world.agent) == by_id("agent", "bot", "bot unbound", "ex-bot", "bob@acme")
+    # An owner: every key of its own, and every key of the tenant.
+    assert await listed(world.owner, tenant="acme") == by_id("owner", "owner@globex", *acme_keys)
+    assert await listed(world.owner, tenant="globex") == by_id(
+        "owner", "owner@acme", "owner@globex", "stranger True", "stranger False", "bot@globex"
+    )
+    # Its key bound to acme reaches none of the owner's keys bound elsewhere or unbound.
+    assert await listed(owner_acme["token"]) == by_id(*acme_keys)
+    # Without keys:manage: one's own keys only, and from a bound key those bound to the same tenant.
+    assert await listed(bob_token, tenant="acme") == by_id("bob", "bob@acme")
+    assert await listed(bob_acme) == ["bob@acme"]

@@ -9,6 +9,7 @@ import pytest
 
 from scalemule.core import identity, ids
 from scalemule.core.access import ROLES, Principal
+from scalemule.core.errors import Unauthenticated
 from tests.conftest import World
 from tests.integration.people import join, user_with_key
 
@@ -161,6 +162,29 @@ async def test_a_revoked_key_records_when_and_keeps_the_first_revocation_time(wo
     assert await world.code("whoami", made["token"]) == "unauthenticated"
 
 
+async def test_work_run_later_with_a_key_reads_its_rights_again_and_is_refused_once_it_lapses(
+    world: World, clock: FrozenClock
+) -> None:
+    made = await world.ok("keys_create", world.agent, name="task", expires_in_days=1)
+    key_id, expires_at = made["key"]["id"], T0 + timedelta(days=1)
+    revoked = await world.ok("keys_create", world.agent, name="gone")
+    await world.ok("keys_revoke", world.agent, key_id=revoked["key"]["id"])
+    clock.now = expires_at - timedelta(microseconds=1)
+    async with world.dispatcher.runtime.db.transaction() as conn:
+        got = await identity.authenticate_key(conn, key_id)
+    assert got.principal == world.made.agent
+    assert (got.key.id, got.key.principal_id, got.key.tenant_id) == (key_id, world.made.agent.id, world.made.tenant.id)
+    assert got.key.expires_at == expires_at and got.key.scopes == frozenset(made["key"]["scopes"])
+    assert got.bound == (world.made.tenant, "developer")
+    # Not a use of the key: last_used_at tells of calls made with the token only.
+    assert await _last_used(world, key_id) is None
+    clock.now = expires_at
+    for lapsed in (key_id, revoked["key"]["id"], "key_nope"):
+        with pytest.raises(Unauthenticated):
+            async with world.dispatcher.runtime.db.transaction() as conn:
+                await identity.authenticate_key(conn, lapsed)
+
+
 # --- listing ---------------------------------------------------------------------------------------
 
 
@@ -249,3 +273,21 @@ async def test_one_principals_keys_page_in_id_order(world: World) -> None:
         if cursor is None:
             break
     assert paged == sorted(made)
+
+
+async def test_the_operator_lists_the_keys_bound_to_one_tenant_a_page_at_a_time(world: World) -> None:
+    globex = (await world.ok("tenants_create", world.owner, slug="globex", name="Globex"))["tenant"]["id"]
+    for i in range(3):
+        await world.ok("keys_create", world.owner, tenant="globex", name=f"g{i}")
+        await world.ok("keys_create", world.owner, tenant="acme", name=f"a{i}")
+    async with world.dispatcher.runtime.db.transaction() as conn:
+        everything = await identity.list_keys(conn, audience=None, principal_id=None, after_id=None, limit=1000)
+        first = await identity.list_keys(
+            conn, audience=None, principal_id=None, tenant_id=globex, after_id=None, limit=2
+        )
+        rest = await identity.list_keys(
+            conn, audience=None, principal_id=None, tenant_id=globex, after_id=first[-1].info.id, limit=1000
+        )
+    bound = sorted(r.info.id for r in everything if r.info.tenant_id == globex)
+    assert len(bound) == 3 and len(everything) == 8  # the two keys from init and the six above
+    assert [r.info.id for r in first] == bound[:2] and [r.info.id for r in rest] == bound[2:]

@@ -173,7 +173,8 @@ async def create_principal(
     async with constraint_errors(
         {
             "uq_principals_email": lambda: AlreadyExists(
-                f"a user with email {email!r} already exists", hint="Add that user with members_add instead."
+                f"a user with email {email!r} already exists",
+                hint="Add that user with members_add instead.",
             ),
             "uq_principals_tenant_id_name": lambda: AlreadyExists(
                 f"an agent or service named {name!r} already exists in this tenant",
