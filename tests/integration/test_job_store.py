@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import anyio
 import pytest
 
 from scalemule.core import identity, jobs, tenants
@@ -349,3 +350,35 @@ async def test_a_server_claim_takes_due_server_jobs_of_every_tenant_oldest_first
     assert not await due(at) and await claim_server(at) == []
     end = START + timedelta(seconds=60)
     assert [j.id for j in await claim_server(end, limit=1)] == [later.id]
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+async def test_on_postgresql_workers_claiming_at_once_take_different_jobs_without_waiting(world: World) -> None:
+    tenant, worker = world.made.tenant.id, world.made.agent
+    server_job = jobs.NewJob(tenant_id=tenant, kind="audit_verify", payload={})
+    for at in (START, START + timedelta(seconds=1)):
+        await _enqueue(world, now=at)
+        await _in(world, lambda conn, at=at: jobs.enqueue_server(conn, server_job, now=at))
+    now = START + timedelta(seconds=10)
+
+    async def claims(conn: Connection) -> list[str]:
+        mine = await jobs.claim(conn, tenant, worker=worker, queues=None, kinds=None, limit=1, lease=LEASE, now=now)
+        server = await jobs.claim_server(conn, worker_id="srv_1", limit=1, lease=LEASE, now=now)
+        return [j.id for j in mine + server]
+
+    holding, done = anyio.Event(), anyio.Event()
+    first: list[str] = []
+
+    async def hold() -> None:
+        async with world.dispatcher.runtime.db.transaction() as conn:
+            first.extend(await claims(conn))
+            holding.set()
+            await done.wait()  # its rows stay locked until this transaction ends
+
+    with anyio.fail_after(10):  # a claim that waited on those locks would wait for good
+        async with anyio.create_task_group() as group:
+            group.start_soon(hold)
+            await holding.wait()
+            second = await _in(world, claims)
+            done.set()
+    assert len(first) == len(second) == 2 and not set(first) & set(second)
