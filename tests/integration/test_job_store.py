@@ -359,6 +359,8 @@ async def test_on_postgresql_workers_claiming_at_once_take_different_jobs_withou
     for at in (START, START + timedelta(seconds=1)):
         await _enqueue(world, now=at)
         await _in(world, lambda conn, at=at: jobs.enqueue_server(conn, server_job, now=at))
+    await _enqueue(world, kind="lost")
+    await _claim(world, kinds=["lost"], lease=timedelta(seconds=1))  # expired by now: the first claim rescues it
     now = START + timedelta(seconds=10)
 
     async def claims(conn: Connection) -> list[str]:

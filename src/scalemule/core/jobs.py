@@ -633,7 +633,7 @@ async def rescue_expired(
         transport: recorded in the events.
         limit: at most this many jobs per call.
     """
-    query = _expired(tenant_id is not None, _pg(conn))
+    query = _expired(tenant_id is not None)
     rescued: list[Job] = []
     for row in (await conn.execute(query, {"now": now, "t": tenant_id, "n": limit})).all():
         job = Job.of(row)
@@ -653,20 +653,21 @@ async def rescue_expired(
     return rescued
 
 
-_EXPIRED: dict[tuple[bool, bool], Any] = {}
+_EXPIRED: dict[bool, Any] = {}
 
 
-def _expired(by_tenant: bool, skip_locked: bool) -> Any:
-    """Running jobs whose lease expired before ``now``, oldest lease first, built once per shape."""
-    found = _EXPIRED.get((by_tenant, skip_locked))
+def _expired(by_tenant: bool) -> Any:
+    """Running jobs whose lease expired before ``now``, oldest lease first, built once per shape.
+
+    Locked as read, skipping rows another rescuer or claim holds (SQLite renders no FOR UPDATE: there
+    the unit of work already holds the database's only write lock)."""
+    found = _EXPIRED.get(by_tenant)
     if found is None:
         condition = sa.and_(jobs.c.state == "running", jobs.c.lease_expires_at < sa.bindparam("now"))
         if by_tenant:
             condition = sa.and_(condition, jobs.c.tenant_id == sa.bindparam("t"))
         found = sa.select(jobs).where(condition).order_by(jobs.c.lease_expires_at).limit(sa.bindparam("n"))
-        if skip_locked:
-            found = found.with_for_update(skip_locked=True)
-        _EXPIRED[(by_tenant, skip_locked)] = found
+        found = _EXPIRED[by_tenant] = found.with_for_update(skip_locked=True)
     return found
 
 
