@@ -7,9 +7,11 @@ which expired leases a rescue takes and how it is recorded, when the next job is
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import anyio
 import pytest
 
 from scalemule.core import identity, jobs, tenants
@@ -185,7 +187,7 @@ async def test_the_next_due_time_is_the_earliest_of_the_tenants_waiting_jobs_of_
     tenant = world.made.tenant.id
 
     async def due(queues: list[str] | None = None, kinds: list[str] | None = None) -> datetime | None:
-        return await _in(world, lambda conn: jobs.next_due(conn, tenant, queues=queues, kinds=kinds, now=START))
+        return await _in(world, lambda conn: jobs.next_due(conn, tenant, queues=queues, kinds=kinds))
 
     assert await due() is None
     await _enqueue(world, kind="running")
@@ -250,3 +252,135 @@ async def test_a_claim_filtered_by_queue_or_kind_takes_only_its_tenants_due_jobs
     assert await _claim(world, queues=["images"]) == []
     assert await _claim(world, kinds=["resize"]) == []
     assert await _claim(world, queues=["images"], kinds=["resize"]) == []
+
+
+async def test_a_lease_token_moves_only_the_job_it_leases_and_only_in_that_jobs_tenant(world: World) -> None:
+    await _enqueue(world)
+    waiting = await _enqueue(world, now=START + timedelta(seconds=1))
+    (held,) = await _claim(world, limit=1)
+    token = held.lease_token or ""
+    other = await _other_tenant(world)
+
+    async def complete(tenant_id: str, job_id: str) -> str:
+        with pytest.raises(ScaleMuleError) as raised:
+            await _in(world, lambda conn: jobs.complete(conn, tenant_id, job_id, token, {"ok": 1}, now=START))
+        return raised.value.code
+
+    assert await complete(held.tenant_id, waiting.id) == "conflict"
+    assert await complete(other, held.id) == "not_found"
+    assert (await _get(world, held)) == held
+    assert (await _get(world, waiting)).state == "queued"
+
+
+async def test_a_failed_attempts_detail_is_kept_as_its_result_and_one_over_the_limit_is_refused(world: World) -> None:
+    await _enqueue(world, kind="big")
+    await _enqueue(world, kind="small")
+    (big,) = await _claim(world, kinds=["big"])
+    (small,) = await _claim(world, kinds=["small"])
+
+    async def fail(job: jobs.Job, detail: Any) -> jobs.Job:
+        token = job.lease_token or ""
+        return await _in(
+            world,
+            lambda conn: jobs.fail(conn, job.tenant_id, job.id, token, "x", retryable=True, now=START, detail=detail),
+        )
+
+    with pytest.raises(ScaleMuleError) as raised:
+        await fail(big, ["x" * 300_000])
+    assert raised.value.code == "invalid_argument" and raised.value.message.startswith("result is")
+    assert (await _get(world, big)) == big  # still leased, nothing written
+    failed = await fail(small, {"step": 3})
+    assert (failed.state, failed.result) == ("failed", {"step": 3})
+    assert (await _get(world, small)).result == {"step": 3}
+
+
+async def test_a_server_job_is_queued_in_the_server_queue_due_now_and_a_bad_one_is_refused(world: World) -> None:
+    tenant = world.made.tenant.id
+    new = jobs.NewJob(tenant_id=tenant, kind="audit_verify", payload={"from_seq": 1}, queue="images")
+    made = await _in(world, lambda conn: jobs.enqueue_server(conn, new, now=START))
+    assert (made.queue, made.kind, made.payload, made.state, made.run_at) == (
+        jobs.SERVER_QUEUE,
+        "audit_verify",
+        {"from_seq": 1},
+        "queued",
+        START,
+    )
+    assert (await _get(world, made)) == made
+
+    async def refused(bad: jobs.NewJob) -> ScaleMuleError:
+        with pytest.raises(ScaleMuleError) as raised:
+            await _in(world, lambda conn: jobs.enqueue_server(conn, bad, now=START))
+        return raised.value
+
+    big, unnamed = await refused(replace(new, payload=["x" * 300_000])), await refused(replace(new, kind="9lives"))
+    assert (big.code, unnamed.code) == ("invalid_argument", "invalid_argument")
+    assert big.message.startswith("payload is") and unnamed.message.startswith("job kind")
+    listed = await _in(world, lambda conn: jobs.list_jobs(conn, tenant, limit=10))
+    assert [j.id for j in listed] == [made.id]
+
+
+async def test_a_server_claim_takes_due_server_jobs_of_every_tenant_oldest_first_under_its_lease(
+    world: World,
+) -> None:
+    async def enqueue_server(tenant_id: str, at: datetime) -> jobs.Job:
+        new = jobs.NewJob(tenant_id=tenant_id, kind="audit_verify", payload={})
+        return await _in(world, lambda conn: jobs.enqueue_server(conn, new, now=at))
+
+    async def due(at: datetime) -> bool:
+        return await _in(world, lambda conn: jobs.server_due(conn, now=at))
+
+    async def claim_server(at: datetime, limit: int = 10) -> list[jobs.Job]:
+        return await _in(
+            world, lambda conn: jobs.claim_server(conn, worker_id="srv_1", limit=limit, lease=LEASE, now=at)
+        )
+
+    mine = await enqueue_server(world.made.tenant.id, START + timedelta(seconds=2))
+    theirs = await enqueue_server(await _other_tenant(world), START + timedelta(seconds=1))
+    later = await enqueue_server(world.made.tenant.id, START + timedelta(seconds=60))
+    await _enqueue(world)  # a tenant's own job: never the server's
+    assert not await due(START)
+    at = START + timedelta(seconds=10)
+    assert await due(at)
+    taken = await claim_server(at)
+    assert [j.id for j in taken] == [theirs.id, mine.id]
+    for job in taken:
+        assert (job.state, job.attempt, job.worker_id, job.started_at, job.run_at) == ("running", 1, "srv_1", at, at)
+        assert job.lease_expires_at == at + LEASE and job.lease_token and (await _get(world, job)) == job
+    assert taken[0].lease_token != taken[1].lease_token
+    assert not await due(at) and await claim_server(at) == []
+    end = START + timedelta(seconds=60)
+    assert [j.id for j in await claim_server(end, limit=1)] == [later.id]
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+async def test_on_postgresql_workers_claiming_at_once_take_different_jobs_without_waiting(world: World) -> None:
+    tenant, worker = world.made.tenant.id, world.made.agent
+    server_job = jobs.NewJob(tenant_id=tenant, kind="audit_verify", payload={})
+    for at in (START, START + timedelta(seconds=1)):
+        await _enqueue(world, now=at)
+        await _in(world, lambda conn, at=at: jobs.enqueue_server(conn, server_job, now=at))
+    await _enqueue(world, kind="lost")
+    await _claim(world, kinds=["lost"], lease=timedelta(seconds=1))  # expired by now: the first claim rescues it
+    now = START + timedelta(seconds=10)
+
+    async def claims(conn: Connection) -> list[str]:
+        mine = await jobs.claim(conn, tenant, worker=worker, queues=None, kinds=None, limit=1, lease=LEASE, now=now)
+        server = await jobs.claim_server(conn, worker_id="srv_1", limit=1, lease=LEASE, now=now)
+        return [j.id for j in mine + server]
+
+    holding, done = anyio.Event(), anyio.Event()
+    first: list[str] = []
+
+    async def hold() -> None:
+        async with world.dispatcher.runtime.db.transaction() as conn:
+            first.extend(await claims(conn))
+            holding.set()
+            await done.wait()  # its rows stay locked until this transaction ends
+
+    with anyio.fail_after(10):  # a claim that waited on those locks would wait for good
+        async with anyio.create_task_group() as group:
+            group.start_soon(hold)
+            await holding.wait()
+            second = await _in(world, claims)
+            done.set()
+    assert len(first) == len(second) == 2 and not set(first) & set(second)

@@ -316,10 +316,9 @@ async def retry(conn: Connection, tenant_id: str, job_id: str, *, now: datetime)
 # --- the worker's side -----------------------------------------------------------------------
 
 
-def _claimable(tenant_id: str, queues: Sequence[str] | None, kinds: Sequence[str] | None, now: datetime) -> Any:
-    condition = sa.and_(
-        jobs.c.tenant_id == tenant_id, jobs.c.state.in_(CLAIMABLE), jobs.c.run_at <= now, jobs.c.queue != SERVER_QUEUE
-    )
+def _waiting(tenant_id: str, queues: Sequence[str] | None, kinds: Sequence[str] | None) -> Any:
+    # Due or not: next_due asks when the earliest of them is.
+    condition = sa.and_(jobs.c.tenant_id == tenant_id, jobs.c.state.in_(CLAIMABLE), jobs.c.queue != SERVER_QUEUE)
     if queues:
         condition = sa.and_(condition, jobs.c.queue.in_(list(queues)))
     if kinds:
@@ -345,13 +344,13 @@ async def claim(
     Returns at once: an empty list when nothing is due. Never takes a job of ``SERVER_QUEUE``.
     """
     await rescue_expired(conn, now=now, rescuer=worker, tenant_id=tenant_id, transport=transport)
-    statement = _claim_next(bool(queues), bool(kinds), _pg(conn))
+    statement = _claim_next(bool(queues), bool(kinds))
     params: dict[str, Any] = {"t": tenant_id, "now": now, "until": now + lease, "worker": worker.id}
     params |= {"queues": list(queues or ()), "kinds": list(kinds or ()), "new_state": _CLAIMED}
     claimed: list[Job] = []
     # One statement per job, picking and leasing it at once; the first that finds nothing ends the claim.
     while len(claimed) < limit:
-        row = (await conn.execute(statement, params | {"token": secrets.token_urlsafe(24)})).first()
+        row = (await conn.execute(statement, params | {"token": _lease_token()})).first()
         if row is None:
             break
         claimed.append(Job.of(row))
@@ -361,8 +360,7 @@ async def claim(
 async def claim_server(conn: Connection, *, worker_id: str, limit: int, lease: timedelta, now: datetime) -> list[Job]:
     """Claim up to ``limit`` due jobs of ``SERVER_QUEUE``, across tenants, oldest first, for the server
     process ``worker_id`` to run. Expired leases are left to the periodic rescue."""
-    query = _SERVER_PICK_LOCKED if _pg(conn) else _SERVER_PICK
-    rows = (await conn.execute(query, {"now": now, "n": limit})).all()
+    rows = (await conn.execute(_SERVER_PICK_LOCKED, {"now": now, "n": limit})).all()
     return await _take(conn, rows, worker_id=worker_id, lease=lease, now=now)
 
 
@@ -378,7 +376,7 @@ async def _take(conn: Connection, rows: Sequence[Any], *, worker_id: str, lease:
             "new_state": transition(row.state, "claim"),
             "old_id": row.id,
             "old_state": row.state,
-            "token": secrets.token_urlsafe(24),
+            "token": _lease_token(),
             "until": now + lease,
             "worker": worker_id,
             "now": now,
@@ -389,15 +387,20 @@ async def _take(conn: Connection, rows: Sequence[Any], *, worker_id: str, lease:
     return claimed
 
 
+def _lease_token() -> str:
+    # Unguessable: the token is the worker's only proof that it holds the lease.
+    return secrets.token_urlsafe(24)
+
+
 # Both claimable states lead to the same one.
 (_CLAIMED,) = {transition(state, "claim") for state in CLAIMABLE}
-_CLAIMS: dict[tuple[bool, bool, bool], Any] = {}
+_CLAIMS: dict[tuple[bool, bool], Any] = {}
 
 
-def _claim_next(by_queue: bool, by_kind: bool, skip_locked: bool) -> Any:
+def _claim_next(by_queue: bool, by_kind: bool) -> Any:
     """Lease the tenant's best due job, if any, and return it: ``UPDATE jobs ... WHERE id = (SELECT the
-    best due job [FOR UPDATE SKIP LOCKED]) RETURNING *``, built once per filter shape."""
-    found = _CLAIMS.get((by_queue, by_kind, skip_locked))
+    best due job FOR UPDATE SKIP LOCKED) RETURNING *``, built once per filter shape."""
+    found = _CLAIMS.get((by_queue, by_kind))
     if found is None:
         condition = sa.and_(
             jobs.c.tenant_id == sa.bindparam("t"),
@@ -405,19 +408,20 @@ def _claim_next(by_queue: bool, by_kind: bool, skip_locked: bool) -> Any:
             jobs.c.run_at <= sa.bindparam("now"),
             jobs.c.queue != SERVER_QUEUE,
         )
+        # A bound parameter given to in_() expands to the list passed at run time.
         if by_queue:
-            condition = sa.and_(condition, jobs.c.queue.in_(sa.bindparam("queues", expanding=True)))
+            condition = sa.and_(condition, jobs.c.queue.in_(sa.bindparam("queues")))
         if by_kind:
-            condition = sa.and_(condition, jobs.c.kind.in_(sa.bindparam("kinds", expanding=True)))
-        best = sa.select(jobs.c.id).where(condition).order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id).limit(1)
-        if skip_locked:
-            best = best.with_for_update(skip_locked=True)
-        found = _CLAIMS[(by_queue, by_kind, skip_locked)] = (
-            jobs.update()
-            # The state again: like every write here, it matches the state it was decided on.
-            .where(jobs.c.id == best.scalar_subquery(), jobs.c.state.in_(CLAIMABLE))
-            .values(_LEASE)
-            .returning(*jobs.c)
+            condition = sa.and_(condition, jobs.c.kind.in_(sa.bindparam("kinds")))
+        best = sa.select(jobs.c.id).where(condition).order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
+        # Workers claiming at once never wait on each other's rows. SQLite renders no FOR UPDATE: there
+        # the unit of work already holds the database's only write lock.
+        best = best.limit(1).with_for_update(skip_locked=True)
+        # The pick and the write are one statement, so the job is still claimable when it is leased: on
+        # SQLite the statement holds the database's only write lock; on PostgreSQL the pick locks the row
+        # (re-checking its conditions on the newest version) until the transaction ends.
+        found = _CLAIMS[(by_queue, by_kind)] = (
+            jobs.update().where(jobs.c.id == best.scalar_subquery()).values(_LEASE).returning(*jobs.c)
         )
     return found
 
@@ -434,6 +438,7 @@ _SERVER_PICK = (
     .order_by(jobs.c.run_at, jobs.c.id)
     .limit(sa.bindparam("n"))
 )
+# SQLite renders no FOR UPDATE: there the unit of work already holds the database's only write lock.
 _SERVER_PICK_LOCKED = _SERVER_PICK.with_for_update(skip_locked=True)
 
 
@@ -628,7 +633,7 @@ async def rescue_expired(
         transport: recorded in the events.
         limit: at most this many jobs per call.
     """
-    query = _expired(tenant_id is not None, _pg(conn))
+    query = _expired(tenant_id is not None)
     rescued: list[Job] = []
     for row in (await conn.execute(query, {"now": now, "t": tenant_id, "n": limit})).all():
         job = Job.of(row)
@@ -648,20 +653,21 @@ async def rescue_expired(
     return rescued
 
 
-_EXPIRED: dict[tuple[bool, bool], Any] = {}
+_EXPIRED: dict[bool, Any] = {}
 
 
-def _expired(by_tenant: bool, skip_locked: bool) -> Any:
-    """Running jobs whose lease expired before ``now``, oldest lease first, built once per shape."""
-    found = _EXPIRED.get((by_tenant, skip_locked))
+def _expired(by_tenant: bool) -> Any:
+    """Running jobs whose lease expired before ``now``, oldest lease first, built once per shape.
+
+    Locked as read, skipping rows another rescuer or claim holds (SQLite renders no FOR UPDATE: there
+    the unit of work already holds the database's only write lock)."""
+    found = _EXPIRED.get(by_tenant)
     if found is None:
         condition = sa.and_(jobs.c.state == "running", jobs.c.lease_expires_at < sa.bindparam("now"))
         if by_tenant:
             condition = sa.and_(condition, jobs.c.tenant_id == sa.bindparam("t"))
         found = sa.select(jobs).where(condition).order_by(jobs.c.lease_expires_at).limit(sa.bindparam("n"))
-        if skip_locked:
-            found = found.with_for_update(skip_locked=True)
-        _EXPIRED[(by_tenant, skip_locked)] = found
+        found = _EXPIRED[by_tenant] = found.with_for_update(skip_locked=True)
     return found
 
 
@@ -694,11 +700,11 @@ def _rescue_event(job: Job, rescuer: Principal, transport: str) -> AuditEvent:
 
 
 async def next_due(
-    conn: Connection, tenant_id: str, *, queues: Sequence[str] | None, kinds: Sequence[str] | None, now: datetime
+    conn: Connection, tenant_id: str, *, queues: Sequence[str] | None, kinds: Sequence[str] | None
 ) -> datetime | None:
-    """When the next claimable job of these queues and kinds is due (None: none waiting). Reads only."""
-    far = now + timedelta(days=36500)
-    condition = _claimable(tenant_id, queues, kinds, far)
+    """When the next claimable job of these queues and kinds is due, perhaps already (None: none waiting).
+    Reads only."""
+    condition = _waiting(tenant_id, queues, kinds)
     # min() has the column's type, so its value arrives as an aware datetime like run_at itself.
     found: datetime | None = (await conn.execute(sa.select(sa.func.min(jobs.c.run_at)).where(condition))).scalar_one()
     return found

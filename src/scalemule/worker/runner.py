@@ -192,7 +192,7 @@ class Worker:
             async with self.runtime.db.reader() as conn:
                 now = self.runtime.clock()
                 kinds = self.handlers.kinds()
-                due = await jobs.next_due(conn, self.tenant_id, queues=self.options.queues, kinds=kinds, now=now)
+                due = await jobs.next_due(conn, self.tenant_id, queues=self.options.queues, kinds=kinds)
         except (SQLAlchemyError, OSError) as exc:
             raise Unavailable(type(exc).__name__) from exc
         return due is not None and due <= now
