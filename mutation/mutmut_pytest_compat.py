@@ -7,12 +7,16 @@
   tests/conftest.py): migrating costs more than most mutants' tests.
 - Statement caches of the mutated modules are emptied before each test: filled by that first run, they
   would answer instead of the mutated function that builds the statement, and no test could kill it.
+- Address space is capped at ``MEMORY_LIMIT`` per process: a mutant that makes a query unbounded (a
+  recursive CTE without its stop) fails with an out-of-memory error instead of taking the machine's
+  memory until mutmut's timeout ends it.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -21,11 +25,15 @@ from pathlib import Path
 import pytest
 
 TEMPLATE_ENV = "SCALEMULE_TEST_SQLITE_TEMPLATE"
+MEMORY_LIMIT = 4 << 30  # bytes of address space; a test session uses well under one
 # Module -> names of its module-level caches of built statements (filled on first use).
 STATEMENT_CACHES = {"scalemule.core.jobs": ("_UPDATES", "_CLAIMS", "_FENCED", "_EXPIRED")}
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard == resource.RLIM_INFINITY or hard > MEMORY_LIMIT:
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, hard))
     if TEMPLATE_ENV not in os.environ:
         # Set in mutmut's own process, so every forked session inherits it; removed when that ends
         # (the forked sessions leave through os._exit, which skips atexit).
