@@ -153,8 +153,10 @@ async def test_the_result_is_the_json_form_of_the_result_model(world: World) -> 
     REGISTRY["tenants_get"].result_model.model_validate(result)
 
 
+# A client that takes tasks may call a read that is no task: it still runs apart from writers.
+@pytest.mark.parametrize("accepts_task", [False, True])
 async def test_a_read_in_progress_does_not_hold_up_a_write_and_both_are_recorded_in_the_order_they_completed(
-    world: World, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch
+    world: World, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch, accepts_task: bool
 ) -> None:
     await world.ok("config_set", world.agent, env="dev", key="model", value="v1")
     entered, release = anyio.Event(), anyio.Event()
@@ -171,7 +173,9 @@ async def test_a_read_in_progress_does_not_hold_up_a_write_and_both_are_recorded
     read: list[Any] = []
 
     async def reader() -> None:
-        read.append(await world.call("config_get", world.agent, env="dev", key="model"))
+        arguments = {"env": "dev", "key": "model"}
+        invocation = Invocation("config_get", arguments, world.agent, "cli", accepts_task=accepts_task)
+        read.append(await world.dispatcher.call(invocation))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader)
