@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -399,7 +399,7 @@ class Dispatcher:
             and access.missing(permissions, op.permission)
             and not await _by_grant(call, op)
         ):
-            raise _denied(op, caller, permissions)
+            raise _denied(op, caller)
         return call
 
     @staticmethod
@@ -499,19 +499,20 @@ async def _resolve_tenant(
     raise InvalidArgument("you belong to several tenants: say which", hint="Pass tenant=<slug>; see tenants_list.")
 
 
-def _denied(op: Operation, caller: _Caller, permissions: Iterable[str]) -> PermissionDenied:
+def _denied(op: Operation, caller: _Caller) -> PermissionDenied:
     principal, key = caller.principal, caller.key
     assert principal is not None
     where = f" in tenant '{caller.tenant.slug}'" if caller.tenant is not None else ""
     bound = key is not None and key.tenant_id is not None
-    hint = "Use access_check or whoami to see what you may do, or ask an owner or admin."
+    hint = "Use access_check or whoami to see what you may do, or ask an owner or admin."  # pragma: no mutate
     if bound and op.permission in KIND_PERMISSIONS[principal.kind]:
         reason = "its key is bound to a tenant, and this acts outside it"
-        hint = "Use your personal key (one not bound to a tenant)."
+        hint = "Use your personal key (one not bound to a tenant)."  # pragma: no mutate
+    # No bound= here: all a bound key lacks beside its scopes are kind permissions, answered above.
     elif (
         key is not None
         and key.scopes is not None
-        and op.permission in effective_permissions(principal, caller.role, None, bound=bound)
+        and op.permission in effective_permissions(principal, caller.role, None)
     ):
         reason = f"its key {key.prefix}… is not scoped for it"
     elif not op.tenant_scoped:
@@ -578,10 +579,6 @@ def _home_tenant(principal: Principal | None, key: KeyInfo | None) -> str | None
     if key is not None and key.tenant_id is not None:
         return key.tenant_id
     return principal.tenant_id if principal is not None else None
-
-
-def _noted(event: AuditEvent, note: AuditNote) -> AuditEvent:
-    return event if not note.details else replace(event, args={**event.args, **note.details})
 
 
 def _sentence(text: str) -> str:

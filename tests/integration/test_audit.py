@@ -5,11 +5,13 @@ from __future__ import annotations
 import secrets as random
 from datetime import datetime, timedelta
 from itertools import pairwise
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import pytest
 
+from scalemule import dispatch
 from scalemule.core.audit import GENESIS_HASH, AuditEvent
 from scalemule.core.pages import encode_cursor
 from scalemule.dispatch import Invocation
@@ -60,6 +62,12 @@ async def test_an_event_records_who_called_what_from_where_and_how_it_went(world
     assert (event["outcome"], event["error_code"]) == ("ok", None)
     assert event["duration_ms"] >= 0 and event["tenant_id"] == world.made.tenant.id
     assert event["chain"] == world.made.tenant.id
+
+
+def test_an_events_duration_is_the_time_since_the_call_began_in_milliseconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    caller = dispatch._Caller(Invocation("whoami", {}, None, "cli"), REGISTRY["whoami"], started=10.0)
+    monkeypatch.setattr(dispatch, "time", SimpleNamespace(perf_counter=lambda: 10.25))
+    assert caller.event("ok", None).duration_ms == 250.0
 
 
 async def test_a_failed_call_is_recorded_as_an_error_with_its_code(world: World, probe: StoreProbe) -> None:

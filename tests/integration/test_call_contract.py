@@ -48,6 +48,25 @@ async def test_a_denial_outside_any_tenant_names_no_tenant_and_no_role(world: Wo
     assert "role" not in error.message and "tenant '" not in error.message
 
 
+async def test_a_kind_permission_denied_to_a_users_key_says_whether_its_binding_or_its_scopes_lacked_it(
+    world: World,
+) -> None:
+    bound = await world.ok("keys_create", world.owner, tenant="acme", name="acme only")
+    error = await _denied(world, "tenants_create", bound["token"], slug="mine", name="Mine")
+    assert error.message == (
+        "user 'alice@example.com' lacks 'tenants:create' (its key is bound to a tenant, and this acts outside it)"
+        " for tenants_create"
+    )
+    narrow = await world.ok(
+        "keys_create", world.owner, tenant="acme", name="reader", bind_tenant=False, scopes=["config:read"]
+    )
+    error = await _denied(world, "tenants_create", narrow["token"], slug="mine", name="Mine")
+    assert error.message == (
+        f"user 'alice@example.com' lacks 'tenants:create' (its key {narrow['key']['prefix']}… is not scoped for it)"
+        " for tenants_create"
+    )
+
+
 # --- invalid arguments: up to five problems by field, and the accepted arguments ----------------------
 
 
@@ -141,6 +160,9 @@ async def test_audit_text_is_cut_to_its_columns_and_a_non_text_target_recorded_a
     assert event["args"] == {}  # an unknown tool's arguments: by name and size only, and there are none
     wide = await world.call("config_get", world.agent, env="dev", key="k" * 5000)
     assert (await probe.event(wide.event_id))["target"] == "k" * 1000
+    # 1,000 characters of four bytes each would pass the index's limit: cut to 2,000 bytes.
+    emoji = await world.call("config_get", world.agent, env="dev", key="\U0001f600" * 1000)
+    assert (await probe.event(emoji.event_id))["target"] == "\U0001f600" * 500
     odd = await world.call("config_get", world.agent, env="dev", key=["a", 1])
     assert (await probe.event(odd.event_id))["target"] == "['a', 1]"
     none = await world.call("config_get", world.agent, env="dev")

@@ -13,6 +13,8 @@ from scalemule.core import config, identity, tenants
 from scalemule.dispatch import Dispatcher, Exposure, Invocation
 from scalemule.operations import REGISTRY
 from scalemule.operations.base import Call
+from scalemule.operations.tasks import TaskView
+from scalemule.worker.server_tasks import TaskRunner
 from tests.conftest import StoreProbe, World
 
 pytestmark = pytest.mark.anyio
@@ -153,8 +155,25 @@ async def test_the_result_is_the_json_form_of_the_result_model(world: World) -> 
     REGISTRY["tenants_get"].result_model.model_validate(result)
 
 
+async def test_a_task_aware_call_answers_the_json_form_of_its_task_and_the_run_is_recorded_as_its_clients(
+    world: World, probe: StoreProbe
+) -> None:
+    invocation = Invocation(
+        "audit_verify", {}, world.agent, "http", client_name="claude-code", client_version="2.1.0", accepts_task=True
+    )
+    outcome = await world.dispatcher.call(invocation)
+    assert outcome.error is None and outcome.task is True and outcome.result is not None
+    assert isinstance(outcome.result["created_at"], str)
+    task = TaskView.model_validate(outcome.result)
+    assert await TaskRunner(world.dispatcher).run_due() == 1
+    run = [e for e in await probe.audit_events() if e["request_id"] == task.task_id and e["transport"] == "task"]
+    assert [(e["outcome"], e["client_name"], e["client_version"]) for e in run] == [("ok", "claude-code", "2.1.0")]
+
+
+# A client that takes tasks may call a read that is no task: it still runs apart from writers.
+@pytest.mark.parametrize("accepts_task", [False, True])
 async def test_a_read_in_progress_does_not_hold_up_a_write_and_both_are_recorded_in_the_order_they_completed(
-    world: World, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch
+    world: World, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch, accepts_task: bool
 ) -> None:
     await world.ok("config_set", world.agent, env="dev", key="model", value="v1")
     entered, release = anyio.Event(), anyio.Event()
@@ -171,7 +190,9 @@ async def test_a_read_in_progress_does_not_hold_up_a_write_and_both_are_recorded
     read: list[Any] = []
 
     async def reader() -> None:
-        read.append(await world.call("config_get", world.agent, env="dev", key="model"))
+        arguments = {"env": "dev", "key": "model"}
+        invocation = Invocation("config_get", arguments, world.agent, "cli", accepts_task=accepts_task)
+        read.append(await world.dispatcher.call(invocation))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader)
