@@ -7,6 +7,10 @@
   tests/conftest.py): migrating costs more than most mutants' tests.
 - Statement caches of the mutated modules are emptied before each test: filled by that first run, they
   would answer instead of the mutated function that builds the statement, and no test could kill it.
+- Each session runs only the tests that ``[[tool.scalemule.mutation]]`` in pyproject.toml lists for
+  the mutated module (their union when no mutant is active: mutmut's first run, which records which
+  test executes which function, and its clean and forced-failure checks). mutmut itself knows one
+  selection for every module.
 - Address space is capped at ``MEMORY_LIMIT`` per process: a mutant that makes a query unbounded (a
   recursive CTE without its stop) fails with an out-of-memory error instead of taking the machine's
   memory until mutmut's timeout ends it.
@@ -20,6 +24,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -42,9 +47,33 @@ def pytest_configure(config: pytest.Config) -> None:
         atexit.register(shutil.rmtree, directory, ignore_errors=True)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def _allowed(root: Path) -> frozenset[str]:
+    """The test files the active mutant's module may run (every group's when no mutant is active)."""
+    tool = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]
+    groups = tool["scalemule"]["mutation"]
+    if ungrouped := set(tool["mutmut"]["only_mutate"]) - {m for group in groups for m in group["modules"]}:
+        raise pytest.UsageError(f"mutated but in no [[tool.scalemule.mutation]] group: {sorted(ungrouped)}")
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    if "__mutmut_" not in mutant:
+        return frozenset(test for group in groups for test in group["tests"])
+    module = mutant.split(".x", 1)[0]  # scalemule.dispatch.xǁDispatcherǁcall__mutmut_12
+    (group,) = (g for g in groups if module in {_dotted(m) for m in g["modules"]})
+    return frozenset(group["tests"])
+
+
+def _dotted(path: str) -> str:
+    return path.removeprefix("src/").removesuffix(".py").replace("/", ".")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    allowed = _allowed(config.rootpath)
+    kept, dropped = [], []
     for item in items:
         item._nodeid = item.nodeid  # type: ignore[attr-defined]
+        (kept if item.nodeid.split("::", 1)[0] in allowed else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
