@@ -26,6 +26,22 @@ async def user_with_key(world: World, email: str) -> tuple[str, str]:
     return user.id, token
 
 
+async def issued_key(world: World, principal_id: str, *, tenant_id: str | None) -> tuple[str, str]:
+    """A key of ``principal_id`` as the operator issues it, bound where a caller's API would not let one
+    be bound; returns (key id, token)."""
+    async with world.dispatcher.runtime.db.transaction() as conn:
+        info, token = await identity.create_key(
+            conn,
+            principal_id=principal_id,
+            tenant_id=tenant_id,
+            name="issued",
+            scopes=None,
+            expires_at=None,
+            created_by=None,
+        )
+    return info.id, token
+
+
 async def join(world: World, token: str, *, by: str, tenant: str = "acme", email: str, role: str) -> None:
     """Invite the holder of ``token`` (``email``) as ``by`` and accept with ``token``."""
     invited = await world.ok("members_add", by, tenant=tenant, email=email, role=role)

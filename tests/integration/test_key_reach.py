@@ -15,7 +15,7 @@ from scalemule.db.engine import Connection
 from scalemule.db.tables import api_keys
 from scalemule.settings import Settings
 from tests.conftest import World
-from tests.integration.people import join, member_with_key, run_while_blocked, user_with_key
+from tests.integration.people import issued_key, join, member_with_key, run_while_blocked, user_with_key
 
 pytestmark = pytest.mark.anyio
 
@@ -271,21 +271,6 @@ async def test_a_developer_revokes_the_key_of_an_agent_it_could_manage(world: Wo
     assert await world.code("whoami", bot_key["token"]) == "unauthenticated"
 
 
-async def _issue(world: World, principal_id: str, *, tenant_id: str | None) -> tuple[str, str]:
-    # A key as the operator issues it, bound where the caller's API would not let one be bound.
-    async with world.dispatcher.runtime.db.transaction() as conn:
-        info, token = await identity.create_key(
-            conn,
-            principal_id=principal_id,
-            tenant_id=tenant_id,
-            name="issued",
-            scopes=None,
-            expires_at=None,
-            created_by=None,
-        )
-    return info.id, token
-
-
 async def test_each_caller_lists_exactly_its_own_keys_and_those_it_could_issue(world: World) -> None:
     acme = world.made.tenant.id
     globex = (await world.ok("tenants_create", world.owner, slug="globex", name="Globex"))["tenant"]["id"]
@@ -307,7 +292,7 @@ async def test_each_caller_lists_exactly_its_own_keys_and_those_it_could_issue(w
         "keys_create", world.owner, tenant="acme", name="roaming", principal_id=principal["bot"], bind_tenant=False
     )
     key["bot unbound"] = roaming["key"]["id"]
-    key["bot@globex"], _ = await _issue(world, principal["bot"], tenant_id=globex)
+    key["bot@globex"], _ = await issued_key(world, principal["bot"], tenant_id=globex)
     await world.ok("members_remove", world.owner, tenant="acme", principal_id=principal["ex-bot"])
     stranger = await world.ok("agents_create", world.owner, tenant="globex", name="stranger", role="viewer")
     for bind in (True, False):
@@ -324,11 +309,11 @@ async def test_each_caller_lists_exactly_its_own_keys_and_those_it_could_issue(w
     bob, bob_token = await user_with_key(world, "bob@example.com")
     await join(world, bob_token, by=world.owner, email="bob@example.com", role="viewer")
     key["bob"] = (await world.ok("whoami", bob_token))["key"]["id"]
-    key["bob@acme"], bob_acme = await _issue(world, bob, tenant_id=acme)
+    key["bob@acme"], bob_acme = await issued_key(world, bob, tenant_id=acme)
     dave, dave_token = await user_with_key(world, "dave@example.com")
     await join(world, dave_token, by=world.owner, email="dave@example.com", role="admin")
     await join(world, dave_token, by=world.owner, tenant="globex", email="dave@example.com", role="viewer")
-    key["dave@acme"], _ = await _issue(world, dave, tenant_id=acme)
+    key["dave@acme"], _ = await issued_key(world, dave, tenant_id=acme)
 
     async def listed(token: str, **tenant: str) -> list[str]:
         items = (await world.ok("keys_list", token, limit=200, **tenant))["items"]

@@ -11,7 +11,7 @@ from scalemule.core import identity, ids
 from scalemule.core.access import ROLES, Principal
 from scalemule.core.errors import Unauthenticated
 from tests.conftest import World
-from tests.integration.people import join, user_with_key
+from tests.integration.people import issued_key, join, user_with_key
 
 pytestmark = pytest.mark.anyio
 
@@ -35,20 +35,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FrozenClock:
     return frozen
 
 
-async def _key(world: World, principal_id: str, *, tenant_id: str | None) -> str:
-    async with world.dispatcher.runtime.db.transaction() as conn:
-        _, token = await identity.create_key(
-            conn,
-            principal_id=principal_id,
-            tenant_id=tenant_id,
-            name="test",
-            scopes=None,
-            expires_at=None,
-            created_by=None,
-        )
-    return token
-
-
 async def _user_in_three_tenants(world: World) -> tuple[str, dict[str, str]]:
     """bob: viewer of 'acme', developer of 'globex', admin of 'zeta'. Returns his id and tenant ids by slug."""
     ids_by_slug = {"acme": world.made.tenant.id}
@@ -69,7 +55,7 @@ async def test_a_bound_key_of_a_member_of_several_tenants_takes_tenant_and_role_
 ) -> None:
     bob, tenant_ids = await _user_in_three_tenants(world)
     for slug, role in (("globex", "developer"), ("acme", "viewer"), ("zeta", "admin")):
-        token = await _key(world, bob, tenant_id=tenant_ids[slug])
+        _, token = await issued_key(world, bob, tenant_id=tenant_ids[slug])
         me = await world.ok("whoami", token)
         assert (me["tenant"]["slug"], me["tenant"]["id"], me["role"]) == (slug, tenant_ids[slug], role)
         # A bound key holds its role there and nothing of its principal's kind.
@@ -82,8 +68,8 @@ async def test_a_bound_key_is_refused_once_its_principal_leaves_the_bound_tenant
     world: World,
 ) -> None:
     bob, tenant_ids = await _user_in_three_tenants(world)
-    bound = await _key(world, bob, tenant_id=tenant_ids["globex"])
-    unbound = await _key(world, bob, tenant_id=None)
+    _, bound = await issued_key(world, bob, tenant_id=tenant_ids["globex"])
+    _, unbound = await issued_key(world, bob, tenant_id=None)
     await world.ok("members_remove", world.owner, tenant="globex", principal_id=bob)
     assert await world.code("whoami", bound) == "permission_denied"
     assert await world.code("tenants_get", bound) == "permission_denied"
