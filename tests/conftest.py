@@ -7,6 +7,7 @@ reason, unless ``SCALEMULE_REQUIRE_POSTGRES=1`` (CI), which turns that into a fa
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shutil
@@ -156,6 +157,15 @@ def dispatcher(runtime: Runtime) -> Dispatcher:
     return Dispatcher(runtime, Exposure(toolsets=None))
 
 
+@functools.cache
+def _output_validator(operation: str) -> jsonschema.protocols.Validator:
+    """A validator of the operation's published outputSchema, its schema checked once (not per call)."""
+    schema = REGISTRY[operation].output_schema
+    validator = jsonschema.validators.validator_for(schema)
+    validator.check_schema(schema)
+    return validator(schema)
+
+
 @dataclass
 class World:
     """A bootstrapped store: tenant 'acme' with an owner and a developer agent, plus a caller helper."""
@@ -181,7 +191,7 @@ class World:
         assert outcome.error is None, outcome.error
         assert outcome.result is not None
         # What MCP clients do with structuredContent: it must conform to the published outputSchema.
-        jsonschema.validate(outcome.result, REGISTRY[operation].output_schema)
+        _output_validator(operation).validate(outcome.result)
         return outcome.result
 
     async def code(self, operation: str, token: str | None, /, **arguments: Any) -> str:

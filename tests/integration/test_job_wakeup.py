@@ -1,0 +1,106 @@
+"""How an idle worker hears of a new job on PostgreSQL: the NOTIFY an enqueue sends on commit.
+
+``worker.wakeup.listen`` is the worker's side (``worker/runner.py`` starts it on PostgreSQL). Wakes are
+counted as they arrive; PostgreSQL delivers notifications in commit order on one connection, so once
+the wake of a later enqueue has arrived, any wake an earlier one caused has arrived too: absence is
+shown by order, without sleeping.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+import asyncpg
+import pytest
+import sqlalchemy as sa
+
+from scalemule.core import jobs
+from scalemule.worker.wakeup import asyncpg_target, listen
+from tests.conftest import World
+from tests.integration.test_job_store import START, _enqueue, _other_tenant
+
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("store", ["postgresql"], indirect=True)]
+
+
+@dataclass
+class Wakes:
+    """Wakes seen so far; ``reach(n)`` waits until there have been ``n``."""
+
+    count: int = 0
+    _changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def wake(self) -> None:
+        self.count += 1
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def reach(self, n: int) -> None:
+        with anyio.fail_after(10):
+            while self.count < n:
+                await self._changed.wait()
+
+
+@asynccontextmanager
+async def _listening(world: World, url: str) -> AsyncIterator[Wakes]:
+    """A running ``listen`` for the world's tenant, past its first wake (the catch-up on connect)."""
+    wakes = Wakes()
+    async with anyio.create_task_group() as group:
+        group.start_soon(listen, url, world.made.tenant.id, wakes.wake)
+        await wakes.reach(1)
+        yield wakes
+        group.cancel_scope.cancel()
+
+
+async def _admin(url: str, query: str, *args: object) -> list[asyncpg.Record]:
+    dsn, settings = asyncpg_target(url)
+    conn = await asyncpg.connect(dsn, server_settings=settings)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+async def _rolled_back(world: World, enqueue: Callable[[sa.Connection], Awaitable[object]]) -> None:
+    class Abandon(Exception):
+        pass
+
+    with pytest.raises(Abandon):
+        async with world.dispatcher.runtime.db.transaction() as conn:
+            await enqueue(conn)
+            raise Abandon
+
+
+async def test_an_enqueue_wakes_a_listener_of_its_tenant_once_and_only_on_commit(world: World) -> None:
+    url = world.dispatcher.runtime.settings.url
+    other = await _other_tenant(world)
+    async with _listening(world, url) as wakes:
+        await _enqueue(world, tenant_id=other)  # another tenant's job: not for this listener
+        new = jobs.NewJob(tenant_id=world.made.tenant.id, kind="k", payload={})
+        await _rolled_back(world, lambda conn: jobs.enqueue(conn, new, now=START))  # never committed
+        await _enqueue(world)
+        await wakes.reach(2)
+        # A wrong wake (the other tenant's job, the rolled-back one) comes before the right one, in
+        # commit order: after a moment for the right one to follow it, it would show in the count.
+        await anyio.sleep(0.2)
+        assert wakes.count == 2
+        await _enqueue(world)
+        await wakes.reach(3)
+
+
+async def test_a_listener_whose_connection_drops_reconnects_wakes_to_catch_up_and_hears_enqueues_again(
+    world: World,
+) -> None:
+    name = f"wakeup-{secrets.token_hex(4)}"  # tells the listener's connection apart in pg_stat_activity
+    url = world.dispatcher.runtime.settings.url
+    async with _listening(world, f"{url}&application_name={name}") as wakes:
+        dropped = await _admin(
+            url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", name
+        )
+        assert [row[0] for row in dropped] == [True]
+        await wakes.reach(2)  # reconnected: one wake, since a job may have come while it was away
+        await _enqueue(world)
+        await wakes.reach(3)
