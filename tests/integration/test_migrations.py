@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 from scalemule.core.access import PROTECTED_WRITE, ROLES
 from scalemule.core.ids import utcnow
 from scalemule.db import migrate
-from scalemule.db.engine import create_engine
+from scalemule.db.engine import Database, create_engine
 from scalemule.db.tables import api_keys, metadata, principals
 from scalemule.settings import Settings
 from tests.conftest import POSTGRES_ADMIN_URL
@@ -59,15 +59,15 @@ def test_the_head_a_store_is_checked_against_is_the_newest_migration() -> None:
 
 async def test_a_store_is_pending_until_it_is_migrated_to_the_head(store: Settings) -> None:
     async with _empty_database(store) as url:
-        engine = create_engine(url)
+        db = Database(url)
         try:
-            empty = await migrate.pending(engine)
-            await migrate.upgrade(engine, "0003")
-            behind = await migrate.pending(engine)
-            await migrate.upgrade(engine)
-            current = await migrate.pending(engine)
+            empty = await migrate.pending(db)
+            await migrate.upgrade(db.engine, "0003")
+            behind = await migrate.pending(db)
+            await migrate.upgrade(db.engine)
+            current = await migrate.pending(db)
         finally:
-            await engine.dispose()
+            await db.dispose()
     assert (empty, behind, current) == (True, True, False)
 
 

@@ -11,15 +11,20 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+if TYPE_CHECKING:
+    # Imported where an async engine is made: on SQLite, serving never needs one, and the asyncio
+    # extension brings SQLAlchemy's ORM with it (a large share of a server's start-up).
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+T = TypeVar("T")
 
 log = logging.getLogger("scalemule")
 
@@ -53,11 +58,11 @@ def normalize_url(url: str) -> tuple[sa.URL, dict[str, Any]]:
 
 def create_engine(url: str) -> AsyncEngine:
     """Create the async engine for ``url`` with the per-dialect setup ScaleMule relies on."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
     parsed, connect_args = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if not parsed.database or parsed.database == ":memory:":
-            raise ValueError("ScaleMule's SQLite store needs a file path, e.g. sqlite:////var/lib/scalemule/db")
-        _create_private(Path(parsed.database))
+        _sqlite_file(parsed)
         # Off the hot path (migrations, maintenance, tests): units of work use Database's inline connection.
         engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine)
@@ -65,6 +70,14 @@ def create_engine(url: str) -> AsyncEngine:
     # No pre-ping: it costs a round trip per transaction. A connection the server dropped (a restart)
     # fails its first statement instead, which PooledConnection retries once on a fresh connection.
     return create_async_engine(parsed, connect_args=connect_args, pool_size=10, max_overflow=20)
+
+
+def _sqlite_file(url: sa.URL) -> Path:
+    if not url.database or url.database == ":memory:":
+        raise ValueError("ScaleMule's SQLite store needs a file path, e.g. sqlite:////var/lib/scalemule/db")
+    path = Path(url.database)
+    _create_private(path)
+    return path
 
 
 def _create_private(path: Path) -> None:
@@ -76,7 +89,7 @@ def _create_private(path: Path) -> None:
 
 
 def _configure_sqlite(engine: AsyncEngine | sa.Engine) -> None:
-    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    sync_engine = engine if isinstance(engine, sa.Engine) else engine.sync_engine
 
     @sa.event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -271,19 +284,42 @@ class Database:
     """
 
     def __init__(self, url: str) -> None:
-        self.engine = create_engine(url)
+        self.url = url
         self.services: dict[str, Any] = {}
-        # SQLite has one writer at a time and every unit of work writes (its audit event at least):
-        # queueing writers here keeps waiting on the event loop instead of inside the driver.
-        self._writer = anyio.Lock() if self.engine.dialect.name == "sqlite" else None
-        self._sqlite = _sqlite_sync_engine(self.engine.url) if self._writer is not None else None
+        parsed, _ = normalize_url(url)
+        self._engine: AsyncEngine | None = None
+        self._sqlite: sa.Engine | None = None
+        self._writer: anyio.Lock | None = None
+        if parsed.get_backend_name() == "sqlite":
+            _sqlite_file(parsed)
+            self._sqlite = _sqlite_sync_engine(parsed)
+            # SQLite has one writer at a time and every unit of work writes (its audit event at least):
+            # queueing writers here keeps waiting on the event loop instead of inside the driver.
+            self._writer = anyio.Lock()
         self._sqlite_conn: sa.Connection | None = None
         self._sqlite_reader: sa.Engine | None = None
 
     @property
+    def engine(self) -> AsyncEngine:
+        """The async engine: every unit of work on PostgreSQL; on SQLite, only migrations and
+        maintenance, so it is made on first use there (serving runs on synchronous connections)."""
+        if self._engine is None:
+            self._engine = create_engine(self.url)
+        return self._engine
+
+    @property
     def dialect(self) -> str:
         """``sqlite`` or ``postgresql``."""
-        return self.engine.dialect.name
+        return "sqlite" if self._sqlite is not None else "postgresql"
+
+    async def inspect(self, check: Callable[[sa.Connection], T]) -> T:
+        """Run ``check`` (reads only: the schema, a version row) on a connection outside any unit of
+        work: a read-only one on SQLite, a pooled one on PostgreSQL."""
+        if self._sqlite is None:
+            async with self.engine.connect() as conn:
+                return await conn.run_sync(check)
+        with self._readers().connect() as sync_conn:
+            return check(sync_conn)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -354,7 +390,8 @@ class Database:
 
     def _readers(self) -> sa.Engine:
         if self._sqlite_reader is None:
-            self._sqlite_reader = _sqlite_reader_engine(self.engine.url)
+            assert self._sqlite is not None
+            self._sqlite_reader = _sqlite_reader_engine(self._sqlite.url)
         return self._sqlite_reader
 
     async def dispose(self) -> None:
@@ -366,4 +403,5 @@ class Database:
             self._sqlite_conn = None
         if self._sqlite is not None:
             self._sqlite.dispose()
-        await self.engine.dispose()
+        if self._engine is not None:
+            await self._engine.dispose()

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from scalemule.db.engine import Database
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration's revision. A test checks that it is Alembic's head, so a new migration that
@@ -71,7 +73,7 @@ def _sqlite_foreign_keys(connection: sa.Connection, enabled: bool) -> None:
     cursor.close()
 
 
-async def pending(engine: AsyncEngine) -> bool:
+async def pending(db: Database) -> bool:
     """True when the database is not at the newest migration (``HEAD``): missing, empty or behind."""
 
     def check(connection: sa.Connection) -> bool:
@@ -80,5 +82,4 @@ async def pending(engine: AsyncEngine) -> bool:
         current = connection.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
         return current != [HEAD]
 
-    async with engine.connect() as conn:
-        return await conn.run_sync(check)
+    return await db.inspect(check)

@@ -75,7 +75,7 @@ async def _require_schema(runtime: Runtime, settings: Settings) -> None:
     where = store_label(settings)
     setting = "SCALEMULE_DATABASE_URL" if settings.database_url else "SCALEMULE_DATA_DIR"
     try:
-        behind = await migrate.pending(runtime.db.engine)
+        behind = await migrate.pending(runtime.db)
     except (DBAPIError, OSError) as exc:
         raise CliError(
             "failed_precondition",
