@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import jsonschema
@@ -162,3 +164,25 @@ def test_the_http_transport_finds_each_tools_input_schema_by_name_as_tools_list_
         expected = tool_definition(op).input_schema if op.tool else None
         assert input_schema_of(op.name) == expected, op.name
     assert input_schema_of("no_such_tool") is None
+
+
+# In a fresh process: other tests here build models.
+_TOOL_LIST_IN_A_NEW_PROCESS = """
+from scalemule.operations import REGISTRY
+from scalemule.surfaces.mcp import tool_definition
+tools = [tool_definition(op) for op in REGISTRY.values() if op.tool]
+models = [m for op in REGISTRY.values() for m in (op.args_model, op.result_model)]
+built = [m.__name__ for m in models if m.__pydantic_complete__]
+print(len(tools), built)
+"""
+
+
+def test_a_servers_tool_list_is_read_from_the_published_schemas_without_building_a_model() -> None:
+    run = subprocess.run([sys.executable, "-c", _TOOL_LIST_IN_A_NEW_PROCESS], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == f"{sum(op.tool for op in REGISTRY.values())} []\n"
+
+
+def test_the_published_schemas_are_those_the_models_give() -> None:
+    for op in (op for op in REGISTRY.values() if op.tool):
+        assert (op.input_schema, op.output_schema) == (op.derive_input_schema(), op.derive_output_schema()), op.name

@@ -6,11 +6,14 @@ dispatcher reads an operation's permission, annotations and models from here and
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 from urllib.parse import parse_qs, unquote
 
@@ -210,13 +213,23 @@ class Operation:
 
     @cached_property
     def input_schema(self) -> dict[str, Any]:
-        """The JSON Schema of the arguments, compacted for the tool list."""
-        return _without_description(compact_schema(self.args_model.model_json_schema()))
+        """The JSON Schema of the arguments, compacted for the tool list, as published (``PUBLISHED``)."""
+        published = _published().get(self.name)
+        return published["inputSchema"] if published is not None else self.derive_input_schema()
 
     @cached_property
     def output_schema(self) -> dict[str, Any]:
-        """The JSON Schema of the result: top-level fields and their types (nested objects are
-        shown by example in every result's text, and that keeps the tool list small)."""
+        """The JSON Schema of the result, as published (``PUBLISHED``)."""
+        published = _published().get(self.name)
+        return published["outputSchema"] if published is not None else self.derive_output_schema()
+
+    def derive_input_schema(self) -> dict[str, Any]:
+        """The arguments' JSON Schema from the args model, compacted for the tool list."""
+        return _without_description(compact_schema(self.args_model.model_json_schema()))
+
+    def derive_output_schema(self) -> dict[str, Any]:
+        """The result's JSON Schema from the result model: top-level fields and their types (nested
+        objects are shown by example in every result's text, and that keeps the tool list small)."""
         return _without_description(shallow_schema(compact_schema(self.result_model.model_json_schema())))
 
     @property
@@ -231,6 +244,21 @@ class Operation:
 
 
 REGISTRY: dict[str, Operation] = {}
+
+# Every tool's input and output schema as derived from its models, written by `scalemule schemas` with
+# tool_schemas/ (a test fails when they differ from what the models give). A server's first tools/list
+# reads them here instead of building every operation's models, a tenth of its start-up; each model is
+# still built, and validates, on its operation's first call.
+PUBLISHED = Path(__file__).with_name("schemas.json")
+
+
+@functools.cache
+def _published() -> dict[str, dict[str, Any]]:
+    try:
+        published: dict[str, dict[str, Any]] = json.loads(PUBLISHED.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    return published
 
 
 def one_paragraph(docstring: str) -> str:

@@ -544,7 +544,7 @@ def tools(fmt: str | None) -> int:
 @click.option("--check", is_flag=True, help="fail if the generated files are stale")
 @click.option("--root", default=".", show_default=True, help="repository root")
 def schemas_cmd(check: bool, root: str) -> int:
-    """Regenerate tool_schemas/ and docs/tools.md."""
+    """Regenerate tool_schemas/, docs/tools.md, the served schemas and the settings table."""
     if check:
         stale = schemas.drift(Path(root))
         for path in stale:

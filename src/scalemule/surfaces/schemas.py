@@ -1,5 +1,6 @@
-"""Generated files: tool_schemas/*.json and docs/tools.md, derived from the registry, and the settings
-table in docs/operations.md, derived from the settings model.
+"""Generated files: tool_schemas/*.json, docs/tools.md and the schemas the server publishes
+(src/scalemule/operations/schemas.json), derived from the registry's models, and the settings table in
+docs/operations.md, derived from the settings model.
 
 ``scalemule schemas`` rewrites them; ``scalemule schemas --check`` (and a test) fails on drift.
 """
@@ -12,11 +13,14 @@ from typing import Any
 
 from scalemule.dispatch import DEFAULT_TOOLS
 from scalemule.operations import REGISTRY, Operation
+from scalemule.operations.registry import PUBLISHED
 from scalemule.settings import settings_table
 
 # The generated part of docs/operations.md lies between these lines; the rest is written by hand.
 SETTINGS_START = "<!-- settings table: generated from the settings model by `scalemule schemas` -->"
 SETTINGS_END = "<!-- end of settings table -->"
+# Where the published schemas the server reads (operations.registry.PUBLISHED) lie in a checkout.
+PUBLISHED_IN_CHECKOUT = Path("src", "scalemule", "operations", PUBLISHED.name)
 
 
 def tool_schema(op: Operation) -> dict[str, Any]:
@@ -28,8 +32,8 @@ def tool_schema(op: Operation) -> dict[str, Any]:
         "toolset": op.toolset,
         "permission": op.permission,
         "annotations": op.annotations,
-        "inputSchema": op.input_schema,
-        "outputSchema": op.output_schema,
+        "inputSchema": op.derive_input_schema(),
+        "outputSchema": op.derive_output_schema(),
     }
 
 
@@ -70,7 +74,7 @@ def tools_markdown() -> str:
                     "- MCP Tasks: a task-aware client gets a task at once; the server runs the call in the "
                     "background with the caller's rights ([jobs](jobs.md#long-running-work))"
                 )
-            schema = op.input_schema
+            schema = op.derive_input_schema()
             required = set(schema.get("required", []))
             props = schema.get("properties", {})
             if props:
@@ -89,6 +93,8 @@ def render(root: Path) -> dict[Path, str]:
         root / "tool_schemas" / f"{op.name}.json": json.dumps(tool_schema(op), indent=2, ensure_ascii=False) + "\n"
         for op in _tools()
     }
+    published = {op.name: {k: tool_schema(op)[k] for k in ("inputSchema", "outputSchema")} for op in _tools()}
+    files[root / PUBLISHED_IN_CHECKOUT] = json.dumps(published, ensure_ascii=False) + "\n"
     files[root / "docs" / "tools.md"] = tools_markdown()
     operations = root / "docs" / "operations.md"
     if operations.exists():
