@@ -24,7 +24,7 @@ lint: install  ## ruff and strict mypy over src
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
-schemas: install  ## regenerate tool_schemas/ and docs/tools.md from the registry
+schemas: install  ## regenerate tool_schemas/, docs/tools.md and the served schemas from the registry
 	$(BIN)/scalemule schemas
 
 conformance: install  ## the MCP conformance suite's server scenarios over HTTP (installs the suite with npm into .conformance/)
@@ -36,13 +36,17 @@ bench: install  ## every performance target: ratio to the SDK's floor measured i
 	$(BIN)/python benchmarks/jobs_throughput.py
 	$(BIN)/python benchmarks/audit_verify.py
 
+# The mutants' test stores live in memory where the system offers it: they need no durability, and
+# fsync on a busy disk costs more than most mutants' tests.
+MUTATE_TMP ?= $(if $(wildcard /dev/shm/.),/dev/shm,$(or $(TMPDIR),/tmp))
+
 $(BIN)/.mutmut-installed: $(BIN)/.installed
-	$(BIN)/pip install --quiet "mutmut==3.8.0"
+	$(BIN)/pip install --quiet "mutmut==3.8.0" "pytest-timeout==2.4.0"
 	touch $@
 
 mutate: $(BIN)/.mutmut-installed  ## mutation score of the security core (mutation/README.md); not part of `make test`
 	rm -rf mutants
-	PYTHONPATH=$(CURDIR)/mutation $(BIN)/mutmut run --max-children $(or $(MUTATE_JOBS),2)
+	PYTHONPATH=$(CURDIR)/mutation TMPDIR=$(MUTATE_TMP) $(BIN)/mutmut run --max-children $(or $(MUTATE_JOBS),2)
 	$(BIN)/python mutation/report.py
 
 clean:

@@ -11,6 +11,9 @@
   the mutated module (their union when no mutant is active: mutmut's first run, which records which
   test executes which function, and its clean and forced-failure checks). mutmut itself knows one
   selection for every module.
+- Each session starts by freezing the objects it inherits (``gc.freeze``): pytest collects garbage
+  several times as a session ends, and walking the whole inherited heap (every test module, SQLAlchemy,
+  hypothesis) cost about a second per mutant, and copied the pages the fork had shared.
 - Address space is capped at ``MEMORY_LIMIT`` per process: a mutant that makes a query unbounded (a
   recursive CTE without its stop) fails with an out-of-memory error instead of taking the machine's
   memory until mutmut's timeout ends it.
@@ -19,6 +22,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import resource
 import shutil
@@ -36,6 +40,7 @@ STATEMENT_CACHES = {"scalemule.core.jobs": ("_UPDATES", "_CLAIMS", "_FENCED", "_
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    gc.freeze()
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard == resource.RLIM_INFINITY or hard > MEMORY_LIMIT:
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, hard))
