@@ -122,10 +122,11 @@ def drift(root: Path) -> list[Path]:
 def write(root: Path) -> list[Path]:
     """Rewrite the generated files; returns those that changed."""
     changed = drift(root)
+    files = render(root)
     for p in (root / "tool_schemas").glob("*.json"):
-        if p not in render(root):
+        if p not in files:
             p.unlink()
-    for path, text in render(root).items():
+    for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     return changed
