@@ -40,7 +40,7 @@ bench: install  ## every performance target: ratio to the SDK's floor measured i
 # fsync on a busy disk costs more than most mutants' tests.
 MUTATE_TMP ?= $(if $(wildcard /dev/shm/.),/dev/shm,$(or $(TMPDIR),/tmp))
 
-$(BIN)/.mutmut-installed: $(BIN)/.installed
+$(BIN)/.mutmut-installed: $(BIN)/.installed Makefile
 	$(BIN)/pip install --quiet "mutmut==3.8.0" "pytest-timeout==2.4.0"
 	touch $@
 
