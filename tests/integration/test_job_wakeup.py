@@ -1,9 +1,8 @@
 """How an idle worker hears of a new job on PostgreSQL: the NOTIFY an enqueue sends on commit.
 
 ``worker.wakeup.listen`` is the worker's side (``worker/runner.py`` starts it on PostgreSQL). Wakes are
-counted as they arrive; PostgreSQL delivers notifications in commit order on one connection, so once
-the wake of a later enqueue has arrived, any wake an earlier one caused has arrived too: absence is
-shown by order, without sleeping.
+counted as they arrive. PostgreSQL delivers notifications to a connection in commit order, so a wrong
+wake (another tenant's job, a rolled-back one) would come before the right one that follows it.
 """
 
 from __future__ import annotations
@@ -16,9 +15,9 @@ from dataclasses import dataclass, field
 import anyio
 import asyncpg
 import pytest
-import sqlalchemy as sa
 
 from scalemule.core import jobs
+from scalemule.db.engine import Connection
 from scalemule.worker.wakeup import asyncpg_target, listen
 from tests.conftest import World
 from tests.integration.test_job_store import START, _enqueue, _other_tenant
@@ -64,7 +63,7 @@ async def _admin(url: str, query: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
-async def _rolled_back(world: World, enqueue: Callable[[sa.Connection], Awaitable[object]]) -> None:
+async def _rolled_back(world: World, enqueue: Callable[[Connection], Awaitable[object]]) -> None:
     class Abandon(Exception):
         pass
 
