@@ -89,11 +89,12 @@ def tools_markdown() -> str:
 
 def render(root: Path) -> dict[Path, str]:
     """Every generated file under ``root`` with its content."""
+    contracts = [tool_schema(op) for op in _tools()]
     files = {
-        root / "tool_schemas" / f"{op.name}.json": json.dumps(tool_schema(op), indent=2, ensure_ascii=False) + "\n"
-        for op in _tools()
+        root / "tool_schemas" / f"{c['name']}.json": json.dumps(c, indent=2, ensure_ascii=False) + "\n"
+        for c in contracts
     }
-    published = {op.name: {k: tool_schema(op)[k] for k in ("inputSchema", "outputSchema")} for op in _tools()}
+    published = {c["name"]: {k: c[k] for k in ("inputSchema", "outputSchema")} for c in contracts}
     files[root / PUBLISHED_IN_CHECKOUT] = json.dumps(published, ensure_ascii=False) + "\n"
     files[root / "docs" / "tools.md"] = tools_markdown()
     operations = root / "docs" / "operations.md"
