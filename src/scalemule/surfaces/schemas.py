@@ -114,20 +114,23 @@ def with_settings_table(markdown: str) -> str:
 
 def drift(root: Path) -> list[Path]:
     """Generated files that are missing, stale, or no longer generated."""
-    files = render(root)
+    return _stale(root, render(root))
+
+
+def _stale(root: Path, files: dict[Path, str]) -> list[Path]:
     stale = [p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
     extra = [p for p in (root / "tool_schemas").glob("*.json") if p not in files]
     return sorted(stale + extra)
 
 
 def write(root: Path) -> list[Path]:
-    """Rewrite the generated files; returns those that changed."""
-    changed = drift(root)
+    """Rewrite the generated files that are stale, delete those no longer generated; returns both."""
     files = render(root)
-    for p in (root / "tool_schemas").glob("*.json"):
-        if p not in files:
-            p.unlink()
-    for path, text in files.items():
+    changed = _stale(root, files)
+    for path in changed:
+        if path not in files:
+            path.unlink()
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        path.write_text(files[path], encoding="utf-8")
     return changed
