@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from scalemule.core import identity, tenants
+from scalemule.core import identity, jobs, tenants
 from scalemule.core.audit_rollups import flush
 from tests.conftest import StoreProbe, World
 
@@ -147,6 +147,27 @@ async def test_jobs_list_is_newest_first_filters_and_pages(world: World, clock: 
     assert [i["id"] for i in only_a["items"]] == [ids[3], ids[1]]
     assert (await world.ok("jobs_list", world.agent, state="running"))["items"] == []
     assert await world.code("jobs_list", world.agent, cursor="bm90LWEtY3Vyc29y") == "invalid_argument"
+
+
+async def test_jobs_list_pages_never_repeat_a_newer_job_whose_id_sorts_lower(
+    world: World, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ids are random, so a newer job's id may sort below an older one's: the cursor's id only breaks
+    # ties within one instant. Each job here gets a lower id than the one before it.
+    countdown = iter(range(99, 0, -1))
+    monkeypatch.setattr(jobs, "new_id", lambda prefix: f"{prefix}_{next(countdown):032x}")
+    ids = []
+    for _ in range(3):
+        ids.append((await _enqueue(world))["id"])
+        clock.advance(1)
+    seen: list[str] = []
+    cursor = None
+    while len(seen) <= len(ids):
+        page = await world.ok("jobs_list", world.agent, limit=1, cursor=cursor)
+        seen += [item["id"] for item in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert seen == ids[::-1]
 
 
 async def test_cancelling_a_queued_job_is_immediate_and_a_second_cancel_names_its_state(world: World) -> None:
