@@ -20,8 +20,8 @@ test: install  ## the whole suite on SQLite and PostgreSQL
 	$(BIN)/pytest
 
 lint: install  ## ruff and strict mypy over src
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples mutation
+	$(BIN)/ruff format --check src tests benchmarks examples mutation
 	$(BIN)/mypy
 
 schemas: install  ## regenerate tool_schemas/, docs/tools.md and the served schemas from the registry

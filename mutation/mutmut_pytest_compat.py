@@ -11,6 +11,11 @@
   the mutated module (their union when no mutant is active: mutmut's first run, which records which
   test executes which function, and its clean and forced-failure checks). mutmut itself knows one
   selection for every module.
+- Each session runs first the tests that killed earlier mutants of the same function (the latest
+  first), then the rest in mutmut's order (fastest first). Mutants of one function tend to be killed
+  by the same test, and mutmut runs them one after another, so a later mutant usually stops at its
+  first test instead of running every faster test that cannot see the change. What runs, and so
+  each result, is the same; only the order changes.
 - Each session starts by freezing the objects it inherits (``gc.freeze``): pytest collects garbage
   several times as a session ends, and walking the whole inherited heap (every test module, SQLAlchemy,
   hypothesis) cost about a second per mutant, and copied the pages the fork had shared.
@@ -34,12 +39,17 @@ from pathlib import Path
 import pytest
 
 TEMPLATE_ENV = "SCALEMULE_TEST_SQLITE_TEMPLATE"
+KILLERS_KEPT = 3  # tests remembered per function, the latest first
+# This session's file of killers (None when no mutant is active), set as the session starts: tests
+# may change the environment it is derived from.
+_killers_file: Path | None = None
 MEMORY_LIMIT = 4 << 30  # bytes of address space; a test session uses well under one
 # Module -> names of its module-level caches of built statements (filled on first use).
 STATEMENT_CACHES = {"scalemule.core.jobs": ("_UPDATES", "_CLAIMS", "_FENCED", "_EXPIRED")}
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    global _killers_file
     gc.freeze()
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard == resource.RLIM_INFINITY or hard > MEMORY_LIMIT:
@@ -50,6 +60,13 @@ def pytest_configure(config: pytest.Config) -> None:
         directory = Path(tempfile.mkdtemp(prefix="scalemule-mutation-"))
         os.environ[TEMPLATE_ENV] = str(directory / "template.db")
         atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    # Beside the shared template, in the directory that mutmut's own process made and removes.
+    _killers_file = (
+        Path(os.environ[TEMPLATE_ENV]).with_name(f"killers-{mutant.rsplit('__mutmut_', 1)[0]}")
+        if "__mutmut_" in mutant
+        else None
+    )
 
 
 def _allowed(root: Path) -> frozenset[str]:
@@ -72,13 +89,33 @@ def _dotted(path: str) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     allowed = _allowed(config.rootpath)
-    kept, dropped = [], []
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
     for item in items:
         item._nodeid = item.nodeid  # type: ignore[attr-defined]
         (kept if item.nodeid.split("::", 1)[0] in allowed else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
+    rank = {nodeid: place for place, nodeid in enumerate(_killers())}
+    # A stable sort: the killers first, in their order, then everything else as mutmut ordered it.
+    items[:] = sorted(kept, key=lambda item: rank.get(item.nodeid, len(rank)))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = _killers_file
+    if report.failed and path is not None:
+        latest = [report.nodeid, *(nodeid for nodeid in _killers() if nodeid != report.nodeid)]
+        # Written whole, then renamed into place: the other worker never reads half a file.
+        partial = path.with_name(f"{path.name}.{os.getpid()}")
+        partial.write_text("\n".join(latest[:KILLERS_KEPT]), encoding="utf-8")
+        os.replace(partial, path)
+
+
+def _killers() -> list[str]:
+    """The tests that killed earlier mutants of the active mutant's function, the latest first."""
+    if _killers_file is None or not _killers_file.is_file():
+        return []
+    return _killers_file.read_text(encoding="utf-8").split("\n")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

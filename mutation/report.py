@@ -3,7 +3,8 @@
 Run from the repository root after `mutmut run` (`make mutate` does both). Prints one row per mutated
 file (from ``[tool.mutmut] only_mutate``), then every survivor that is not listed as equivalent in
 mutation/equivalent.toml, with its diff. Exits 1 when a file kills less than the target share of its
-non-equivalent mutants, or when an equivalent entry no longer matches any survivor (stale: remove it).
+non-equivalent mutants, when an equivalent entry no longer matches any survivor (stale: remove it), or
+when a mutant's session ended in a pytest internal error.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ MUTMUT = str(Path(sys.executable).with_name("mutmut"))
 # mutmut's statuses: a timeout or a segfault under a mutant is a kill; "no tests" is a survivor.
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 SURVIVED = {"survived", "no tests", "suspicious"}
+# pytest's exit code for an internal error. mutmut counts it as a kill, but it means a hook or plugin
+# broke the session, not that a test saw the mutant: such a mutant was not tested.
+INTERNAL_ERROR = 3
 _NAME = re.compile(r"^(?P<module>[\w.]+)\.x(?:ǁ(?P<cls>\w+)ǁ|_)(?P<func>\w+?)__mutmut_\d+$")
 
 
@@ -61,6 +65,15 @@ def _results() -> dict[str, str]:
         if sep and "__mutmut_" in name:
             statuses[name] = status
     return statuses
+
+
+def _internal_errors() -> set[str]:
+    # Read from mutmut's result files: `mutmut results` reports these as killed.
+    names = set()
+    for meta in Path("mutants").rglob("*.py.meta"):
+        codes = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
+        names |= {name for name, code in codes.items() if code == INTERNAL_ERROR}
+    return names
 
 
 def _added_lines(name: str, path: str) -> str:
@@ -119,6 +132,8 @@ def main() -> int:
     config = tomllib.loads(Path("pyproject.toml").read_text(encoding="utf-8"))["tool"]["mutmut"]
     files = {_module_of(p): FileScore(p) for p in config["only_mutate"]}
     statuses = _results()
+    broken = _internal_errors()
+    statuses |= dict.fromkeys(broken, "internal error")
     equivalents = _equivalents(args.equivalent)
     used = [False] * len(equivalents)
     unexplained: list[tuple[str, str]] = []
@@ -152,7 +167,12 @@ def main() -> int:
             f"{survived - score.equivalent} | {score.score:.1%} |"
         )
         failing |= score.score < TARGET
+    if broken:
+        print(f"\n{len(broken)} mutants' sessions ended in a pytest internal error (not tested), e.g.:")
+        print(f"  {min(broken)}\n  Run `mutmut run NAME` to see the traceback.")
+        failing = True
     not_run = sum(n for f in files.values() for s, n in f.statuses.items() if s not in KILLED | SURVIVED)
+    not_run -= len(broken)
     if not_run:
         print(f"\n{not_run} mutants were not run (skipped or not checked): the run did not finish.")
         failing = True
