@@ -28,6 +28,7 @@ SURVIVED = {"survived", "no tests", "suspicious"}
 # pytest's exit code for an internal error. mutmut counts it as a kill, but it means a hook or plugin
 # broke the session, not that a test saw the mutant: such a mutant was not tested.
 INTERNAL_ERROR = 3
+BROKEN = "internal error"
 _NAME = re.compile(r"^(?P<module>[\w.]+)\.x(?:ǁ(?P<cls>\w+)ǁ|_)(?P<func>\w+?)__mutmut_\d+$")
 
 
@@ -133,7 +134,7 @@ def main() -> int:
     files = {_module_of(p): FileScore(p) for p in config["only_mutate"]}
     statuses = _results()
     broken = _internal_errors()
-    statuses |= dict.fromkeys(broken, "internal error")
+    statuses |= dict.fromkeys(broken, BROKEN)
     equivalents = _equivalents(args.equivalent)
     used = [False] * len(equivalents)
     unexplained: list[tuple[str, str]] = []
@@ -168,11 +169,11 @@ def main() -> int:
         )
         failing |= score.score < TARGET
     if broken:
-        print(f"\n{len(broken)} mutants' sessions ended in a pytest internal error (not tested), e.g.:")
-        print(f"  {min(broken)}\n  Run `mutmut run NAME` to see the traceback.")
+        print(f"\nNot tested, their session ended in a pytest internal error: {len(broken)} mutant(s), e.g.")
+        print(f"  {min(broken)}\n(`mutmut browse` reruns one and shows the traceback.)")
         failing = True
-    not_run = sum(n for f in files.values() for s, n in f.statuses.items() if s not in KILLED | SURVIVED)
-    not_run -= len(broken)
+    ended = KILLED | SURVIVED | {BROKEN}
+    not_run = sum(n for f in files.values() for s, n in f.statuses.items() if s not in ended)
     if not_run:
         print(f"\n{not_run} mutants were not run (skipped or not checked): the run did not finish.")
         failing = True
