@@ -1,5 +1,7 @@
 """Handlers for the chaos test's worker processes: each attempt logs its start and end to a per-process
-file (the side effects the test counts), working a few milliseconds in between."""
+file (the side effects the test counts), working a few milliseconds in between. Once the test drops a
+``hold-<pid>`` file in the log directory, that process's handlers block after logging their start, so
+the process is sure to hold leases when the test kills it."""
 
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ def _log(event: str, ctx: JobContext) -> None:
 @handlers("count")
 async def count(payload: Any, ctx: JobContext) -> Any:
     _log("start", ctx)
+    if (Path(os.environ["CHAOS_LOG_DIR"]) / f"hold-{os.getpid()}").exists():
+        await anyio.sleep_forever()
     await anyio.sleep(0.005)
     _log("end", ctx)
     return {"n": payload["n"]}

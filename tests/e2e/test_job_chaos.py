@@ -75,20 +75,21 @@ async def _wait_for(deployment: Deployment, processes: list[anyio.abc.Process], 
             await anyio.sleep(0.2)
 
 
-async def _holding_a_job(
-    deployment: Deployment, processes: list[anyio.abc.Process], log_dir: Path
-) -> anyio.abc.Process:
-    """A worker that is running a job right now (started it, and the job is still running)."""
+async def _holding_a_job(deployment: Deployment, process: anyio.abc.Process, log_dir: Path) -> None:
+    """Make ``process``'s handlers block, and wait until it runs one of them: it then holds a lease
+    until it dies, however fast jobs go."""
+    (log_dir / f"hold-{process.pid}").touch()
+    path = log_dir / f"{process.pid}.log"
     with anyio.fail_after(30):
         while True:
+            lines = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+            unfinished = {job for event, job, _ in lines if event == "start"} - {
+                job for event, job, _ in lines if event == "end"
+            }
             async with deployment.beside() as (dispatcher, _), dispatcher.runtime.db.transaction() as conn:
-                query = sa.select(jobs.c.id).where(jobs.c.state == "running")
-                running = {r.id for r in await conn.execute(query)}
-            for process in processes:
-                path = log_dir / f"{process.pid}.log"
-                started = {line.split()[1] for line in path.read_text().splitlines()} if path.exists() else set()
-                if started & running:
-                    return process
+                query = sa.select(jobs.c.id).where(jobs.c.state == "running", jobs.c.id.in_(unfinished))
+                if (await conn.execute(query)).first() is not None:
+                    return
             await anyio.sleep(0.05)
 
 
@@ -134,7 +135,8 @@ async def _run_chaos(deployment: Deployment, tmp_path: Path, *, postgres: bool) 
         async with anyio.create_task_group() as enqueueing:
             enqueueing.start_soon(_enqueue, deployment, ids)
             await _wait_for(deployment, processes, JOBS // 5)
-            victim = await _holding_a_job(deployment, processes, log_dir)
+            victim = processes[0]
+            await _holding_a_job(deployment, victim, log_dir)
             victim.send_signal(signal.SIGKILL)
             await victim.wait()
         survivors = [p for p in processes if p is not victim]
