@@ -18,6 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
+from scalemule.db import wal
+
 if TYPE_CHECKING:
     # Imported where an async engine is made: on SQLite, serving never needs one, and the asyncio
     # extension brings SQLAlchemy's ORM with it (a large share of a server's start-up).
@@ -98,6 +100,8 @@ def _configure_sqlite(engine: AsyncEngine | sa.Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoints are the Checkpointer thread's (db/wal.py); a commit makes one only as a backstop.
+        cursor.execute(f"PRAGMA wal_autocheckpoint={wal.BACKSTOP_PAGES}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
@@ -290,8 +294,9 @@ class Database:
         self._engine: AsyncEngine | None = None
         self._sqlite: sa.Engine | None = None
         self._writer: anyio.Lock | None = None
+        self._checkpointer: wal.Checkpointer | None = None
         if parsed.get_backend_name() == "sqlite":
-            _sqlite_file(parsed)
+            self._checkpointer = wal.Checkpointer(_sqlite_file(parsed), SQLITE_BUSY_TIMEOUT_MS)
             self._sqlite = _sqlite_sync_engine(parsed)
             # SQLite has one writer at a time and every unit of work writes (its audit event at least):
             # queueing writers here keeps waiting on the event loop instead of inside the driver.
@@ -344,6 +349,8 @@ class Database:
                         self._sqlite_conn = self._sqlite.connect()
                     with self._sqlite_conn.begin():
                         yield InlineConnection(self._sqlite_conn)
+                assert self._checkpointer is not None
+                self._checkpointer.wrote()
         finally:
             _scope.reset(token)
         if scope.after_commit:
@@ -396,6 +403,8 @@ class Database:
 
     async def dispose(self) -> None:
         """Close the kept connection and pooled ones."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         if self._sqlite_reader is not None:
             self._sqlite_reader.dispose()
         if self._sqlite_conn is not None:
