@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from scalemule import dispatch
+from scalemule.core import audit
 from scalemule.core.audit import GENESIS_HASH, AuditEvent
 from scalemule.core.pages import encode_cursor
 from scalemule.dispatch import Invocation
@@ -170,6 +171,24 @@ async def test_concurrent_calls_keep_the_chain_gapless(world: World, probe: Stor
     assert [e["seq"] for e in acme] == list(range(1, len(acme) + 1))
     assert all(b["prev_hash"] == a["hash"] for a, b in pairwise(acme))
     assert len(acme) >= 25  # init's event and the 24 calls
+
+
+async def test_a_process_whose_guess_of_the_head_is_stale_appends_after_the_true_head(
+    world: World, probe: StoreProbe
+) -> None:
+    # Another process appending to the chain leaves this one's guess behind: its next append must
+    # find the head (on PostgreSQL, after the one-statement move-and-insert matched nothing).
+    chain = world.made.tenant.id
+    await world.ok("whoami", world.agent)
+    stale = audit._head_guess[chain]
+    for _ in range(2):
+        await world.ok("whoami", world.agent)
+    audit._head_guess[chain] = stale
+    outcome = await world.call("whoami", world.agent)
+    acme = [e for e in await probe.audit_events() if e["chain"] == chain]
+    assert [e["seq"] for e in acme] == list(range(1, len(acme) + 1))
+    assert all(b["prev_hash"] == a["hash"] for a, b in pairwise(acme))
+    assert acme[-1]["id"] == outcome.event_id and audit._head_guess[chain].seq == acme[-1]["seq"]
 
 
 async def test_a_tampered_event_no_longer_matches_its_hash(world: World, probe: StoreProbe) -> None:

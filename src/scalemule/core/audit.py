@@ -226,6 +226,44 @@ async def _advance(
     return chained, signed, moved, head.checkpoint_seq
 
 
+# PostgreSQL, where every statement is a round trip: the head moved and the event inserted in one
+# statement, the insert reading the update's result so that it happens only if the head matched.
+_moved = _advance_head.returning(audit_heads.c.chain).cte("moved")
+_insert_event_if_moved = (
+    audit_events.insert()
+    .from_select(
+        [column.name for column in audit_events.c],
+        # Named apart from the head's columns, which a parameter of the same name would add to the update.
+        sa.select(*(sa.bindparam(f"e_{column.name}", type_=column.type) for column in audit_events.c)).select_from(
+            _moved
+        ),
+    )
+    .add_cte(_moved)
+)
+
+
+async def _append_one(conn: Connection, event: AuditEvent) -> AuditEvent | None:
+    """One event after the guessed head in a single statement, or None (no guess, a checkpoint due,
+    or the head moved meanwhile: the caller takes the general way, which locks the head)."""
+    head = _head_guess.get(event.chain)
+    if head is None or checkpoints.due(head.seq + 1, event.at, head.checkpoint_seq, head.checkpoint_at):
+        return None
+    (sealed,) = _seal([event], head.seq, head.hash)
+    params = {f"e_{name}": value for name, value in sealed.row().items()}
+    params |= {
+        "c": sealed.chain,
+        "old_seq": head.seq,
+        "old_hash": head.hash,
+        "new_seq": sealed.seq,
+        "new_hash": sealed.hash,
+    }
+    if (await conn.execute(_insert_event_if_moved, params)).rowcount != 1:
+        _head_guess.pop(event.chain, None)  # a wrong guess: the general way reads the head under lock
+        return None
+    _head_guess[sealed.chain] = replace(head, seq=sealed.seq, hash=sealed.hash)
+    return sealed
+
+
 async def append(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEvent]:
     """Append events in order, advancing each chain's head in the same transaction; returns them sealed.
 
@@ -233,6 +271,10 @@ async def append(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEv
     runtime's database, a signed checkpoint row joins the events; its digest object is written after
     commit.
     """
+    if len(events) == 1 and conn.dialect.name == "postgresql":
+        sealed_one = await _append_one(conn, events[0])
+        if sealed_one is not None:
+            return [sealed_one]
     notary = checkpoints.current_notary()
     sealed: list[AuditEvent] = []
     signed: list[tuple[list[Checkpoint], int]] = []
