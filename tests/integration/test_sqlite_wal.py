@@ -107,3 +107,19 @@ async def test_closing_does_not_wait_for_the_commits_the_thread_is_gathering(
     with anyio.fail_after(60):  # an hour if stopping waited for the gathering to end
         await db.dispose()
     assert checkpointer._thread is None and checkpointer.passes == 0
+
+
+async def test_a_database_used_again_after_closing_checkpoints_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'store.db'}")
+    assert db._checkpointer is not None
+    next_pass = _passes(db._checkpointer, monkeypatch, failing=[False])
+    await _write(db, 1)
+    await db.dispose()
+    try:
+        await _write(db, 2)
+        again = await next_pass()
+        assert again is not None and again.checkpointed == again.log_frames
+    finally:
+        await db.dispose()

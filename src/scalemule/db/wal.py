@@ -78,9 +78,12 @@ class Checkpointer:
         self.passes += 1
 
     def close(self) -> None:
-        """Stop the thread, waiting for a checkpoint under way to end."""
+        """Stop the thread, waiting for a checkpoint under way to end. A database used again after
+        closing (its connection reopens) starts a new thread with its next commit."""
         self._stop.set()
         self._wrote.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self._stop.clear()
+        self._wrote.clear()
