@@ -53,6 +53,25 @@ async def test_a_successful_call_is_appended_with_its_changes_in_one_transaction
     assert (await probe.event(work.event_id))["outcome"] == "ok"
 
 
+async def test_a_read_hands_back_its_result_only_once_its_event_is_committed(
+    runtime: Runtime, probe: StoreProbe
+) -> None:
+    # On PostgreSQL a read runs in autocommit: the first event finds the chain's head under lock, the
+    # next ones are each one statement of their own after the head this process knows.
+    seqs = []
+    for n in range(3):
+        work = UnitOfWork(runtime.db, _Trace(operation=f"probe_read_{n}"))
+
+        async def body(conn: Connection) -> int:
+            return int((await conn.execute(sa.select(sa.literal(7)))).scalar_one())
+
+        assert await work.read(body) == 7
+        event = await probe.event(work.event_id)
+        assert (event["operation"], event["outcome"]) == (f"probe_read_{n}", "ok")
+        seqs.append(event["seq"])
+    assert seqs == list(range(seqs[0], seqs[0] + 3))
+
+
 async def test_a_call_whose_trace_asks_for_it_is_tallied_instead_of_appended(
     runtime: Runtime, probe: StoreProbe
 ) -> None:

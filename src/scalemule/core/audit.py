@@ -242,9 +242,13 @@ _insert_event_if_moved = (
 )
 
 
-async def _append_one(conn: Connection, event: AuditEvent) -> AuditEvent | None:
-    """One event after the guessed head in a single statement, or None (no guess, a checkpoint due,
-    or the head moved meanwhile: the caller takes the general way, which locks the head)."""
+async def append_one(conn: Connection, event: AuditEvent) -> AuditEvent | None:
+    """Append one event after the chain's guessed head in a single statement (PostgreSQL), which
+    commits on its own on a connection in autocommit; returns it sealed, or None when another way is
+    needed and nothing was written: SQLite, no guess, a checkpoint due, or the head moved meanwhile
+    (``append`` then locks the head)."""
+    if conn.dialect.name != "postgresql":
+        return None
     head = _head_guess.get(event.chain)
     if head is None or checkpoints.due(head.seq + 1, event.at, head.checkpoint_seq, head.checkpoint_at):
         return None
@@ -271,8 +275,8 @@ async def append(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEv
     runtime's database, a signed checkpoint row joins the events; its digest object is written after
     commit.
     """
-    if len(events) == 1 and conn.dialect.name == "postgresql":
-        sealed_one = await _append_one(conn, events[0])
+    if len(events) == 1:
+        sealed_one = await append_one(conn, events[0])
         if sealed_one is not None:
             return [sealed_one]
     notary = checkpoints.current_notary()

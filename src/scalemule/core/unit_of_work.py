@@ -90,20 +90,25 @@ class UnitOfWork:
     async def read(self, body: Callable[[Connection], Awaitable[T]]) -> T:
         """Run a ``body`` that only reads, without holding up writers, then record its ``ok`` event.
 
-        Where the store serialises writers (SQLite), the body runs in a read snapshot and its event
-        (with the bookkeeping the read deferred, e.g. a key's ``last_used_at``) is appended in a short
-        transaction after it: the result is handed back only once that has committed, so no read goes
-        unrecorded, and events stay in the order calls completed. Elsewhere this is ``run``.
+        The body runs in a read snapshot (``Database.snapshot``); its event, with the bookkeeping the
+        read deferred (e.g. a key's ``last_used_at``), is appended after it: in one statement that
+        commits on its own where it can be (PostgreSQL, nothing deferred: ``audit.append_one``), else
+        in a short transaction. The result is handed back only once the event has committed, so no read
+        goes unrecorded, and events stay in the order calls completed.
 
         Raises:
             ScaleMuleError: the body's error, or ``Internal`` for an unexpected exception (recorded).
         """
-        if not self.db.reads_apart:
-            return await self.run(body)
         deferred: list[Any] = []
         async with self.recorded():
             async with self.db.snapshot(deferred) as conn:
                 result = await body(conn)
+                # PostgreSQL's snapshot commits each statement on its own: the event can be one of them.
+                if not deferred and not self.trace.tallied and self.db.dialect == "postgresql":
+                    alone = await audit.append_one(conn, self.trace.event("ok", None))
+                    if alone is not None:
+                        self.event_id = alone.id
+                        return result
             async with self.transaction() as conn:
                 for statement in deferred:
                     await conn.execute(statement)

@@ -303,6 +303,7 @@ class Database:
             self._writer = anyio.Lock()
         self._sqlite_conn: sa.Connection | None = None
         self._sqlite_reader: sa.Engine | None = None
+        self._autocommit_engine: AsyncEngine | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -356,44 +357,40 @@ class Database:
         if scope.after_commit:
             await scope.committed()
 
-    @property
-    def reads_apart(self) -> bool:
-        """Whether reads run apart from writers (``snapshot``): on SQLite, where a unit of work that
-        writes holds the one write lock. PostgreSQL readers never wait for writers in any transaction."""
-        return self._writer is not None
-
     @asynccontextmanager
     async def snapshot(self, deferred: list[Any]) -> AsyncIterator[Connection]:
-        """Where a read runs without taking or waiting for SQLite's write lock: a pooled read-only
-        connection whose every statement sees the last committed state (read committed, as on
-        PostgreSQL). Writes made through ``write`` inside it are appended to ``deferred`` for the
-        caller to make afterwards; any other write fails. On PostgreSQL, an ordinary transaction.
+        """Where a read runs without taking or waiting for a write lock, every statement seeing the last
+        committed state (read committed): on SQLite a pooled read-only connection, on PostgreSQL a pooled
+        connection in autocommit, so no BEGIN or COMMIT costs a round trip and a single statement written
+        through it commits on its own. Writes made through ``write`` inside it are appended to
+        ``deferred`` for the caller to make afterwards.
         """
         scope = TransactionScope(self.services, deferred=deferred)
         token = _scope.set(scope)
         try:
-            if self._writer is None:
-                async with _pooled(self.engine, commit=True) as conn:
-                    yield conn
-            else:
-                with self._readers().begin() as sync_conn:
-                    yield InlineConnection(sync_conn)
+            async with self.reader() as conn:
+                yield conn
         finally:
             _scope.reset(token)
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[Connection]:
-        """A connection for reads that must not queue behind writers (e.g. a worker's probe for due jobs).
-
-        On SQLite a pooled read-only connection (WAL readers see the last committed state); on
-        PostgreSQL a pooled connection. Never write through it.
+        """A connection for reads that must not queue behind writers (e.g. a worker's probe for due jobs),
+        each statement reading the last committed state: on SQLite a pooled read-only connection (WAL
+        readers), on PostgreSQL a pooled connection in autocommit. Never write through it, but for one
+        statement that must commit on its own (``audit.append_one``).
         """
         if self._writer is None:
-            async with _pooled(self.engine, commit=False) as conn:
+            async with _pooled(self._autocommit(), commit=False) as conn:
                 yield conn
             return
         with self._readers().connect() as sync_conn:
             yield InlineConnection(sync_conn)
+
+    def _autocommit(self) -> AsyncEngine:
+        if self._autocommit_engine is None:
+            self._autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        return self._autocommit_engine
 
     def _readers(self) -> sa.Engine:
         if self._sqlite_reader is None:
