@@ -181,26 +181,31 @@ async def test_a_rescue_is_recorded_in_the_jobs_tenant_as_the_rescuer_and_over_i
     assert event["args"] == {"job_id": third.id, "attempt": 1, "state": "dead", "reason": "lease expired"}
 
 
-async def test_the_next_due_time_is_the_earliest_of_the_tenants_waiting_jobs_of_the_queues_and_kinds_asked(
+async def test_a_probe_counts_the_tenants_due_jobs_of_the_queues_and_kinds_asked_up_to_its_bound(
     world: World,
 ) -> None:
     tenant = world.made.tenant.id
 
-    async def due(queues: list[str] | None = None, kinds: list[str] | None = None) -> datetime | None:
-        return await _in(world, lambda conn: jobs.next_due(conn, tenant, queues=queues, kinds=kinds))
+    async def due(
+        queues: list[str] | None = None, kinds: list[str] | None = None, at: datetime = START, up_to: int = 10
+    ) -> int:
+        return await _in(world, lambda conn: jobs.due(conn, tenant, queues=queues, kinds=kinds, now=at, up_to=up_to))
 
-    assert await due() is None
+    assert await due() == 0
     await _enqueue(world, kind="running")
-    (running,) = await _claim(world)
+    await _claim(world)
     await _enqueue(world, tenant_id=await _other_tenant(world))
     await _enqueue(world, queue="images", delay=timedelta(seconds=300))
     await _enqueue(world, kind="resize", delay=timedelta(seconds=60))
-    assert running.run_at == START
-    assert await due() == START + timedelta(seconds=60)
-    assert await due(queues=["images"]) == START + timedelta(seconds=300)
-    assert await due(kinds=["resize"]) == START + timedelta(seconds=60)
-    assert await due(queues=["images"], kinds=["resize"]) is None
-    assert await due(queues=["default"], kinds=["k"]) is None
+    for kind in ("k", "k", "resize"):
+        await _enqueue(world, kind=kind)
+    assert await due() == 3
+    assert await due(up_to=2) == 2
+    assert await due(kinds=["resize"]) == 1
+    assert await due(kinds=["resize"], at=START + timedelta(seconds=60)) == 2
+    assert await due(queues=["images"]) == 0
+    assert await due(queues=["images"], at=START + timedelta(seconds=300)) == 1
+    assert await due(queues=["images"], kinds=["resize"], at=START + timedelta(days=1)) == 0
 
 
 async def test_a_heartbeat_keeps_the_first_500_characters_of_its_message(world: World) -> None:

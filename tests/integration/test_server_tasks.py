@@ -105,7 +105,7 @@ async def test_a_tenants_workers_never_claim_a_server_task_nor_enqueue_into_its_
     async with world.dispatcher.runtime.db.reader() as conn:
         tenant = world.made.tenant.id
         now = world.dispatcher.runtime.clock()
-        assert await jobs.next_due(conn, tenant, queues=None, kinds=None) is None
+        assert await jobs.due(conn, tenant, queues=None, kinds=None, now=now, up_to=1) == 0
         assert await jobs.server_due(conn, now=now)
 
 

@@ -175,12 +175,12 @@ async def test_an_idle_worker_probes_without_calls_and_adds_no_audit_events(
     probes, enough = 0, anyio.Event()
     original = Worker._due
 
-    async def counted(self: Worker) -> bool:
+    async def counted(self: Worker, up_to: int) -> int:
         nonlocal probes
         probes += 1
         if probes == 200:
             enough.set()
-        return await original(self)
+        return await original(self, up_to)
 
     monkeypatch.setattr(Worker, "_due", counted)
     before = {e["id"] for e in await probe.audit_events()}

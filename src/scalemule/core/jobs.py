@@ -46,7 +46,8 @@ from scalemule.db.tables import jobs
 MAX_ERROR_CHARS = 2000
 DEFAULT_LEASE = timedelta(seconds=60)
 RESCUE_BATCH = 100
-# PostgreSQL channel notified in the enqueue's transaction (delivered on commit); payload: tenant id.
+# PostgreSQL channel notified in the enqueue's transaction (delivered on commit) of a job due now; the
+# payload is "<tenant id> <job id> <queue> <kind>" (none of them holds a space).
 NOTIFY_CHANNEL = "scalemule_jobs"
 # The queue of operations the server runs itself. A leading underscore is outside QUEUE_PATTERN, so
 # check_queue refuses it to every caller: jobs_enqueue cannot put work here, jobs_claim cannot ask for it.
@@ -137,9 +138,11 @@ async def enqueue(conn: Connection, new: NewJob, *, now: datetime) -> Job:
         raise InvalidArgument("delay_seconds must not be negative", hint="Use 0 (or omit it) to run now.")
     due = now + new.delay if new.delay is not None else max(now, new.run_at or now)
     job = await _insert(conn, new, due=due, now=now)
-    if _pg(conn):
-        # Sent inside the transaction: PostgreSQL delivers it on commit, never for a rolled-back job.
-        await conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "tenant": new.tenant_id})
+    if _pg(conn) and due <= now:
+        # Sent inside the transaction: PostgreSQL delivers it on commit, never for a rolled-back job. A
+        # job due later is found by the workers' probes.
+        payload = f"{job.tenant_id} {job.id} {job.queue} {job.kind}"
+        await conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "payload": payload})
     return job
 
 
@@ -188,7 +191,7 @@ async def _insert(conn: Connection, new: NewJob, *, due: datetime, now: datetime
 
 # Hot-path statements are built once: constructing a statement costs more than running it on SQLite.
 _INSERT = jobs.insert()
-_NOTIFY = sa.text("SELECT pg_notify(:channel, :tenant)")
+_NOTIFY = sa.text("SELECT pg_notify(:channel, :payload)")
 _GET = sa.select(jobs).where(jobs.c.tenant_id == sa.bindparam("t"), jobs.c.id == sa.bindparam("j"))
 _GET_LOCKED = _GET.with_for_update()
 
@@ -316,16 +319,6 @@ async def retry(conn: Connection, tenant_id: str, job_id: str, *, now: datetime)
 # --- the worker's side -----------------------------------------------------------------------
 
 
-def _waiting(tenant_id: str, queues: Sequence[str] | None, kinds: Sequence[str] | None) -> Any:
-    # Due or not: next_due asks when the earliest of them is.
-    condition = sa.and_(jobs.c.tenant_id == tenant_id, jobs.c.state.in_(CLAIMABLE), jobs.c.queue != SERVER_QUEUE)
-    if queues:
-        condition = sa.and_(condition, jobs.c.queue.in_(list(queues)))
-    if kinds:
-        condition = sa.and_(condition, jobs.c.kind.in_(list(kinds)))
-    return condition
-
-
 async def claim(
     conn: Connection,
     tenant_id: str,
@@ -397,23 +390,29 @@ def _lease_token() -> str:
 _CLAIMS: dict[tuple[bool, bool], Any] = {}
 
 
+def _due_now(by_queue: bool, by_kind: bool) -> Any:
+    """The tenant's (``t``) claimable jobs due at ``now``, of ``queues`` and ``kinds`` when filtered."""
+    condition = sa.and_(
+        jobs.c.tenant_id == sa.bindparam("t"),
+        jobs.c.state.in_(CLAIMABLE),
+        jobs.c.run_at <= sa.bindparam("now"),
+        jobs.c.queue != SERVER_QUEUE,
+    )
+    # A bound parameter given to in_() expands to the list passed at run time.
+    if by_queue:
+        condition = sa.and_(condition, jobs.c.queue.in_(sa.bindparam("queues")))
+    if by_kind:
+        condition = sa.and_(condition, jobs.c.kind.in_(sa.bindparam("kinds")))
+    return condition
+
+
 def _claim_next(by_queue: bool, by_kind: bool) -> Any:
     """Lease the tenant's best due job, if any, and return it: ``UPDATE jobs ... WHERE id = (SELECT the
     best due job FOR UPDATE SKIP LOCKED) RETURNING *``, built once per filter shape."""
     found = _CLAIMS.get((by_queue, by_kind))
     if found is None:
-        condition = sa.and_(
-            jobs.c.tenant_id == sa.bindparam("t"),
-            jobs.c.state.in_(CLAIMABLE),
-            jobs.c.run_at <= sa.bindparam("now"),
-            jobs.c.queue != SERVER_QUEUE,
-        )
-        # A bound parameter given to in_() expands to the list passed at run time.
-        if by_queue:
-            condition = sa.and_(condition, jobs.c.queue.in_(sa.bindparam("queues")))
-        if by_kind:
-            condition = sa.and_(condition, jobs.c.kind.in_(sa.bindparam("kinds")))
-        best = sa.select(jobs.c.id).where(condition).order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
+        best = sa.select(jobs.c.id).where(_due_now(by_queue, by_kind))
+        best = best.order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
         # Workers claiming at once never wait on each other's rows. SQLite renders no FOR UPDATE: there
         # the unit of work already holds the database's only write lock.
         best = best.limit(1).with_for_update(skip_locked=True)
@@ -699,15 +698,27 @@ def _rescue_event(job: Job, rescuer: Principal, transport: str) -> AuditEvent:
     )
 
 
-async def next_due(
-    conn: Connection, tenant_id: str, *, queues: Sequence[str] | None, kinds: Sequence[str] | None
-) -> datetime | None:
-    """When the next claimable job of these queues and kinds is due, perhaps already (None: none waiting).
-    Reads only."""
-    condition = _waiting(tenant_id, queues, kinds)
-    # min() has the column's type, so its value arrives as an aware datetime like run_at itself.
-    found: datetime | None = (await conn.execute(sa.select(sa.func.min(jobs.c.run_at)).where(condition))).scalar_one()
-    return found
+_COUNTS: dict[tuple[bool, bool], Any] = {}
+
+
+async def due(
+    conn: Connection,
+    tenant_id: str,
+    *,
+    queues: Sequence[str] | None,
+    kinds: Sequence[str] | None,
+    now: datetime,
+    up_to: int,
+) -> int:
+    """How many of the tenant's claimable jobs of these queues and kinds are due at ``now``, counted up
+    to ``up_to`` (a worker's probe: whether to claim, and whether more than one batch waits). Reads only."""
+    shape = (bool(queues), bool(kinds))
+    statement = _COUNTS.get(shape)
+    if statement is None:
+        waiting = sa.select(jobs.c.id).where(_due_now(*shape)).limit(sa.bindparam("n")).subquery()
+        statement = _COUNTS[shape] = sa.select(sa.func.count()).select_from(waiting)
+    params = {"t": tenant_id, "now": now, "n": up_to, "queues": list(queues or ()), "kinds": list(kinds or ())}
+    return int((await conn.execute(statement, params)).scalar_one())
 
 
 def maintenance_principal() -> Principal:

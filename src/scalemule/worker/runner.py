@@ -25,7 +25,7 @@ from scalemule.dispatch import Dispatcher, Exposure, Invocation, Outcome
 from scalemule.runtime import Runtime
 from scalemule.worker.handlers import Handlers, JobContext, PermanentError, ToolError
 from scalemule.worker.maintenance import rescue_forever
-from scalemule.worker.wakeup import Signal, listen
+from scalemule.worker.wakeup import Listener, Signal
 
 log = logging.getLogger("scalemule.worker")
 
@@ -90,8 +90,8 @@ class Worker:
         self.dispatcher = Dispatcher(runtime, Exposure(toolsets=None))
         self.tenant_id = ""
         self._wake = Signal()
-        # Set by a NOTIFY: a job was just enqueued, so claim without probing first.
-        self._notified = False
+        # PostgreSQL: announces enqueued jobs and settles which worker answers each (started by run).
+        self._listener: Listener | None = None
         self._running: dict[str, _Attempt] = {}
         self._idle = anyio.Event()
         self.done = 0
@@ -145,16 +145,16 @@ class Worker:
         async with anyio.create_task_group() as background:
             background.start_soon(rescue_forever, self.runtime)
             if self.runtime.db.dialect == "postgresql":
-                background.start_soon(listen, self.runtime.settings.url, self.tenant_id, self._on_notify)
+                self._listener = Listener(self.runtime.settings.url, self.tenant_id, self._takes, self._wake.set)
+                background.start_soon(self._listener.run)
             background.start_soon(self._wake_on, stop)
             async with anyio.create_task_group() as attempts:
                 await self._claim_loop(stop, attempts)
                 await self._drain()
             background.cancel_scope.cancel()
 
-    def _on_notify(self) -> None:
-        self._notified = True
-        self._wake.set()
+    def _takes(self, queue: str, kind: str) -> bool:
+        return kind in self.handlers.kinds() and (not self.options.queues or queue in self.options.queues)
 
     async def _wake_on(self, stop: anyio.Event) -> None:
         await stop.wait()
@@ -168,34 +168,61 @@ class Worker:
                 await self._wake.wait(self.options.poll_max)
                 continue
             try:
-                # After a full batch more is likely due: claim again without probing.
-                notified, self._notified = self._notified, False
-                if not busy and not notified and not await self._due():
-                    await self._wake.wait(delay)
-                    delay = min(delay * 2, self.options.poll_max)
-                    continue
-                claimed = await self._claim(free)
+                claimed, busy = await self._next_batch(free, busy)
             except Unavailable as exc:
                 log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
                 await self._wake.wait(delay)
                 delay = min(max(delay, 0.5) * 2, 10.0)
                 continue
-            busy = len(claimed) == free
-            if claimed:
-                delay = self.options.poll_min
+            if not claimed:
+                # A listening worker hears of every job due now; its probe finds the rest (jobs
+                # scheduled for later, retries after their backoff) at the slowest pace.
+                listening = self._listener is not None and self._listener.listening
+                await self._wake.wait(self.options.poll_max if listening else delay)
+                delay = min(delay * 2, self.options.poll_max)
+                continue
+            delay = self.options.poll_min
             for job in claimed:
                 self._start(job, attempts)
 
-    async def _due(self) -> bool:
+    async def _next_batch(self, free: int, busy: bool) -> tuple[list[dict[str, Any]], bool]:
+        """Claim up to ``free`` jobs when a claim is worth its call; returns them and whether more were
+        waiting beyond them (then the next batch is claimed without a probe).
+
+        A worker claims when its last batch was full and more were waiting then; when it answers a job
+        announced to it (of the workers an announcement wakes, one does: ``Listener``); or when its
+        probe, a read and not a call, finds a job due.
+        """
+        listener = self._listener
+        if busy:
+            if listener is not None:
+                listener.pending.clear()  # this claim takes what is due anyway
+            claimed = await self._claim(free)
+            return claimed, len(claimed) == free
+        if listener is not None and listener.pending:
+            try:
+                claimed = await self._claim(free) if await listener.answer(free) else []
+            finally:
+                await listener.release()
+            return claimed, False
+        waiting = await self._due(free + 1)
+        claimed = await self._claim(free) if waiting else []
+        return claimed, waiting > free and len(claimed) == free
+
+    async def _due(self, up_to: int) -> int:
         try:
             # A read beside the write path: it never waits for the write lock, and it is not a call.
             async with self.runtime.db.reader() as conn:
-                now = self.runtime.clock()
-                kinds = self.handlers.kinds()
-                due = await jobs.next_due(conn, self.tenant_id, queues=self.options.queues, kinds=kinds)
+                return await jobs.due(
+                    conn,
+                    self.tenant_id,
+                    queues=self.options.queues,
+                    kinds=self.handlers.kinds(),
+                    now=self.runtime.clock(),
+                    up_to=up_to,
+                )
         except (SQLAlchemyError, OSError) as exc:
             raise Unavailable(type(exc).__name__) from exc
-        return due is not None and due <= now
 
     async def _claim(self, limit: int) -> list[dict[str, Any]]:
         args: dict[str, Any] = {"kinds": self.handlers.kinds(), "limit": limit}
