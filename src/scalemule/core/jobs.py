@@ -137,13 +137,8 @@ async def enqueue(conn: Connection, new: NewJob, *, now: datetime) -> Job:
     if new.delay is not None and new.delay < timedelta(0):
         raise InvalidArgument("delay_seconds must not be negative", hint="Use 0 (or omit it) to run now.")
     due = now + new.delay if new.delay is not None else max(now, new.run_at or now)
-    job = await _insert(conn, new, due=due, now=now)
-    if _pg(conn) and due <= now:
-        # Sent inside the transaction: PostgreSQL delivers it on commit, never for a rolled-back job. A
-        # job due later is found by the workers' probes.
-        payload = f"{job.tenant_id} {job.id} {job.queue} {job.kind}"
-        await conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "payload": payload})
-    return job
+    # Announced on PostgreSQL when due now; a job due later is found by the workers' probes.
+    return await _insert(conn, new, due=due, now=now, announce=_pg(conn) and due <= now)
 
 
 async def enqueue_server(conn: Connection, new: NewJob, *, now: datetime) -> Job:
@@ -155,10 +150,10 @@ async def enqueue_server(conn: Connection, new: NewJob, *, now: datetime) -> Job
     check_kind(new.kind)
     check_json_size(new.payload, "payload")
     # No NOTIFY: it wakes a tenant's own workers, which never take these.
-    return await _insert(conn, replace(new, queue=SERVER_QUEUE), due=now, now=now)
+    return await _insert(conn, replace(new, queue=SERVER_QUEUE), due=now, now=now, announce=False)
 
 
-async def _insert(conn: Connection, new: NewJob, *, due: datetime, now: datetime) -> Job:
+async def _insert(conn: Connection, new: NewJob, *, due: datetime, now: datetime, announce: bool) -> Job:
     row = {
         "id": new_id("job"),
         "tenant_id": new.tenant_id,
@@ -185,13 +180,21 @@ async def _insert(conn: Connection, new: NewJob, *, due: datetime, now: datetime
         "started_at": None,
         "finished_at": None,
     }
-    await conn.execute(_INSERT, row)
+    if announce:
+        # Sent inside the transaction: PostgreSQL delivers it on commit, never for a rolled-back job.
+        params = {f"j_{name}": value for name, value in row.items()}
+        params |= {"channel": NOTIFY_CHANNEL, "payload": f"{new.tenant_id} {row['id']} {new.queue} {new.kind}"}
+        await conn.execute(_INSERT_ANNOUNCED, params)
+    else:
+        await conn.execute(_INSERT, row)
     return Job(**row)
 
 
 # Hot-path statements are built once: constructing a statement costs more than running it on SQLite.
 _INSERT = jobs.insert()
-_NOTIFY = sa.text("SELECT pg_notify(:channel, :payload)")
+# PostgreSQL: the job inserted and announced (NOTIFY) in one statement, one round trip.
+_inserted = jobs.insert().values({c.name: sa.bindparam(f"j_{c.name}", type_=c.type) for c in jobs.c}).cte("inserted")
+_INSERT_ANNOUNCED = sa.select(sa.func.pg_notify(sa.bindparam("channel"), sa.bindparam("payload"))).add_cte(_inserted)
 _GET = sa.select(jobs).where(jobs.c.tenant_id == sa.bindparam("t"), jobs.c.id == sa.bindparam("j"))
 _GET_LOCKED = _GET.with_for_update()
 
