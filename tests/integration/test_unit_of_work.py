@@ -6,6 +6,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import asyncpg
 import pytest
 import sqlalchemy as sa
@@ -70,6 +71,36 @@ async def test_a_read_hands_back_its_result_only_once_its_event_is_committed(
         assert (event["operation"], event["outcome"]) == (f"probe_read_{n}", "ok")
         seqs.append(event["seq"])
     assert seqs == list(range(seqs[0], seqs[0] + 3))
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+async def test_concurrent_reads_of_one_chain_take_turns_each_appending_after_the_head_the_last_left(
+    runtime: Runtime, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Racing with one guess, all but one would miss the head, wait on its row, then lock it and retry.
+    locked = 0
+    original = audit._lock_head
+
+    async def counted(conn: Connection, chain: str) -> Any:
+        nonlocal locked
+        locked += 1
+        return await original(conn, chain)
+
+    async def read(n: int) -> None:
+        async def body(conn: Connection) -> None:
+            await conn.execute(sa.select(sa.literal(n)))
+
+        await UnitOfWork(runtime.db, _Trace(operation=f"probe_read_{n}")).read(body)
+
+    await read(0)  # the first append of the process reads the head under lock
+    monkeypatch.setattr(audit, "_lock_head", counted)
+    async with anyio.create_task_group() as group:
+        for n in range(1, 17):
+            group.start_soon(read, n)
+    assert locked == 0
+    events = [e for e in await probe.audit_events() if e["operation"].startswith("probe_read_")]
+    seqs = sorted(e["seq"] for e in events)
+    assert seqs == list(range(seqs[0], seqs[0] + 17))
 
 
 async def test_a_call_whose_trace_asks_for_it_is_tallied_instead_of_appended(

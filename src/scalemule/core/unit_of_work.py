@@ -92,7 +92,7 @@ class UnitOfWork:
 
         The body runs in a read snapshot (``Database.snapshot``); its event, with the bookkeeping the
         read deferred (e.g. a key's ``last_used_at``), is appended after it: in one statement that
-        commits on its own where it can be (PostgreSQL, nothing deferred: ``audit.append_one``), else
+        commits on its own where it can be (PostgreSQL, nothing deferred: ``audit.append_alone``), else
         in a short transaction. The result is handed back only once the event has committed, so no read
         goes unrecorded, and events stay in the order calls completed.
 
@@ -105,7 +105,7 @@ class UnitOfWork:
                 result = await body(conn)
                 # PostgreSQL's snapshot commits each statement on its own: the event can be one of them.
                 if not deferred and not self.trace.tallied and self.db.dialect == "postgresql":
-                    alone = await audit.append_one(conn, self.trace.event("ok", None))
+                    alone = await audit.append_alone(conn, self.trace.event("ok", None))
                     if alone is not None:
                         self.event_id = alone.id
                         return result
