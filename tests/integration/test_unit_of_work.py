@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import asyncpg
 import pytest
 import sqlalchemy as sa
@@ -15,7 +16,7 @@ from scalemule.core import audit, bootstrap, identity, unit_of_work
 from scalemule.core.audit import AuditEvent
 from scalemule.core.errors import FailedPrecondition, Internal
 from scalemule.core.ids import utcnow
-from scalemule.core.unit_of_work import UnitOfWork
+from scalemule.core.unit_of_work import ReadEvents, UnitOfWork
 from scalemule.db.engine import Connection
 from scalemule.db.tables import audit_rollups
 from scalemule.runtime import Runtime
@@ -73,34 +74,121 @@ async def test_a_read_hands_back_its_result_only_once_its_event_is_committed(
     assert seqs == list(range(seqs[0], seqs[0] + 3))
 
 
-@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
-async def test_concurrent_reads_of_one_chain_take_turns_each_appending_after_the_head_the_last_left(
+async def _read(runtime: Runtime, n: int) -> str | None:
+    """A read through a unit of work; returns its event id."""
+
+    async def body(conn: Connection) -> None:
+        await conn.execute(sa.select(sa.literal(n)))
+
+    work = UnitOfWork(runtime.db, _Trace(operation=f"probe_read_{n}"))
+    await work.read(body)
+    return work.event_id
+
+
+async def _reads_at_once(runtime: Runtime, count: int) -> list[str | BaseException | None]:
+    outcomes: list[str | BaseException | None] = [None] * count
+
+    async def one(n: int) -> None:
+        try:
+            outcomes[n] = await _read(runtime, n)
+        except Exception as exc:
+            outcomes[n] = exc
+
+    async with anyio.create_task_group() as group:
+        for n in range(count):
+            group.start_soon(one, n)
+    return outcomes
+
+
+async def _probe_reads(probe: StoreProbe) -> list[int]:
+    return sorted(e["seq"] for e in await probe.audit_events() if e["operation"].startswith("probe_read_"))
+
+
+async def test_reads_finishing_together_are_appended_together_after_the_head_the_last_turn_left(
     runtime: Runtime, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Racing with one guess, all but one would miss the head, wait on its row, then lock it and retry.
-    locked = 0
-    original = audit._lock_head
+    # One at a time with one guess of the head, all but one would miss it, wait on its row, then lock
+    # it and append the longer way.
+    await _read(runtime, 99)  # the process's first append reads the head under lock
+    batches, locked = [], 0
+    write, lock_head = ReadEvents._write, audit._lock_head
 
-    async def counted(conn: Connection, chain: str) -> Any:
+    async def counted_write(self: ReadEvents, events: list[AuditEvent]) -> list[AuditEvent]:
+        batches.append(len(events))
+        return await write(self, events)
+
+    async def counted_lock(conn: Connection, chain: str) -> Any:
         nonlocal locked
         locked += 1
-        return await original(conn, chain)
+        return await lock_head(conn, chain)
 
-    async def read(n: int) -> None:
-        async def body(conn: Connection) -> None:
-            await conn.execute(sa.select(sa.literal(n)))
-
-        await UnitOfWork(runtime.db, _Trace(operation=f"probe_read_{n}")).read(body)
-
-    await read(0)  # the first append of the process reads the head under lock
-    monkeypatch.setattr(audit, "_lock_head", counted)
-    async with anyio.create_task_group() as group:
-        for n in range(1, 17):
-            group.start_soon(read, n)
-    assert locked == 0
-    events = [e for e in await probe.audit_events() if e["operation"].startswith("probe_read_")]
-    seqs = sorted(e["seq"] for e in events)
+    monkeypatch.setattr(ReadEvents, "_write", counted_write)
+    monkeypatch.setattr(audit, "_lock_head", counted_lock)
+    outcomes = await _reads_at_once(runtime, 16)
+    assert all(isinstance(o, str) for o in outcomes) and len(set(outcomes)) == 16
+    assert sum(batches) == 16 and len(batches) < 16 and locked == 0
+    seqs = await _probe_reads(probe)
     assert seqs == list(range(seqs[0], seqs[0] + 17))
+
+
+async def test_when_a_turn_fails_the_reads_it_carried_are_appended_by_the_next(
+    runtime: Runtime, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failed: list[int] = []
+    write = ReadEvents._write
+
+    async def flaky(self: ReadEvents, events: list[AuditEvent]) -> list[AuditEvent]:
+        if not failed and len(events) > 1:
+            failed.append(len(events))
+            raise OSError("the store went away")
+        return await write(self, events)
+
+    monkeypatch.setattr(ReadEvents, "_write", flaky)
+    outcomes = await _reads_at_once(runtime, 16)
+    assert failed and failed[0] > 1
+    # The read whose turn failed fails (recorded as such); the others it carried were appended after.
+    assert [type(o) for o in outcomes if not isinstance(o, str)] == [Internal]
+    events = [e for e in await probe.audit_events() if e["operation"].startswith("probe_read_")]
+    assert sorted(e["outcome"] for e in events) == ["error"] + ["ok"] * 15
+    seqs = sorted(e["seq"] for e in events)
+    assert seqs == list(range(seqs[0], seqs[0] + 16))
+
+
+async def test_a_read_cancelled_while_its_event_waits_for_a_turn_is_recorded_as_cancelled_only(
+    runtime: Runtime, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writing, release = anyio.Event(), anyio.Event()
+    write = ReadEvents._write
+
+    async def held(self: ReadEvents, events: list[AuditEvent]) -> list[AuditEvent]:
+        writing.set()
+        await release.wait()
+        return await write(self, events)
+
+    monkeypatch.setattr(ReadEvents, "_write", held)
+    waiting = ReadEvents.of(runtime.db)._waiting
+    second = anyio.CancelScope()
+
+    async def cancelled_read() -> None:
+        with second:
+            await _read(runtime, 2)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(_read, runtime, 1)
+        await writing.wait()  # the first read's turn is writing
+        group.start_soon(cancelled_read)
+        # Nothing signals that the second read's event has queued: look between turns of the loop.
+        while not any(waiting.values()):
+            await anyio.lowlevel.checkpoint()
+        second.cancel()
+        release.set()
+    await _read(runtime, 3)  # the next turn carries no event of the cancelled read
+    events = [(e["operation"], e["outcome"]) for e in await probe.audit_events()]
+    assert sorted(e for e in events if e[0].startswith("probe_read_")) == [
+        ("probe_read_1", "ok"),
+        ("probe_read_2", "cancelled"),
+        ("probe_read_3", "ok"),
+    ]
 
 
 async def test_a_call_whose_trace_asks_for_it_is_tallied_instead_of_appended(

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any, Literal
 
-import anyio
 import sqlalchemy as sa
 
 from scalemule.core import audit_checkpoints as checkpoints
@@ -138,8 +137,6 @@ class _Head:
 # transaction rolled back) falls back to reading the head under lock. It saves a read per call, and
 # carries the chain's last checkpoint, so deciding whether one is due costs no statement either.
 _head_guess: dict[str, _Head] = {}
-# Appenders in autocommit take turns per chain in this process (``append_alone``).
-_turns: dict[str, anyio.Lock] = {}
 
 
 def _insert_head(dialect: str) -> Any:
@@ -269,17 +266,6 @@ async def append_one(conn: Connection, event: AuditEvent) -> AuditEvent | None:
         return None
     _head_guess[sealed.chain] = replace(head, seq=sealed.seq, hash=sealed.hash)
     return sealed
-
-
-async def append_alone(conn: Connection, event: AuditEvent) -> AuditEvent | None:
-    """``append_one`` on a connection in autocommit (a read's event), one such append per chain at a
-    time in this process. Concurrent reads of one tenant then take turns here, each finding the head
-    the one before it left, instead of all racing for the head row with one guess, the losers waiting
-    on its lock and then taking the longer way. Never inside a transaction, which keeps the head row
-    locked after its statement: one that appends again would wait on a turn held by an append waiting
-    on its row."""
-    async with _turns.setdefault(event.chain, anyio.Lock()):
-        return await append_one(conn, event)
 
 
 async def append(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEvent]:

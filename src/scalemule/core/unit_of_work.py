@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -90,11 +91,11 @@ class UnitOfWork:
     async def read(self, body: Callable[[Connection], Awaitable[T]]) -> T:
         """Run a ``body`` that only reads, without holding up writers, then record its ``ok`` event.
 
-        The body runs in a read snapshot (``Database.snapshot``); its event, with the bookkeeping the
-        read deferred (e.g. a key's ``last_used_at``), is appended after it: in one statement that
-        commits on its own where it can be (PostgreSQL, nothing deferred: ``audit.append_alone``), else
-        in a short transaction. The result is handed back only once the event has committed, so no read
-        goes unrecorded, and events stay in the order calls completed.
+        The body runs in a read snapshot (``Database.snapshot``); its event is appended after it, with
+        the events of other reads of its tenant that finish meanwhile (``ReadEvents``), or, when the
+        read deferred bookkeeping (e.g. a key's ``last_used_at``), in a short transaction with it. The
+        result is handed back only once the event has committed, so no read goes unrecorded, and
+        events stay in the order calls completed.
 
         Raises:
             ScaleMuleError: the body's error, or ``Internal`` for an unexpected exception (recorded).
@@ -103,12 +104,9 @@ class UnitOfWork:
         async with self.recorded():
             async with self.db.snapshot(deferred) as conn:
                 result = await body(conn)
-                # PostgreSQL's snapshot commits each statement on its own: the event can be one of them.
-                if not deferred and not self.trace.tallied and self.db.dialect == "postgresql":
-                    alone = await audit.append_alone(conn, self.trace.event("ok", None))
-                    if alone is not None:
-                        self.event_id = alone.id
-                        return result
+            if not deferred and not self.trace.tallied:
+                self.event_id = (await ReadEvents.of(self.db).append(self.trace.event("ok", None))).id
+                return result
             async with self.transaction() as conn:
                 for statement in deferred:
                     await conn.execute(statement)
@@ -172,6 +170,74 @@ class UnitOfWork:
             return
         (sealed,) = await audit.append(conn, [event])
         self.event_id = sealed.id
+
+
+class ReadEvents:
+    """Appends the events of reads (calls that wrote nothing else) of one database, several at a time.
+
+    Reads of one chain take turns to append. A read whose turn comes while earlier ones are still
+    waiting appends them all with its own: one transaction, one head update, one commit (on
+    PostgreSQL a turn of one event is one statement in autocommit, ``audit.append_one``). A read
+    whose event an earlier turn appended finds it done when its own turn comes. If a turn fails or is
+    cancelled, nothing was written: the others' events go back to the queue for the next turn.
+    Appends inside a transaction never take a turn: their head row stays locked after their statement.
+    """
+
+    _of: weakref.WeakKeyDictionary[Database, ReadEvents] = weakref.WeakKeyDictionary()
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._waiting: dict[str, list[_Waiting]] = {}
+        self._turns: dict[str, anyio.Lock] = {}
+
+    @classmethod
+    def of(cls, db: Database) -> ReadEvents:
+        """The appender of ``db`` (one per database in a process)."""
+        found = cls._of.get(db)
+        if found is None:
+            found = cls._of[db] = cls(db)
+        return found
+
+    async def append(self, event: AuditEvent) -> AuditEvent:
+        """Append ``event`` (with others waiting) and return it sealed, once committed."""
+        mine = _Waiting(event)
+        waiting = self._waiting.setdefault(event.chain, [])
+        waiting.append(mine)
+        try:
+            # A free turn is taken without a trip through the event loop (a lone read pays nothing).
+            async with self._turns.setdefault(event.chain, anyio.Lock(fast_acquire=True)):
+                if mine.sealed is None:
+                    batch = waiting[:]
+                    waiting.clear()
+                    try:
+                        sealed = await self._write([w.event for w in batch])
+                    except BaseException:
+                        waiting[:0] = [w for w in batch if w is not mine]
+                        raise
+                    for done, one in zip(batch, sealed, strict=True):
+                        done.sealed = one
+        except BaseException:
+            # Cancelled or failed before a turn took it: the call is recorded as such, never as ok.
+            if mine in waiting:
+                waiting.remove(mine)
+            raise
+        assert mine.sealed is not None
+        return mine.sealed
+
+    async def _write(self, events: list[AuditEvent]) -> list[AuditEvent]:
+        if len(events) == 1 and self.db.dialect == "postgresql":
+            async with self.db.reader() as conn:  # autocommit
+                one = await audit.append_one(conn, events[0])
+            if one is not None:
+                return [one]
+        async with self.db.transaction() as conn:
+            return await audit.append(conn, events)
+
+
+@dataclass
+class _Waiting:
+    event: AuditEvent
+    sealed: AuditEvent | None = None
 
 
 def network_source(address: str | None) -> str:
