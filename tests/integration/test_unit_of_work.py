@@ -111,11 +111,16 @@ async def test_reads_finishing_together_are_appended_together_after_the_head_the
     # it and append the longer way.
     await _read(runtime, 99)  # the process's first append reads the head under lock
     batches, locked = [], 0
-    write, lock_head = ReadEvents._write, audit._lock_head
+    write, free, lock_head = ReadEvents._write, ReadEvents.append_free, audit._lock_head
 
     async def counted_write(self: ReadEvents, events: list[AuditEvent]) -> list[AuditEvent]:
         batches.append(len(events))
         return await write(self, events)
+
+    async def counted_free(self: ReadEvents, conn: Connection, event: AuditEvent) -> AuditEvent | None:
+        sealed = await free(self, conn, event)
+        batches.extend([1] if sealed is not None else [])
+        return sealed
 
     async def counted_lock(conn: Connection, chain: str) -> Any:
         nonlocal locked
@@ -123,6 +128,7 @@ async def test_reads_finishing_together_are_appended_together_after_the_head_the
         return await lock_head(conn, chain)
 
     monkeypatch.setattr(ReadEvents, "_write", counted_write)
+    monkeypatch.setattr(ReadEvents, "append_free", counted_free)
     monkeypatch.setattr(audit, "_lock_head", counted_lock)
     outcomes = await _reads_at_once(runtime, 16)
     assert all(isinstance(o, str) for o in outcomes) and len(set(outcomes)) == 16
@@ -165,7 +171,11 @@ async def test_a_read_cancelled_while_its_event_waits_for_a_turn_is_recorded_as_
         await release.wait()
         return await write(self, events)
 
+    async def busy(self: ReadEvents, conn: Connection, event: AuditEvent) -> None:
+        return None  # every read's event goes through the queue
+
     monkeypatch.setattr(ReadEvents, "_write", held)
+    monkeypatch.setattr(ReadEvents, "append_free", busy)
     waiting = ReadEvents.of(runtime.db)._waiting
     second = anyio.CancelScope()
 

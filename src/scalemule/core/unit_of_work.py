@@ -102,10 +102,13 @@ class UnitOfWork:
         """
         deferred: list[Any] = []
         async with self.recorded():
+            events = ReadEvents.of(self.db)
             async with self.db.snapshot(deferred) as conn:
                 result = await body(conn)
-            if not deferred and not self.trace.tallied:
-                self.event_id = (await ReadEvents.of(self.db).append(self.trace.event("ok", None))).id
+                event = None if deferred or self.trace.tallied else self.trace.event("ok", None)
+                sealed = None if event is None else await events.append_free(conn, event)
+            if event is not None:
+                self.event_id = (sealed or await events.append(event)).id
                 return result
             async with self.transaction() as conn:
                 for statement in deferred:
@@ -177,10 +180,11 @@ class ReadEvents:
 
     Reads of one chain take turns to append. A read whose turn comes while earlier ones are still
     waiting appends them all with its own: one transaction, one head update, one commit (on
-    PostgreSQL a turn of one event is one statement in autocommit, ``audit.append_one``). A read
-    whose event an earlier turn appended finds it done when its own turn comes. If a turn fails or is
-    cancelled, nothing was written: the others' events go back to the queue for the next turn.
-    Appends inside a transaction never take a turn: their head row stays locked after their statement.
+    PostgreSQL a turn of one event is one statement in autocommit, ``audit.append_one``, made on the
+    read's own connection when the turn is free: ``append_free``). A read whose event an earlier turn
+    appended finds it done when its own turn comes. If a turn fails or is cancelled, nothing was
+    written: the others' events go back to the queue for the next turn. Appends inside a transaction
+    never take a turn: their head row stays locked after their statement.
     """
 
     _of: weakref.WeakKeyDictionary[Database, ReadEvents] = weakref.WeakKeyDictionary()
@@ -223,6 +227,16 @@ class ReadEvents:
             raise
         assert mine.sealed is not None
         return mine.sealed
+
+    async def append_free(self, conn: Connection, event: AuditEvent) -> AuditEvent | None:
+        """Append ``event`` in one statement on ``conn``, the read's own connection in autocommit
+        (PostgreSQL), when its chain's turn is free and no event waits for one; None otherwise, having
+        written nothing (then ``append``, once the read has given its connection back)."""
+        turn = self._turns.setdefault(event.chain, anyio.Lock(fast_acquire=True))
+        if conn.dialect.name != "postgresql" or turn.locked() or self._waiting.get(event.chain):
+            return None
+        async with turn:  # free: taken at once
+            return await audit.append_one(conn, event)
 
     async def _write(self, events: list[AuditEvent]) -> list[AuditEvent]:
         if len(events) == 1 and self.db.dialect == "postgresql":
