@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,26 @@ async def test_a_database_used_again_after_closing_checkpoints_again(
         assert again is not None and again.checkpointed == again.log_frames
     finally:
         await db.dispose()
+
+
+async def test_a_close_landing_between_the_gathering_and_its_clearing_still_stops_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wal, "GATHER_SECONDS", 0.0)
+    checkpointer = wal.Checkpointer(tmp_path / "store.db", 1000)
+    landed = threading.Event()
+
+    class CloseBeforeClear(threading.Event):
+        def clear(self) -> None:
+            if not landed.is_set():  # close() runs here: it sets _stop, then wakes the thread
+                checkpointer._stop.set()
+                self.set()
+                landed.set()
+            super().clear()
+
+    checkpointer._wrote = CloseBeforeClear()
+    checkpointer.wrote()
+    thread = checkpointer._thread
+    assert thread is not None and landed.wait(10)
+    thread.join(timeout=10)  # a lost wake-up leaves it waiting for a commit forever
+    assert not thread.is_alive()

@@ -63,6 +63,10 @@ class Checkpointer:
                 if self._stop.wait(GATHER_SECONDS):
                     return
                 self._wrote.clear()
+                # A close that came after the gathering timed out and before the clear would have its
+                # wake-up cleared here, and the thread would wait for a commit forever.
+                if self._stop.is_set():
+                    return
                 self._checkpoint(conn)
         finally:
             conn.close()
