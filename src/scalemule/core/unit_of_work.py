@@ -208,8 +208,7 @@ class ReadEvents:
         waiting = self._waiting.setdefault(event.chain, [])
         waiting.append(mine)
         try:
-            # A free turn is taken without a trip through the event loop (a lone read pays nothing).
-            async with self._turns.setdefault(event.chain, anyio.Lock(fast_acquire=True)):
+            async with self._turn(event.chain):
                 if mine.sealed is None:
                     batch = waiting[:]
                     waiting.clear()
@@ -232,11 +231,18 @@ class ReadEvents:
         """Append ``event`` in one statement on ``conn``, the read's own connection in autocommit
         (PostgreSQL), when its chain's turn is free and no event waits for one; None otherwise, having
         written nothing (then ``append``, once the read has given its connection back)."""
-        turn = self._turns.setdefault(event.chain, anyio.Lock(fast_acquire=True))
+        turn = self._turn(event.chain)
         if conn.dialect.name != "postgresql" or turn.locked() or self._waiting.get(event.chain):
             return None
         async with turn:  # free: taken at once
             return await audit.append_one(conn, event)
+
+    def _turn(self, chain: str) -> anyio.Lock:
+        turn = self._turns.get(chain)
+        if turn is None:
+            # A free turn is taken without a trip through the event loop (a lone read pays nothing).
+            turn = self._turns[chain] = anyio.Lock(fast_acquire=True)
+        return turn
 
     async def _write(self, events: list[AuditEvent]) -> list[AuditEvent]:
         if len(events) == 1 and self.db.dialect == "postgresql":
