@@ -23,12 +23,15 @@ from audit_log import INTERFERENCE_EVENTS, _seed
 
 APPEND_BATCH = 200
 
-# Every index of audit_events but its primary key and (chain, seq): the ones audit_query's filters use.
+# Every index of audit_events but its primary key (chain, seq) and the one of event ids (audit_get): the
+# ones audit_query's filters use.
 _QUERY_INDEXES = sa.text(
     "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'audit_events'"
-    " AND indexname LIKE 'ix_audit_events_%'"
+    " AND indexname LIKE 'ix_audit_events_chain_%'"
 )
-_SQLITE_INDEXES = sa.text("SELECT name FROM sqlite_master WHERE tbl_name = 'audit_events' AND name LIKE 'ix_%'")
+_SQLITE_INDEXES = sa.text(
+    "SELECT name FROM sqlite_master WHERE tbl_name = 'audit_events' AND name LIKE 'ix_audit_events_chain_%'"
+)
 
 
 async def _drop_query_indexes(store: Store) -> int:

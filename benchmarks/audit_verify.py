@@ -28,11 +28,13 @@ import tracemalloc
 from pathlib import Path
 
 import anyio
+import sqlalchemy as sa
 
 from scalemule.core import audit, audit_export, audit_verify
 from scalemule.core.audit import AuditEvent
 from scalemule.core.ids import new_id, utcnow
 from scalemule.db import migrate
+from scalemule.db.tables import audit_events
 from scalemule.runtime import Runtime
 from scalemule.settings import Settings
 
@@ -77,24 +79,17 @@ async def build(runtime: Runtime, events: int) -> str:
 
 
 async def stored_events(runtime: Runtime, chain: str) -> list[AuditEvent]:
-    """Every event of ``chain``, as the verifier reads them."""
+    """Every event of ``chain``, read from its stored rows."""
     events: list[AuditEvent] = []
-
-    async def keep(query: object) -> list[object]:
-        async with runtime.db.transaction() as conn:
-            return list((await conn.execute(query)).all())
-
+    table = audit_events
     last = 0
     while True:
-        rows = await keep(
-            audit_verify.audit_events.select()
-            .where(audit_verify.audit_events.c.chain == chain, audit_verify.audit_events.c.seq > last)
-            .order_by(audit_verify.audit_events.c.seq)
-            .limit(10_000)
-        )
+        async with runtime.db.reader() as conn:
+            query = sa.select(table.c.seq, table.c.hash, table.c.body).where(table.c.chain == chain, table.c.seq > last)
+            rows = list(await conn.execute(query.order_by(table.c.seq).limit(10_000)))
         if not rows:
             return events
-        events += [audit_verify.event_of(row._mapping) for row in rows]  # type: ignore[attr-defined]
+        events += [AuditEvent.from_row(row) for row in rows]
         last = events[-1].seq
 
 

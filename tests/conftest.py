@@ -12,7 +12,7 @@ import os
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from scalemule.core import audit_rollups, bootstrap, crypto
+from scalemule.core.audit import AuditEvent
 from scalemule.db import migrate
 from scalemule.db.engine import create_engine
 from scalemule.db.tables import metadata
@@ -237,11 +238,11 @@ class StoreProbe:
             return int((await conn.execute(sa.select(sa.func.count()).select_from(events))).scalar_one())
 
     async def audit_events(self) -> list[dict[str, Any]]:
-        """Every stored audit event as a dict, ordered by chain and sequence number."""
+        """Every stored audit event as a dict of its fields and chain, ordered by chain and sequence number."""
         events = metadata.tables["audit_events"]
         async with self.runtime.db.transaction() as conn:
             rows = await conn.execute(sa.select(events).order_by(events.c.chain, events.c.seq))
-            return [dict(row._mapping) for row in rows]
+            return [stored_event(row) for row in rows]
 
     async def tallied(self, error_code: str = "unauthenticated") -> int:
         """How many calls with ``error_code`` were tallied, once every open bucket is folded into the log."""
@@ -255,7 +256,19 @@ class StoreProbe:
         events = metadata.tables["audit_events"]
         async with self.runtime.db.transaction() as conn:
             row = (await conn.execute(sa.select(events).where(events.c.id == event_id))).one()
-            return dict(row._mapping)
+            return stored_event(row)
+
+
+def edited_body(row: Any, **changes: Any) -> str:
+    """The body of the stored event ``row`` with ``changes`` made to its fields, as an edit of the
+    database would write it (its hash left as it was)."""
+    event = replace(AuditEvent.from_row(row), **changes)
+    return str(event.row()["body"])
+
+
+def stored_event(row: Any) -> dict[str, Any]:
+    """An ``audit_events`` row as the event's fields (from its body) and its chain."""
+    return {**asdict(AuditEvent.from_row(row)), "chain": row.chain}
 
 
 @pytest.fixture

@@ -57,7 +57,10 @@ def test_audit_verify_passes_then_names_an_edited_event(
     code, report = _json(capsys, "audit", "verify", "--tenant", "acme")
     assert code == 0 and report["ok"] and report["chains"][0]["events"] >= 1
     with sqlite3.connect(store["data_dir"] / "scalemule.db") as db:
-        db.execute("UPDATE audit_events SET operation = 'forged' WHERE seq = 1")
+        # An edit of what the event says: its body (the other columns follow from it).
+        db.execute(
+            'UPDATE audit_events SET body = replace(body, \'"operation":"\', \'"operation":"forged-\') WHERE seq = 1'
+        )
     code, report = _json(capsys, "audit", "verify", "--all")
     assert code == EXIT_TAMPERED and not report["ok"]
     bad = [c for c in report["chains"] if not c["ok"]]

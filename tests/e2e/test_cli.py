@@ -87,7 +87,8 @@ def test_init_on_an_initialised_store_fails_changes_nothing_and_is_recorded(
     assert _store_state(copy) == before
     with sqlite3.connect(copy / "scalemule.db") as db:
         refused = db.execute(
-            "SELECT actor_kind, error_code, chain FROM audit_events WHERE operation = 'init' AND outcome = 'error'"
+            "SELECT json_extract(body, '$.actor_kind'), json_extract(body, '$.error_code'), chain FROM audit_events"
+            " WHERE operation = 'init' AND outcome = 'error'"
         ).fetchall()
     assert refused == [("operator", "failed_precondition", "-")]
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from scalemule.db.engine import create_engine
 from scalemule.db.tables import audit_events, jobs
 from scalemule.dispatch import Invocation
-from tests.conftest import POSTGRES_ADMIN_URL
+from tests.conftest import POSTGRES_ADMIN_URL, stored_event
 from tests.e2e.conftest import SCALEMULE, Deployment
 
 pytestmark = pytest.mark.anyio
@@ -162,11 +162,11 @@ async def _check(deployment: Deployment, ids: set[str], log_dir: Path, victim: i
     async with deployment.beside() as (dispatcher, _), dispatcher.runtime.db.transaction() as conn:
         rows = {r.id: r for r in await conn.execute(sa.select(jobs.c.id, jobs.c.state, jobs.c.attempt))}
         events = [
-            dict(r._mapping)
+            stored_event(r)
             for r in await conn.execute(
-                sa.select(
-                    audit_events.c.operation, audit_events.c.outcome, audit_events.c.target, audit_events.c.args
-                ).where(audit_events.c.operation.in_(["jobs_claim", "jobs_complete", "jobs_rescue", "jobs_fail"]))
+                sa.select(audit_events).where(
+                    audit_events.c.operation.in_(["jobs_claim", "jobs_complete", "jobs_rescue", "jobs_fail"])
+                )
             )
         ]
     assert set(rows) == ids and {r.state for r in rows.values()} == {"succeeded"}

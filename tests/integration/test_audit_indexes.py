@@ -18,6 +18,7 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement
 
 from scalemule.core import audit_filters
+from scalemule.core.audit import AuditEvent
 from scalemule.core.audit_filters import EventFilter, Statement
 from scalemule.core.ids import utcnow
 from scalemule.db.tables import audit_events
@@ -109,6 +110,11 @@ async def _plan(world: World, statement: Statement) -> list[str]:
         return [str(row[-1]) for row in rows]
 
 
+def _stored(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``audit_events`` rows of events given by their fields (and chain)."""
+    return [AuditEvent(**{k: v for k, v in e.items() if k != "chain"}).row() for e in events]
+
+
 async def _plans(world: World, where: EventFilter, before_seq: int | None) -> list[str]:
     """The plans of the statements ``audit_filters.query`` runs for ``where``."""
     db, chain = world.dispatcher.runtime.db, world.made.tenant.id
@@ -127,7 +133,7 @@ async def busy_log(world: World) -> World:
     """``world`` whose tenant's log holds thousands of one busy caller's events, analysed on PostgreSQL."""
     db = world.dispatcher.runtime.db
     async with db.transaction() as conn:
-        await conn.execute(audit_events.insert(), _busy_events(world.made.tenant.id))
+        await conn.execute(audit_events.insert(), _stored(_busy_events(world.made.tenant.id)))
     if db.dialect == "postgresql":
         async with db.engine.connect() as conn:
             await conn.execute(sa.text("ANALYZE audit_events"))
@@ -184,7 +190,7 @@ async def test_an_actor_matching_one_principals_id_and_anothers_name_finds_both_
     rows[1] |= {"actor_id": "agt_x", "actor_name": "x"}
     rows[2] |= {"actor_id": "agt_y", "actor_name": "agt_x"}
     async with db.transaction() as conn:
-        await conn.execute(audit_events.insert(), rows)
+        await conn.execute(audit_events.insert(), _stored(rows))
         found = await audit_filters.query(conn, tenant_id=chain, where=EventFilter(actor="agt_x"))
     assert [e.seq for e in found] == [r["seq"] for r in reversed(rows)]
 
@@ -215,7 +221,7 @@ async def test_a_time_window_pages_through_exactly_its_events_newest_first(
         # seven seconds before it joined the chain.
         row["at"] = NOW + timedelta(seconds=i - (7 if i % 5 == 0 else 0))
     async with db.transaction() as conn:
-        await conn.execute(audit_events.insert(), rows)
+        await conn.execute(audit_events.insert(), _stored(rows))
     where = EventFilter(
         since=None if since is None else NOW + timedelta(seconds=since),
         until=None if until is None else NOW + timedelta(seconds=until),

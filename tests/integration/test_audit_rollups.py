@@ -12,7 +12,7 @@ from scalemule.core.audit import AuditEvent
 from scalemule.db.tables import audit_events
 from scalemule.db.tables import audit_rollups as rollups_table
 from scalemule.runtime import Runtime
-from tests.conftest import World
+from tests.conftest import World, stored_event
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +36,7 @@ def _refused(at: datetime, *, tenant_id: str | None = None, actor_id: str | None
 async def _events(runtime: Runtime, operation: str = "http_request") -> list[dict[str, object]]:
     async with runtime.db.transaction() as conn:
         query = sa.select(audit_events).where(audit_events.c.operation == operation).order_by(audit_events.c.seq)
-        return [dict(r._mapping) for r in await conn.execute(query)]
+        return [stored_event(r) for r in await conn.execute(query)]
 
 
 async def _pending(runtime: Runtime) -> int:

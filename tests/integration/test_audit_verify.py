@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from scalemule.core import audit, audit_checkpoints, audit_verify
 from scalemule.db.tables import audit_events
 from scalemule.dispatch import Invocation
-from tests.conftest import World
+from tests.conftest import World, edited_body
 
 pytestmark = pytest.mark.anyio
 
@@ -36,8 +36,9 @@ async def test_audit_verify_names_the_first_edited_event(world: World) -> None:
     await _activity(world)
     tenant = world.made.tenant.id
     async with world.dispatcher.runtime.db.transaction() as conn:
-        edit = audit_events.update().where(audit_events.c.chain == tenant, audit_events.c.seq == 3)
-        await conn.execute(edit.values(outcome="denied"))
+        where = (audit_events.c.chain == tenant, audit_events.c.seq == 3)
+        row = (await conn.execute(sa.select(audit_events).where(*where))).one()
+        await conn.execute(audit_events.update().where(*where).values(body=edited_body(row, outcome="denied")))
     report = await world.ok("audit_verify", world.owner)
     assert not report["ok"] and (report["problem"]["seq"], report["problem"]["kind"]) == (3, "edited")
 
@@ -163,3 +164,16 @@ async def test_a_cancelled_verify_stops_at_its_next_batch(world: World) -> None:
 
             await audit_verify.verify_chain(read, None, {}, world.made.tenant.id, batch=2, progress=progress)
     assert scope.cancelled_caught and checked == [2]
+
+
+async def test_a_nul_in_arguments_and_escape_like_text_in_a_target_are_recorded_found_and_verified(
+    world: World,
+) -> None:
+    # PostgreSQL's JSON functions refuse a \u0000 escape anywhere in a document; the columns derived
+    # from an event's body must still be filled, and a literal "\u0000" in a target kept as written.
+    key = "odd\\u0000key"
+    outcome = await world.call("config_get", world.agent, env="dev\x00", key=key)
+    assert outcome.error is not None
+    (event,) = (await world.ok("audit_query", world.owner, target=key, response_format="detailed"))["items"]
+    assert event["target"] == key and event["args"]["env"] == "dev\x00"
+    assert (await world.ok("audit_verify", world.owner))["ok"]

@@ -15,6 +15,7 @@ from scalemule.core.errors import InvalidArgument
 from scalemule.core.ids import new_id, utcnow
 from scalemule.db.tables import audit_checkpoints as checkpoint_rows
 from scalemule.db.tables import audit_events, audit_heads
+from scalemule.db.tables.audit import AUDIT_STORED
 from scalemule.runtime import Runtime
 
 pytestmark = pytest.mark.anyio
@@ -143,7 +144,8 @@ async def test_rows_stored_out_of_sequence_order_are_read_in_sequence_order(runt
     chain = await _log(runtime, 4)
     async with runtime.db.transaction() as conn:
         where = sa.and_(audit_events.c.chain == chain, audit_events.c.seq.in_([1, 2]))
-        rows = [dict(r._mapping) for r in await conn.execute(sa.select(audit_events).where(where))]
+        stored = [audit_events.c[name] for name in AUDIT_STORED]
+        rows = [dict(r._mapping) for r in await conn.execute(sa.select(*stored).where(where))]
         await conn.execute(audit_events.delete().where(where))
         await conn.execute(audit_events.insert(), sorted(rows, key=lambda r: -int(r["seq"])))
     assert (await _verify(runtime, chain)).ok

@@ -8,6 +8,7 @@ import anyio
 import pytest
 import sqlalchemy as sa
 
+from scalemule.core.audit import AuditEvent
 from scalemule.db.tables import audit_events, config_entries
 from scalemule.operations import REGISTRY
 from tests.conftest import World
@@ -35,7 +36,8 @@ async def test_a_cancelled_call_is_rolled_back_and_recorded_as_cancelled(
 
     async with world.dispatcher.runtime.db.transaction() as conn:
         written = (await conn.execute(sa.select(sa.func.count()).select_from(config_entries))).scalar_one()
-        last = (await conn.execute(sa.select(audit_events).order_by(audit_events.c.seq.desc()).limit(1))).one()
+        row = (await conn.execute(sa.select(audit_events).order_by(audit_events.c.seq.desc()).limit(1))).one()
+    last = AuditEvent.from_row(row)
     assert written == 0
     assert (last.operation, last.outcome, last.actor_name) == ("config_set", "cancelled", "acme-agent")
     # Recorded as the operation it was: its permission, and its arguments by field.

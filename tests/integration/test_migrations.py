@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -11,11 +13,15 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from scalemule.core import audit, audit_filters, audit_verify
 from scalemule.core.access import PROTECTED_WRITE, ROLES
+from scalemule.core.audit import AuditEvent
+from scalemule.core.audit_filters import EventFilter
 from scalemule.core.ids import utcnow
 from scalemule.db import migrate
 from scalemule.db.engine import Database, create_engine
-from scalemule.db.tables import api_keys, metadata, principals
+from scalemule.db.tables import api_keys, audit_events, audit_heads, metadata, principals
+from scalemule.db.types import UTCDateTime
 from scalemule.settings import Settings
 from tests.conftest import POSTGRES_ADMIN_URL
 
@@ -140,3 +146,55 @@ async def test_keys_minted_before_new_permissions_keep_the_reach_they_had(store:
     assert stored["key_dev"] == developer_scopes
     assert stored["key_all"] is None
     assert stored["key_me"] == ["config:read", "tenants:create", "tenants:join"]
+
+
+def _old_events(chain: str) -> list[AuditEvent]:
+    """Events as the store held them before 0013, chained: a NUL and other scripts in the arguments, a
+    time with no microseconds (ISO 8601 then leaves out the fraction)."""
+    at = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
+    events = [
+        AuditEvent(
+            at=at + timedelta(microseconds=i * 250_001),
+            operation=("whoami", "config_set", "storage_put_object")[i % 3],
+            outcome="ok" if i % 2 else "denied",
+            transport="stdio",
+            duration_ms=i / 7,
+            args={"key": f"k{i}", "value": "caf\u00e9 \u4e00\x00 end", "n": i},
+            tenant_id=chain,
+            actor_id="agt_1",
+            actor_name="bot",
+            target=f"t{i}",
+        )
+        for i in range(5)
+    ]
+    sealed, _ = audit._seal(events, 0, audit.GENESIS_HASH)
+    return sealed
+
+
+async def test_upgrading_a_store_with_audit_events_keeps_them_readable_and_verifiable(store: Settings) -> None:
+    chain = "ten_1"
+    events = _old_events(chain)
+    async with _empty_database(store) as url:
+        db = Database(url)
+        try:
+            await migrate.upgrade(db.engine, "0012")
+            async with db.engine.begin() as conn:
+                old = await conn.run_sync(lambda c: sa.Table("audit_events", sa.MetaData(), autoload_with=c))
+                old.c.at.type = UTCDateTime()
+                old.c.args.type = sa.JSON()
+                rows = [{f.name: getattr(e, f.name) for f in dataclasses.fields(e)} | {"chain": chain} for e in events]
+                await conn.execute(old.insert(), rows)
+                head = {"chain": chain, "seq": events[-1].seq, "hash": events[-1].hash}
+                await conn.execute(audit_heads.insert(), head)
+            await migrate.upgrade(db.engine)
+            report = await audit_verify.verify_chain(audit_verify.reader(db), None, {}, chain)
+            async with db.reader() as conn:
+                stored = [AuditEvent.from_row(r) for r in await conn.execute(sa.select(audit_events))]
+                found = await audit_filters.query(conn, tenant_id=chain, where=EventFilter(target="t3"))
+                since = EventFilter(since=events[2].at)
+                recent = await audit_filters.query(conn, tenant_id=chain, where=since)
+        finally:
+            await db.dispose()
+    assert report.ok and report.events == len(events), report
+    assert sorted(stored, key=lambda e: e.seq) == events
+    assert [e.seq for e in found] == [4] and [e.seq for e in recent] == [5, 4, 3]

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -26,6 +26,7 @@ from scalemule.core.ids import new_id, utcnow
 from scalemule.db.dialects import insert_for
 from scalemule.db.engine import Connection
 from scalemule.db.tables import audit_events, audit_heads
+from scalemule.db.tables.audit import AUDIT_STORED
 
 Outcome = Literal["ok", "error", "denied", "cancelled"]
 GLOBAL_CHAIN = "-"
@@ -67,12 +68,35 @@ class AuditEvent:
 
     @classmethod
     def from_row(cls, row: Any) -> AuditEvent:
-        """The event an ``audit_events`` row holds."""
-        return cls(**{k: v for k, v in row._mapping.items() if k in _FIELD_SET})
+        """The event an ``audit_events`` row holds (its ``hash`` and ``body``).
+
+        Raises:
+            ValueError: the body is not an event's JSON (a row edited outside ScaleMule).
+        """
+        return cls.from_body(row.body, row.hash)
+
+    @classmethod
+    def from_body(cls, body: str, hash: str) -> AuditEvent:
+        """The event whose canonical JSON is ``body``, recorded with ``hash``.
+
+        Raises:
+            ValueError: ``body`` is not an event's JSON.
+        """
+        try:
+            data = json.loads(body)
+            data["at"] = datetime.fromisoformat(data["at"])
+            return cls(**{k: v for k, v in data.items() if k in _HASHED_SET}, hash=hash)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"not an audit event's body: {exc}") from exc
 
     def row(self) -> dict[str, Any]:
-        """The event as an ``audit_events`` row."""
-        return {**{name: getattr(self, name) for name in _FIELDS}, "chain": self.chain}
+        """The sealed event as an ``audit_events`` row."""
+        return {
+            "chain": self.chain,
+            "seq": self.seq,
+            "hash": self.hash,
+            "body": _canonical_text(self, self.seq, self.prev_hash),
+        }
 
     def canonical(self) -> bytes:
         """The bytes ``hash`` is computed over: every other field as canonical JSON."""
@@ -85,16 +109,23 @@ class AuditEvent:
 
 _FIELDS = tuple(f.name for f in fields(AuditEvent))
 _HASHED = tuple(name for name in _FIELDS if name != "hash")
-_FIELD_SET = frozenset(_FIELDS)
+_HASHED_SET = frozenset(_HASHED)
+_ZERO = timedelta(0)
 # Built once: json.dumps with options builds an encoder per call, a large share of hashing an event.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def _canonical(event: AuditEvent, seq: int, prev_hash: str) -> bytes:
+def _canonical_text(event: AuditEvent, seq: int, prev_hash: str) -> str:
     # Given seq and prev_hash apart, so an event is sealed with one copy instead of two.
+    if event.at.utcoffset() != _ZERO:
+        raise ValueError("an audit event's time must be in UTC")  # how the stored body keeps its time
     body = {name: getattr(event, name) for name in _HASHED}
     body["at"], body["seq"], body["prev_hash"] = event.at.isoformat(), seq, prev_hash
-    return _CANONICAL.encode(body).encode()
+    return _CANONICAL.encode(body)
+
+
+def _canonical(event: AuditEvent, seq: int, prev_hash: str) -> bytes:
+    return _canonical_text(event, seq, prev_hash).encode()
 
 
 def operator_event(
@@ -158,14 +189,17 @@ async def _lock_head(conn: Connection, chain: str) -> _Head:
     return _Head(int(row.seq), str(row.hash), int(row.checkpoint_seq), row.checkpoint_at)
 
 
-def _seal(events: Sequence[AuditEvent], seq: int, prev: str) -> list[AuditEvent]:
-    sealed = []
+def _seal(events: Sequence[AuditEvent], seq: int, prev: str) -> tuple[list[AuditEvent], list[dict[str, Any]]]:
+    """The events chained after ``seq`` and ``prev``, and their rows (the body as it was hashed)."""
+    sealed, rows = [], []
     for event in events:
         seq += 1
-        digest = hashlib.sha256(_canonical(event, seq, prev)).hexdigest()
+        body = _canonical_text(event, seq, prev)
+        digest = hashlib.sha256(body.encode()).hexdigest()
         sealed.append(replace(event, seq=seq, prev_hash=prev, hash=digest))
+        rows.append({"chain": event.chain, "seq": seq, "hash": digest, "body": body})
         prev = digest
-    return sealed
+    return sealed, rows
 
 
 def _checkpoints(notary: Notary | None, chained: list[AuditEvent], head: _Head) -> list[Checkpoint]:
@@ -208,10 +242,10 @@ _advance_head_checkpointed = (
 
 async def _advance(
     conn: Connection, notary: Notary | None, mine: list[AuditEvent], head: _Head
-) -> tuple[list[AuditEvent], list[Checkpoint], _Head, int] | None:
+) -> tuple[list[AuditEvent], list[dict[str, Any]], list[Checkpoint], _Head, int] | None:
     """Chain ``mine`` to ``head`` and move the head, or None when the head has moved meanwhile; also
-    returns the checkpoints signed and the chain's checkpoint before them."""
-    chained = _seal(mine, head.seq, head.hash)
+    returns the events' rows, the checkpoints signed and the chain's checkpoint before them."""
+    chained, rows = _seal(mine, head.seq, head.hash)
     signed = _checkpoints(notary, chained, head)
     last = chained[-1]
     params = {"c": last.chain, "old_seq": head.seq, "old_hash": head.hash, "new_seq": last.seq, "new_hash": last.hash}
@@ -223,7 +257,7 @@ async def _advance(
     statement = _advance_head_checkpointed if signed else _advance_head
     if (await conn.execute(statement, params)).rowcount != 1:
         return None
-    return chained, signed, moved, head.checkpoint_seq
+    return chained, rows, signed, moved, head.checkpoint_seq
 
 
 # PostgreSQL, where every statement is a round trip: the head moved and the event inserted in one
@@ -232,9 +266,9 @@ _moved = _advance_head.returning(audit_heads.c.chain).cte("moved")
 _insert_event_if_moved = (
     audit_events.insert()
     .from_select(
-        [column.name for column in audit_events.c],
+        AUDIT_STORED,
         # Named apart from the head's columns, which a parameter of the same name would add to the update.
-        sa.select(*(sa.bindparam(f"e_{column.name}", type_=column.type) for column in audit_events.c)).select_from(
+        sa.select(*(sa.bindparam(f"e_{name}", type_=audit_events.c[name].type) for name in AUDIT_STORED)).select_from(
             _moved
         ),
     )
@@ -252,8 +286,8 @@ async def append_one(conn: Connection, event: AuditEvent) -> AuditEvent | None:
     head = _head_guess.get(event.chain)
     if head is None or checkpoints.due(head.seq + 1, event.at, head.checkpoint_seq, head.checkpoint_at):
         return None
-    (sealed,) = _seal([event], head.seq, head.hash)
-    params = {f"e_{name}": value for name, value in sealed.row().items()}
+    (sealed,), (row,) = _seal([event], head.seq, head.hash)
+    params = {f"e_{name}": value for name, value in row.items()}
     params |= {
         "c": sealed.chain,
         "old_seq": head.seq,
@@ -281,6 +315,7 @@ async def append(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEv
             return [sealed_one]
     notary = checkpoints.current_notary()
     sealed: list[AuditEvent] = []
+    rows: list[dict[str, Any]] = []
     signed: list[tuple[list[Checkpoint], int]] = []
     for chain in dict.fromkeys(e.chain for e in events):
         mine = [e for e in events if e.chain == chain]
@@ -289,11 +324,11 @@ async def append(conn: Connection, events: Sequence[AuditEvent]) -> list[AuditEv
         if done is None:
             done = await _advance(conn, notary, mine, await _lock_head(conn, chain))
             assert done is not None  # the head is locked: nobody moved it
-        chained, made, _head_guess[chain], previous = done
+        chained, chained_rows, made, _head_guess[chain], previous = done
         if made:
             signed.append((made, previous))
         sealed += chained
-    rows = [e.row() for e in sealed]
+        rows += chained_rows
     # A single row takes the plain execute path, cheaper than the many-rows one on every call.
     await conn.execute(_insert_event, rows[0] if len(rows) == 1 else rows)
     for made, previous in signed:
@@ -323,7 +358,8 @@ async def get(conn: Connection, *, tenant_id: str, event_id: str) -> tuple[Audit
         NotFound: no event with that id in the tenant's chain (whether or not another tenant has one).
     """
     table = audit_events
-    row = (await conn.execute(sa.select(table).where(table.c.id == event_id, table.c.chain == tenant_id))).first()
+    query = sa.select(table.c.hash, table.c.body).where(table.c.id == event_id, table.c.chain == tenant_id)
+    row = (await conn.execute(query)).first()
     if row is None:
         raise NotFound(f"no audit event {event_id[:64]!r} in this tenant", hint="Find event ids with audit_query.")
     head = (await conn.execute(sa.select(audit_heads.c.seq).where(audit_heads.c.chain == tenant_id))).scalar_one()

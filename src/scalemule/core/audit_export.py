@@ -184,8 +184,10 @@ async def export(db: Database, notary: Notary, window: Window) -> AsyncIterator[
     while last < high:
         async with db.transaction() as conn:
             where = (audit_events.c.chain == window.chain, audit_events.c.seq > last, audit_events.c.seq <= high)
-            query = sa.select(audit_events).where(*where).order_by(audit_events.c.seq).limit(BATCH)
-            batch = [event_of(row._mapping) for row in await conn.execute(query)]
+            query = sa.select(audit_events.c.hash, audit_events.c.body).where(*where)
+            batch = [
+                AuditEvent.from_row(row) for row in await conn.execute(query.order_by(audit_events.c.seq).limit(BATCH))
+            ]
         if not batch:
             return
         for event in batch:

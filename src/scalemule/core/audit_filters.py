@@ -53,13 +53,17 @@ def _conditions(equal: tuple[str, ...], since: bool, until: bool, before: bool, 
     return tuple(where)
 
 
+# What a page reads of each event: the rest is in its body.
+_READ = (audit_events.c.seq, audit_events.c.hash, audit_events.c.body)
+
+
 # Built once per combination of filters: constructing a statement costs more than running it.
 @functools.cache
 def _newest(equal: tuple[str, ...], actor: bool, since: bool, until: bool, before: bool, wide: bool) -> sa.Select[Any]:
     c, where = audit_events.c, _conditions(equal, since, until, before, wide)
 
     def newest(*conditions: Any) -> sa.Select[Any]:
-        query = sa.select(audit_events).where(*where, *conditions).order_by(c.seq.desc())
+        query = sa.select(*_READ).where(*where, *conditions).order_by(c.seq.desc())
         return query.limit(sa.bindparam("limit"))
 
     if not actor:
@@ -80,7 +84,7 @@ def _window_probe(since: bool, until: bool, before: bool) -> sa.Select[Any]:
 
 
 _by_seq = (
-    sa.select(audit_events)
+    sa.select(*_READ)
     .where(audit_events.c.chain == sa.bindparam("chain"), audit_events.c.seq.in_(sa.bindparam("seqs", expanding=True)))
     .order_by(audit_events.c.seq.desc())
 )

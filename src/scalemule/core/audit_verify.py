@@ -20,6 +20,8 @@ problem and names its sequence number and kind:
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -32,18 +34,23 @@ from scalemule.core import audit_checkpoints
 from scalemule.core.audit import GENESIS_HASH, AuditEvent
 from scalemule.core.audit_checkpoints import Checkpoint, Notary
 from scalemule.core.errors import InvalidArgument
-from scalemule.db.engine import Database
+from scalemule.db.engine import Database, plain_rows
 from scalemule.db.tables import audit_events, audit_heads
 
-BATCH = 1000
+BATCH = 5000
 # How far past a gap the verifier looks for the absent sequence number before calling it missing
 # rather than reordered (bounded: memory stays constant).
 REORDER_WINDOW = 100
 # Renumbering shifts tried on an event whose hash does not match: finds deletions and insertions.
 _SHIFTS = (1, -1, 2, -2, 3, -3)
 _EVENT_FIELDS = frozenset(AuditEvent.__dataclass_fields__)
+# An event's link to the one before it, as its canonical body spells it: the last occurrence is the
+# top-level key (it sorts after every key that can hold an object, and a string escapes its quotes).
+_PREV_KEY = '"prev_hash":"'
 
 Progress = Callable[[int, int], None]
+# Runs a query and returns its rows. The event batches are read by position only: a reader may return
+# the rows of a query carrying the execution option ``plain_rows`` as the driver gives them (``reader``).
 Reader = Callable[[sa.Select[Any]], Awaitable[Sequence[Any]]]
 
 
@@ -179,6 +186,59 @@ class ChainVerifier:
         evidence = self.checkpoints.get(event.seq)
         return True if evidence is None else self._checkpoint(event, evidence)
 
+    def feed_stored(self, rows: Sequence[Any]) -> bool:
+        """Check the next stored events, given as ``(seq, hash, body)`` rows in stored order; False once
+        the chain is known bad.
+
+        The common case, an event right after the last one whose body is the bytes its hash covers and
+        names that event's hash as its ``prev_hash``, is checked on the stored text without building
+        the event. Anything else (a gap, a mismatch, a checkpoint) goes through ``feed`` as an event,
+        which finds out what is wrong exactly as it would for an event read any other way.
+        """
+        count, done = len(rows), 0
+        while done < count:
+            if self.failed:
+                return False
+            run = self._plain_run(rows, done)
+            if run:
+                last = done + run
+                self._hashes = [*self._hashes, *(row[1] for row in rows[max(done, last - 2) : last])][-2:]
+                self._expected += run
+                self.report.events += run
+                self.report.to_seq = rows[last - 1][0]
+                done = last
+                continue
+            seq, digest, body = rows[done]
+            done += 1
+            event = _stored_event(seq, digest, body)
+            if event is None:
+                # Not the bytes any event was hashed as: an edit here, unless an earlier problem awaits.
+                suspect = self._suspect
+                if suspect is not None:
+                    return self._fail(suspect.seq, suspect.otherwise, suspect.detail)
+                return self._fail(seq, "edited", f"the body stored at seq {seq} is not what its hash covers")
+            if not self.feed(event):
+                return False
+        return not self.failed
+
+    def _plain_run(self, rows: Sequence[Any], start: int) -> int:
+        """How many of ``rows`` from ``start`` on are plain events: each at the next sequence number,
+        not a checkpoint's, naming the last hash as its ``prev_hash``, and hashing to its hash."""
+        if self._suspect is not None or not self._hashes:
+            return 0
+        first = expected = self._expected
+        stop = min((seq for seq in self.checkpoints if seq >= first), default=-1)
+        link, sha256, low, high = self._hashes[-1] + '"', hashlib.sha256, len(_PREV_KEY), len(_PREV_KEY) + 65
+        for seq, digest, body in itertools.islice(rows, start, None):
+            at = body.rfind(_PREV_KEY)
+            if seq != expected or seq == stop or body[at + low : at + high] != link:
+                break
+            if sha256(body.encode()).hexdigest() != digest:
+                break
+            link = digest + '"'
+            expected += 1
+        return expected - first
+
     def _look_for(self, event: AuditEvent) -> bool:
         suspect = self._suspect
         assert suspect is not None
@@ -263,13 +323,22 @@ class ChainVerifier:
         return report
 
 
+def _stored_event(seq: int, digest: str, body: str) -> AuditEvent | None:
+    """The event a row holds, placed at the row's sequence number (a renumbered row keeps the one its
+    body was hashed with); None when the body is not an event's JSON, or is the event written other
+    than as it was hashed."""
+    try:
+        event = replace(AuditEvent.from_body(body, digest), seq=seq)
+    except ValueError:
+        return None
+    if event.digest() == digest and hashlib.sha256(body.encode()).hexdigest() != digest:
+        return None
+    return event
+
+
 def event_of(row: Mapping[Any, Any]) -> AuditEvent:
     """An ``AuditEvent`` from a stored row or an export record (extra keys ignored)."""
     return AuditEvent(**{k: v for k, v in row.items() if k in _EVENT_FIELDS})
-
-
-# The event's columns in the order of AuditEvent's fields: rows then build events positionally.
-_EVENT_COLUMNS = [audit_events.c[name] for name in AuditEvent.__dataclass_fields__]
 
 
 async def _bounds(
@@ -339,20 +408,16 @@ async def verify_chain(
     evidence |= {s: Evidence(None) for s in digests if from_seq <= s <= top and s not in evidence}
     verifier = ChainVerifier(chain, evidence, keys, from_seq)
     table, last, total = audit_events, from_seq - 1, max(0, end - from_seq + 1)
+    events = sa.select(table.c.seq, table.c.hash, table.c.body).execution_options(plain_rows=True)
     while not verifier.failed:
         where = (table.c.chain == chain, table.c.seq > last, table.c.seq <= top)
-        events = [
-            AuditEvent(*row)
-            for row in await read(sa.select(*_EVENT_COLUMNS).where(*where).order_by(table.c.seq).limit(batch))
-        ]
-        if blobs is not None and events:
-            await _load_digests(blobs, chain, evidence, digests, events[0].seq, events[-1].seq)
-        for event in events:
-            if not verifier.feed(event):
-                break
-        if len(events) < batch:
+        rows = await read(events.where(*where).order_by(table.c.seq).limit(batch))
+        if blobs is not None and rows:
+            await _load_digests(blobs, chain, evidence, digests, rows[0][0], rows[-1][0])
+        verifier.feed_stored(rows)
+        if len(rows) < batch:
             break
-        last = events[-1].seq
+        last = rows[-1][0]
         if progress is not None:
             progress(min(last, end) - from_seq + 1, total)
         # A batch read may never wait on I/O (SQLite answers in-process): yield here, so the process
@@ -375,11 +440,13 @@ async def chains(read: Reader, blobs: BlobStore | None) -> list[str]:
 
 
 def reader(db: Database) -> Reader:
-    """A ``Reader`` running each query in its own short transaction (writers are never held up for a
-    whole pass)."""
+    """A ``Reader`` running each query on its own, reading the last committed state without waiting
+    for writers or holding them up (``Database.reader``)."""
 
     async def read(query: sa.Select[Any]) -> Sequence[Any]:
-        async with db.transaction() as conn:
+        async with db.reader() as conn:
+            if query.get_execution_options().get("plain_rows"):
+                return await plain_rows(conn, query)
             return (await conn.execute(query)).all()
 
     return read

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -125,6 +125,17 @@ class Connection(Protocol):
     def dialect(self) -> sa.Dialect: ...
 
     async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]: ...
+
+
+async def plain_rows(conn: Connection, statement: Any) -> list[Sequence[Any]]:
+    """The rows of ``statement`` as the driver returns them (tuples, or records on PostgreSQL), for bulk
+    reads of columns that need no conversion: SQLAlchemy builds no row object per row, which costs as
+    much as reading it."""
+    result = await conn.execute(statement)
+    try:
+        return list(result.cursor.fetchall())
+    finally:
+        result.close()
 
 
 class InlineConnection:

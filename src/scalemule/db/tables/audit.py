@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
 
 from scalemule.db.tables.base import metadata
 from scalemule.db.types import UTCDateTime
@@ -33,6 +36,53 @@ audit_checkpoints = sa.Table(
     sa.Column("signature", sa.String(88), nullable=False),
 )
 
+
+class FromBody(sa.Computed):
+    """A column of ``audit_events`` derived from the event's stored body, so that it can be indexed and
+    filtered on but never disagree with what was hashed: virtual on SQLite (only its indexes store
+    it), stored on PostgreSQL (before version 18 the only kind of generated column it has)."""
+
+    inherit_cache = True
+
+    def __init__(self, field: str) -> None:
+        super().__init__(sa.literal_column(field))
+        self.field = field
+
+    def _copy(self, **_: object) -> FromBody:
+        return FromBody(self.field)
+
+
+def _sqlite_field(field: str) -> str:
+    if field != "at":
+        return f"json_extract(body, '$.{field}')"
+    # The body holds Python's isoformat of a UTC time, with or without microseconds; SQLAlchemy stores
+    # and binds SQLite times as "YYYY-MM-DD HH:MM:SS.ffffff", so windows compare like for like.
+    at = "json_extract(body, '$.at')"
+    micro = f"CASE WHEN substr({at}, 20, 1) = '.' THEN substr({at}, 20, 7) ELSE '.000000' END"
+    return f"substr({at}, 1, 10) || ' ' || substr({at}, 12, 8) || {micro}"
+
+
+@compiles(FromBody, "sqlite")
+def _from_body_sqlite(element: FromBody, compiler: Any, **_: Any) -> str:
+    return f"GENERATED ALWAYS AS ({_sqlite_field(element.field)}) VIRTUAL"
+
+
+@compiles(FromBody, "postgresql")
+def _from_body_postgresql(element: FromBody, compiler: Any, **_: Any) -> str:
+    if element.field == "at":
+        return f"GENERATED ALWAYS AS ({AUDIT_AT_FUNCTION}(body)) STORED"
+    return f"GENERATED ALWAYS AS (({AUDIT_JSON_FUNCTION}(body) ->> '{element.field}')) STORED"
+
+
+# PostgreSQL functions migration 0013 makes in the store's schema. AUDIT_JSON_FUNCTION reads a body as
+# JSON: PostgreSQL's JSON functions refuse a \u0000 escape anywhere in a document (its text cannot hold
+# NUL) and an argument may carry one, so such an escape reads as U+FFFD (an escaped backslash before
+# "u0000" is text, and stays as written). AUDIT_AT_FUNCTION reads the time: casting text to timestamptz
+# is not immutable in general (it may read the session's time zone), as a generated column needs, but
+# a body's time always carries its UTC offset.
+AUDIT_JSON_FUNCTION = "scalemule_audit_json"
+AUDIT_AT_FUNCTION = "scalemule_audit_at"
+
 # The columns audit_query filters on by equality (its actor filter matches actor_id or actor_name).
 AUDIT_QUERY_COLUMNS = (
     "operation",
@@ -46,35 +96,24 @@ AUDIT_QUERY_COLUMNS = (
     "key_id",
 )
 
+# One row per event. What was hashed is stored as it was hashed: ``body`` holds the event's canonical
+# JSON (every field but the hash), ``hash`` its SHA-256. ``chain`` and ``seq`` place it; every other
+# column is derived from the body (``FromBody``), so no column can be edited apart from what the
+# chain covers, and verifying reads only the hash and the body (docs/audit.md, Storage).
+AUDIT_STORED = ("chain", "seq", "hash", "body")  # what an append writes; the rest follows from the body
+_LENGTHS = {"operation": 64, "outcome": 16, "actor_id": 40, "actor_name": 320, "target": 1100, "permission": 64}
+_LENGTHS |= {"client_name": 200, "session_id": 100, "key_id": 40}
 audit_events = sa.Table(
     "audit_events",
     metadata,
-    sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("chain", sa.String(40), nullable=False),
-    sa.Column("seq", sa.BigInteger(), nullable=False),
-    sa.Column("at", UTCDateTime(), nullable=False),
-    sa.Column("tenant_id", sa.String(40), nullable=True),
-    sa.Column("actor_id", sa.String(40), nullable=True),
-    sa.Column("actor_kind", sa.String(16), nullable=True),
-    sa.Column("actor_name", sa.String(320), nullable=True),
-    sa.Column("key_id", sa.String(40), nullable=True),
-    sa.Column("on_behalf_of", sa.String(40), nullable=True),
-    sa.Column("client_name", sa.String(200), nullable=True),
-    sa.Column("client_version", sa.String(100), nullable=True),
-    sa.Column("transport", sa.String(16), nullable=False),
-    sa.Column("session_id", sa.String(100), nullable=True),
-    sa.Column("request_id", sa.String(100), nullable=True),
-    sa.Column("operation", sa.String(64), nullable=False),
-    sa.Column("permission", sa.String(64), nullable=True),
-    sa.Column("target", sa.String(1100), nullable=True),
-    sa.Column("args", sa.JSON(), nullable=False),
-    sa.Column("outcome", sa.String(16), nullable=False),
-    sa.Column("error_code", sa.String(32), nullable=True),
-    sa.Column("duration_ms", sa.Float(), nullable=False),
-    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("chain", sa.String(40), primary_key=True),
+    sa.Column("seq", sa.BigInteger(), primary_key=True),
     sa.Column("hash", sa.String(64), nullable=False),
-    sa.UniqueConstraint("chain", "seq"),
-    sa.CheckConstraint("outcome IN ('ok', 'error', 'denied', 'cancelled')", name="outcome"),
+    sa.Column("body", sa.Text(), nullable=False),
+    sa.Column("id", sa.String(40), FromBody("id"), nullable=False),
+    sa.Column("at", UTCDateTime(), FromBody("at"), nullable=False),
+    *(sa.Column(name, sa.String(length), FromBody(name)) for name, length in _LENGTHS.items()),
+    sa.Index(None, "id", unique=True),
     # One index per audit_query filter, (chain, column, seq): equal chain and column leave the entries
     # in sequence order, so the newest matches are read backwards from the end of their range and a
     # page costs the same at any log size, however rare the value. Time windows use (chain, at, seq).
