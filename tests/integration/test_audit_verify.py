@@ -177,3 +177,21 @@ async def test_a_nul_in_arguments_and_escape_like_text_in_a_target_are_recorded_
     (event,) = (await world.ok("audit_query", world.owner, target=key, response_format="detailed"))["items"]
     assert event["target"] == key and event["args"]["env"] == "dev\x00"
     assert (await world.ok("audit_verify", world.owner))["ok"]
+
+
+async def test_a_column_derived_from_an_event_never_disagrees_with_its_body(world: World) -> None:
+    # SQLite refuses the write (a generated column); PostgreSQL's trigger refills it from the body.
+    await _activity(world)
+    db, where = world.dispatcher.runtime.db, (audit_events.c.chain == world.made.tenant.id, audit_events.c.seq == 2)
+    try:
+        async with db.transaction() as conn:
+            await conn.execute(audit_events.update().where(*where).values(operation="forged", target="elsewhere"))
+    except sa.exc.OperationalError:
+        assert db.dialect == "sqlite"
+    else:
+        assert db.dialect == "postgresql"
+    async with db.reader() as conn:
+        row = (await conn.execute(sa.select(audit_events).where(*where))).one()
+    event = audit.AuditEvent.from_row(row)
+    assert (row.operation, row.target, row.id, row.at) == (event.operation, event.target, event.id, event.at)
+    assert row.operation != "forged"

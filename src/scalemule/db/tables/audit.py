@@ -39,8 +39,11 @@ audit_checkpoints = sa.Table(
 
 class FromBody(sa.Computed):
     """A column of ``audit_events`` derived from the event's stored body, so that it can be indexed and
-    filtered on but never disagree with what was hashed: virtual on SQLite (only its indexes store
-    it), stored on PostgreSQL (before version 18 the only kind of generated column it has)."""
+    filtered on but never disagree with what was hashed. SQLite: a virtual generated column (only its
+    indexes store it). PostgreSQL: a column that the trigger ``audit_events_fields`` (migration 0013)
+    fills from the body on every insert and update, parsing it once (a generated column per field
+    would parse it once per field, doubling the cost of an insert); a value written to it is replaced
+    by the body's."""
 
     inherit_cache = True
 
@@ -69,40 +72,28 @@ def _from_body_sqlite(element: FromBody, compiler: Any, **_: Any) -> str:
 
 @compiles(FromBody, "postgresql")
 def _from_body_postgresql(element: FromBody, compiler: Any, **_: Any) -> str:
-    if element.field == "at":
-        return f"GENERATED ALWAYS AS ({AUDIT_AT_FUNCTION}(body)) STORED"
-    return f"GENERATED ALWAYS AS (({AUDIT_JSON_FUNCTION}(body) ->> '{element.field}')) STORED"
+    return ""  # an ordinary column: AUDIT_FIELDS_TRIGGER fills it
 
 
-# PostgreSQL functions migration 0013 makes in the store's schema. AUDIT_JSON_FUNCTION reads a body as
-# JSON: PostgreSQL's JSON functions refuse a \u0000 escape anywhere in a document (its text cannot hold
-# NUL) and an argument may carry one, so such an escape reads as U+FFFD (an escaped backslash before
-# "u0000" is text, and stays as written). AUDIT_AT_FUNCTION reads the time: casting text to timestamptz
-# is not immutable in general (it may read the session's time zone), as a generated column needs, but
-# a body's time always carries its UTC offset.
-AUDIT_JSON_FUNCTION = "scalemule_audit_json"
-AUDIT_AT_FUNCTION = "scalemule_audit_at"
-
-# The columns audit_query filters on by equality (its actor filter matches actor_id or actor_name).
-AUDIT_QUERY_COLUMNS = (
-    "operation",
-    "outcome",
-    "actor_id",
-    "actor_name",
-    "target",
-    "permission",
-    "client_name",
-    "session_id",
-    "key_id",
-)
+# The columns audit_query filters on by equality (its actor filter matches actor_id or actor_name), and
+# their lengths.
+AUDIT_QUERY_COLUMNS = {
+    "operation": 64,
+    "outcome": 16,
+    "actor_id": 40,
+    "actor_name": 320,
+    "target": 1100,
+    "permission": 64,
+    "client_name": 200,
+    "session_id": 100,
+    "key_id": 40,
+}
 
 # One row per event. What was hashed is stored as it was hashed: ``body`` holds the event's canonical
 # JSON (every field but the hash), ``hash`` its SHA-256. ``chain`` and ``seq`` place it; every other
 # column is derived from the body (``FromBody``), so no column can be edited apart from what the
 # chain covers, and verifying reads only the hash and the body (docs/audit.md, Storage).
 AUDIT_STORED = ("chain", "seq", "hash", "body")  # what an append writes; the rest follows from the body
-_LENGTHS = {"operation": 64, "outcome": 16, "actor_id": 40, "actor_name": 320, "target": 1100, "permission": 64}
-_LENGTHS |= {"client_name": 200, "session_id": 100, "key_id": 40}
 audit_events = sa.Table(
     "audit_events",
     metadata,
@@ -112,7 +103,7 @@ audit_events = sa.Table(
     sa.Column("body", sa.Text(), nullable=False),
     sa.Column("id", sa.String(40), FromBody("id"), nullable=False),
     sa.Column("at", UTCDateTime(), FromBody("at"), nullable=False),
-    *(sa.Column(name, sa.String(length), FromBody(name)) for name, length in _LENGTHS.items()),
+    *(sa.Column(name, sa.String(length), FromBody(name)) for name, length in AUDIT_QUERY_COLUMNS.items()),
     sa.Index(None, "id", unique=True),
     # One index per audit_query filter, (chain, column, seq): equal chain and column leave the entries
     # in sequence order, so the newest matches are read backwards from the end of their range and a

@@ -3,8 +3,8 @@
 Each ``audit_events`` row held the event's fields as columns, and its hash was computed over their
 canonical JSON, so checking a hash meant rebuilding that JSON from the columns (most of the cost of
 verifying). A row is now ``(chain, seq, hash, body)``, ``body`` being the canonical JSON itself; the
-columns that filters and ``audit_get`` need are generated from the body (virtual on SQLite, stored on
-PostgreSQL), so none of them can be edited apart from what the chain covers.
+columns that filters and ``audit_get`` need are derived from the body by the database (generated
+columns on SQLite, a trigger on PostgreSQL), so none of them can say other than what the chain covers.
 
 Existing events are copied with their bodies rebuilt from their columns, exactly as their hashes were
 computed; an event edited before the upgrade therefore still fails verification after it.
@@ -46,24 +46,35 @@ _QUERY_COLUMNS = {
 _INDEXES = {f"ix_audit_events_chain_{column}_seq": ["chain", column, "seq"] for column in _QUERY_COLUMNS} | {
     "ix_audit_events_chain_at_seq": ["chain", "at", "seq"]
 }
-# PostgreSQL reads a body as JSON through scalemule_audit_json: its JSON functions refuse a \u0000
-# escape anywhere in a document (text cannot hold NUL) and an argument may carry one, so a real escape
-# (after an even number of backslashes) reads as U+FFFD, only the hex digits changing. A body's time
-# always carries its UTC offset, so reading one never depends on the session's time zone: what makes
-# scalemule_audit_at immutable in fact, which PostgreSQL cannot see in the cast.
-_FUNCTIONS = (
-    # Dollar-quoted strings: taken as written whatever standard_conforming_strings says.
-    r"""
-CREATE FUNCTION scalemule_audit_json(body text) RETURNS json
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-AS $f$ SELECT (CASE WHEN strpos(body, $s$\u0000$s$) = 0 THEN body
-    ELSE regexp_replace(body, $s$(?<!\\)((?:\\\\)*)\\u0000$s$, $s$\1\\ufffd$s$, 'g') END)::json $f$
-""",
-    """
-CREATE FUNCTION scalemule_audit_at(body text) RETURNS timestamptz
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-AS $$ SELECT (scalemule_audit_json(body) ->> 'at')::timestamptz $$
-""",
+# PostgreSQL: one trigger fills the derived columns from the body, parsing it once, on every insert and
+# update (a write to a derived column is replaced by the body's value). Its JSON functions refuse a
+# \u0000 escape anywhere in a document (text cannot hold NUL) and an argument may carry one: a real
+# escape (after an even number of backslashes) reads as U+FFFD, only its hex digits changing. A body's
+# time always carries its UTC offset, so reading it does not depend on the session's time zone.
+# Dollar-quoted strings are taken as written whatever standard_conforming_strings says.
+_FIELDS_FUNCTION = r"""
+CREATE FUNCTION scalemule_audit_fields() RETURNS trigger LANGUAGE plpgsql AS $f$
+DECLARE
+    fields jsonb := (CASE WHEN strpos(NEW.body, $s$\u0000$s$) = 0 THEN NEW.body
+        ELSE regexp_replace(NEW.body, $s$(?<!\\)((?:\\\\)*)\\u0000$s$, $s$\1\\ufffd$s$, 'g') END)::jsonb;
+BEGIN
+    NEW.id := fields ->> 'id';
+    NEW.operation := fields ->> 'operation';
+    NEW.outcome := fields ->> 'outcome';
+    NEW.actor_id := fields ->> 'actor_id';
+    NEW.actor_name := fields ->> 'actor_name';
+    NEW.target := fields ->> 'target';
+    NEW.permission := fields ->> 'permission';
+    NEW.client_name := fields ->> 'client_name';
+    NEW.session_id := fields ->> 'session_id';
+    NEW.key_id := fields ->> 'key_id';
+    NEW.at := (fields ->> 'at')::timestamptz;
+    RETURN NEW;
+END $f$
+"""
+_FIELDS_TRIGGER = (
+    "CREATE TRIGGER audit_events_fields BEFORE INSERT OR UPDATE ON audit_events"
+    " FOR EACH ROW EXECUTE FUNCTION scalemule_audit_fields()"
 )
 _SQLITE_AT = "json_extract(body, '$.at')"
 _SQLITE_FIELD = {
@@ -82,14 +93,13 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 _COPY_BATCH = 5000
 
 
-def _generated(dialect: str, field: str, kind: str, *, not_null: bool = False) -> str:
-    if dialect == "sqlite":
-        expression = _SQLITE_FIELD.get(field, f"json_extract(body, '$.{field}')")
-        storage = "VIRTUAL"
-    else:
-        expression = "scalemule_audit_at(body)" if field == "at" else f"(scalemule_audit_json(body) ->> '{field}')"
-        storage = "STORED"
-    return f"{field} {kind} GENERATED ALWAYS AS ({expression}) {storage}" + (" NOT NULL" if not_null else "")
+def _derived(dialect: str, field: str, kind: str, *, not_null: bool = False) -> str:
+    """A column derived from the body: generated on SQLite, filled by the trigger on PostgreSQL."""
+    null = " NOT NULL" if not_null else ""
+    if dialect != "sqlite":
+        return f"{field} {kind}{null}"
+    expression = _SQLITE_FIELD.get(field, f"json_extract(body, '$.{field}')")
+    return f"{field} {kind} GENERATED ALWAYS AS ({expression}) VIRTUAL{null}"
 
 
 def _create_table(dialect: str) -> None:
@@ -99,9 +109,9 @@ def _create_table(dialect: str) -> None:
         "seq BIGINT NOT NULL",
         "hash VARCHAR(64) NOT NULL",
         "body TEXT NOT NULL",
-        _generated(dialect, "id", "VARCHAR(40)", not_null=True),
-        _generated(dialect, "at", at_kind, not_null=True),
-        *(_generated(dialect, name, f"VARCHAR({length})") for name, length in _QUERY_COLUMNS.items()),
+        _derived(dialect, "id", "VARCHAR(40)", not_null=True),
+        _derived(dialect, "at", at_kind, not_null=True),
+        *(_derived(dialect, name, f"VARCHAR({length})") for name, length in _QUERY_COLUMNS.items()),
         "CONSTRAINT pk_audit_events PRIMARY KEY (chain, seq)",
     ]
     op.execute("CREATE TABLE audit_events (\n    " + ",\n    ".join(columns) + "\n)")
@@ -146,9 +156,10 @@ def upgrade() -> None:
         # Index and constraint names share the schema's namespace with the new table's.
         op.execute("ALTER INDEX pk_audit_events RENAME TO pk_audit_events_old")
         op.execute("ALTER INDEX uq_audit_events_chain_seq RENAME TO uq_audit_events_old_chain_seq")
-        for function in _FUNCTIONS:
-            op.execute(function)
+        op.execute(_FIELDS_FUNCTION)
     _create_table(dialect)
+    if dialect == "postgresql":
+        op.execute(_FIELDS_TRIGGER)
     insert = sa.text("INSERT INTO audit_events (chain, seq, hash, body) VALUES (:chain, :seq, :hash, :body)")
     for rows in _old_rows(bind):
         bind.execute(insert, [{"chain": r.chain, "seq": r.seq, "hash": r.hash, "body": _body(r)} for r in rows])
@@ -215,7 +226,6 @@ def downgrade() -> None:
         last = (rows[-1].chain, rows[-1].seq)
     op.drop_table("audit_events_new")
     if dialect == "postgresql":
-        op.execute("DROP FUNCTION scalemule_audit_at(text)")
-        op.execute("DROP FUNCTION scalemule_audit_json(text)")
+        op.execute("DROP FUNCTION scalemule_audit_fields()")
     for name, columns in _INDEXES.items():
         op.create_index(name, "audit_events", columns)
