@@ -104,7 +104,11 @@ def test_a_tampered_or_cut_export_fails_offline_at_the_right_sequence_number(
     first_event = next(i for i, line in enumerate(lines) if '"type":"event"' in line)
     record = json.loads(lines[first_event + 1])
     cases = {
-        "edited": [*lines[: first_event + 1], json.dumps({**record, "outcome": "denied"}), *lines[first_event + 2 :]],
+        "edited": [
+            *lines[: first_event + 1],
+            json.dumps({**record, "body": {**record["body"], "outcome": "denied"}}),
+            *lines[first_event + 2 :],
+        ],
         "truncated": lines[:-1],
         "missing": [*lines[: first_event + 1], *lines[first_event + 2 :]],
     }

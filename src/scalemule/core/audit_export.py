@@ -7,8 +7,12 @@ An export is one JSON object per line:
    signed like a checkpoint (so a file cut short or widened is detected);
 2. every checkpoint of the range, ``{"type": "checkpoint", ...}``, the last one at or after the last
    event: the export's range is stretched to it, so every exported event is covered by a signature;
-3. the events by sequence number: ``{"type": "event", ...}`` with every stored field (``jsonl``), or
-   OCSF API Activity objects (class_uid 6003) whose ``raw_data`` holds those fields (``ocsf``).
+3. the events by sequence number: ``{"body": {...}, "hash": ..., "seq": ..., "type": "event"}``, the
+   body being the event's canonical JSON exactly as hashed (``jsonl``), or OCSF API Activity objects
+   (class_uid 6003) whose ``raw_data`` holds that body as a string (``ocsf``).
+
+Format version 2; the verifier also reads version 1 files, whose events were flat records of every
+field.
 
 Before exporting, the chain's head is checkpointed if it is not already, so the newest events are
 covered too. Secret values never reach an event (they are redacted when recorded), hence never an
@@ -19,8 +23,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +38,7 @@ from scalemule.core.audit_checkpoints import Notary
 from scalemule.core.audit_verify import BATCH, ChainVerifier, Evidence, Problem, Report, event_of
 from scalemule.core.errors import InvalidArgument
 from scalemule.core.ids import utcnow
-from scalemule.db.engine import Database
+from scalemule.db.engine import Database, plain_rows
 from scalemule.db.tables import audit_events, audit_heads
 
 FORMAT = "scalemule-audit-export"
@@ -66,10 +71,16 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def event_record(event: AuditEvent) -> dict[str, Any]:
-    """Every stored field of ``event`` (``at`` in ISO 8601): what its hash is computed over, plus it."""
-    body = {name: getattr(event, name) for name in AuditEvent.__dataclass_fields__}
-    return {**body, "at": event.at.isoformat()}
+def event_line(seq: int, digest: str, body: str) -> str:
+    """A ``jsonl`` event line: the stored body as it was hashed, with its hash and sequence number. It is
+    the JSON ``_dumps`` makes of the same record (keys sorted), written so a verifier can take the body
+    out without parsing the line (``_stored_row``)."""
+    return f'{_BODY_OPEN}{body}{_HASH_KEY}{digest}","seq":{seq},"type":"event"}}'
+
+
+_BODY_OPEN = '{"body":'
+_HASH_KEY = ',"hash":"'
+_TAIL = re.compile(r',"hash":"([0-9a-f]{64})","seq":([0-9]{1,19}),"type":"event"}\s*')
 
 
 def _activity(operation: str) -> int:
@@ -79,8 +90,8 @@ def _activity(operation: str) -> int:
     return 99
 
 
-def ocsf(event: AuditEvent, tenant: str) -> dict[str, Any]:
-    """``event`` as an OCSF API Activity (class 6003) object; ``raw_data`` keeps the exact record."""
+def ocsf(event: AuditEvent, body: str, tenant: str) -> dict[str, Any]:
+    """``event`` as an OCSF API Activity (class 6003) object; ``raw_data`` keeps its ``body`` as hashed."""
     activity = _activity(event.operation)
     status_id, status = _STATUS[event.outcome]
     actor: dict[str, Any] = {"user": {"uid": event.actor_id, "name": event.actor_name, "type": event.actor_kind}}
@@ -115,7 +126,7 @@ def ocsf(event: AuditEvent, tenant: str) -> dict[str, Any]:
             "product": {"name": "ScaleMule", "vendor_name": "ScaleMule", "version": __version__},
         },
         "unmapped": {"permission": event.permission, "outcome": event.outcome, "hash": event.hash},
-        "raw_data": _dumps(event_record(event)),
+        "raw_data": body,
     }
     return record
 
@@ -160,7 +171,7 @@ async def export(db: Database, notary: Notary, window: Window) -> AsyncIterator[
     header: dict[str, Any] = {
         "type": "header",
         "format": FORMAT,
-        "version": 1,
+        "version": 2,
         "event_format": window.event_format,
         "chain": window.chain,
         "tenant": window.tenant,
@@ -181,26 +192,51 @@ async def export(db: Database, notary: Notary, window: Window) -> AsyncIterator[
         for row in rows:
             yield _dumps({"type": "checkpoint", **audit_checkpoints.of_row(row).to_dict()})
     last = low - 1
+    columns = sa.select(audit_events.c.seq, audit_events.c.hash, audit_events.c.body).order_by(audit_events.c.seq)
     while last < high:
-        async with db.transaction() as conn:
+        async with db.reader() as conn:
             where = (audit_events.c.chain == window.chain, audit_events.c.seq > last, audit_events.c.seq <= high)
-            query = sa.select(audit_events.c.hash, audit_events.c.body).where(*where)
-            batch = [
-                AuditEvent.from_row(row) for row in await conn.execute(query.order_by(audit_events.c.seq).limit(BATCH))
-            ]
-        if not batch:
+            stored = await plain_rows(conn, columns.where(*where).limit(BATCH))
+        if not stored:
             return
-        for event in batch:
-            plain = window.event_format == "jsonl"
-            yield _dumps({"type": "event", **event_record(event)} if plain else ocsf(event, window.tenant))
-        last = batch[-1].seq
+        for seq, digest, body in stored:
+            if window.event_format == "jsonl":
+                yield event_line(seq, digest, body)
+            else:
+                yield _dumps(ocsf(replace(AuditEvent.from_body(body, digest), seq=seq), body, window.tenant))
+        last = stored[-1][0]
 
 
-def _event_of_record(record: Mapping[str, Any]) -> AuditEvent:
-    body = json.loads(record["raw_data"]) if "class_uid" in record else record
-    if not isinstance(body, dict) or not isinstance(body.get("at"), str):
+def _stored_row(line: str) -> tuple[int, str, str] | None:
+    """(seq, hash, body) of a ``jsonl`` event line as ``event_line`` writes it, taken out without
+    parsing the line's JSON; None for any other line. The body is then checked by its hash."""
+    if not line.startswith(_BODY_OPEN):
+        return None
+    at = line.rfind(_HASH_KEY)
+    tail = _TAIL.fullmatch(line, at) if at > 0 else None
+    return None if tail is None else (int(tail[2]), tail[1], line[len(_BODY_OPEN) : at])
+
+
+def _row_of_record(record: Mapping[str, Any]) -> tuple[int, str, str]:
+    """(seq, hash, body) of an event record of any version: a jsonl line (2: the body; 1: every field
+    flat) or an OCSF object (2: ``raw_data`` is the body; 1: every field, the hash too).
+
+    Raises:
+        ValueError, TypeError, KeyError: not an event record.
+    """
+    if "class_uid" in record:
+        raw = record["raw_data"]
+        fields = json.loads(raw)
+        if "hash" not in fields:
+            return int(record["metadata"]["sequence"]), str(record["unmapped"]["hash"]), str(raw)
+    elif isinstance(record.get("body"), dict):
+        return int(record["seq"]), str(record["hash"]), _dumps(record["body"])
+    else:
+        fields = record
+    if not isinstance(fields, dict) or not isinstance(fields.get("at"), str):
         raise ValueError("not an event record")
-    return event_of({**body, "at": datetime.fromisoformat(body["at"])})
+    event = event_of({**fields, "at": datetime.fromisoformat(fields["at"])})
+    return event.seq, event.hash, event.canonical().decode()
 
 
 def _records(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -213,15 +249,37 @@ def _records(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any]]]:
             yield number, record if isinstance(record, dict) else {"type": "malformed"}
 
 
+def _stored_rows(lines: Iterable[str]) -> Iterator[tuple[int, tuple[int, str, str] | None]]:
+    """Each event line's (seq, hash, body), or None for a line that is not an event; headers and
+    checkpoints are skipped."""
+    for number, line in enumerate(lines, 1):
+        row = _stored_row(line)
+        if row is not None:
+            yield number, row
+            continue
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and record.get("type") in ("header", "checkpoint"):
+            continue
+        try:
+            yield number, _row_of_record(record) if isinstance(record, dict) else None
+        except (ValueError, TypeError, KeyError):
+            yield number, None
+
+
 def verify_lines(lines: Iterable[str], reread: Iterable[str], keys: Mapping[str, bytes]) -> Report:
     """Verify an export offline: its signed header, every checkpoint and every event.
 
     Two passes over the same file (``lines`` for the header and checkpoints, ``reread`` for the
-    events), so memory stays bounded whatever the export's size.
+    events, fed to the verifier in batches), so memory stays bounded whatever the export's size.
     """
     header: dict[str, Any] = {}
     evidence: dict[int, Evidence] = {}
-    for _, record in _records(lines):
+    for _, record in _records(line for line in lines if not line.startswith(_BODY_OPEN)):
         if record.get("type") == "header" and not header:
             header = record
         elif record.get("type") == "checkpoint":
@@ -233,16 +291,20 @@ def verify_lines(lines: Iterable[str], reread: Iterable[str], keys: Mapping[str,
     if why is not None:
         verifier.report.problem = Problem(max(low, 1), why, "the export header is missing or does not verify")
         return verifier.report
-    for number, record in _records(reread):
-        if record.get("type") in ("header", "checkpoint"):
-            continue
-        try:
-            event = _event_of_record(record)
-        except (ValueError, TypeError, KeyError):
-            verifier.report.problem = Problem(verifier.report.to_seq + 1, "edited", f"line {number} is not an event")
+    batch: list[tuple[int, str, str]] = []
+    for number, row in _stored_rows(reread):
+        if row is None:
+            if verifier.feed_stored(batch):
+                detail = f"line {number} is not an event"
+                verifier.report.problem = Problem(verifier.report.to_seq + 1, "edited", detail)
             return verifier.report
-        if not verifier.feed(event):
-            break
+        batch.append(row)
+        if len(batch) == BATCH:
+            if not verifier.feed_stored(batch):
+                break
+            batch = []
+    else:
+        verifier.feed_stored(batch)
     report = verifier.finish(require_signed=True)
     if report.ok and report.to_seq < high:
         # Events and their checkpoints cut together: only the signed header still says how far it went.
