@@ -74,7 +74,7 @@ def _dumps(value: Any) -> str:
 def event_line(seq: int, digest: str, body: str) -> str:
     """A ``jsonl`` event line: the stored body as it was hashed, with its hash and sequence number. It is
     the JSON ``_dumps`` makes of the same record (keys sorted), written so a verifier can take the body
-    out without parsing the line (``_stored_row``)."""
+    out without parsing the line (``_stored_rows``)."""
     return f'{_BODY_OPEN}{body}{_HASH_KEY}{digest}","seq":{seq},"type":"event"}}'
 
 
@@ -207,16 +207,6 @@ async def export(db: Database, notary: Notary, window: Window) -> AsyncIterator[
         last = stored[-1][0]
 
 
-def _stored_row(line: str) -> tuple[int, str, str] | None:
-    """(seq, hash, body) of a ``jsonl`` event line as ``event_line`` writes it, taken out without
-    parsing the line's JSON; None for any other line. The body is then checked by its hash."""
-    if not line.startswith(_BODY_OPEN):
-        return None
-    at = line.rfind(_HASH_KEY)
-    tail = _TAIL.fullmatch(line, at) if at > 0 else None
-    return None if tail is None else (int(tail[2]), tail[1], line[len(_BODY_OPEN) : at])
-
-
 def _row_of_record(record: Mapping[str, Any]) -> tuple[int, str, str]:
     """(seq, hash, body) of an event record of any version: a jsonl line (2: the body; 1: every field
     flat) or an OCSF object (2: ``raw_data`` is the body; 1: every field, the hash too).
@@ -251,12 +241,16 @@ def _records(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def _stored_rows(lines: Iterable[str]) -> Iterator[tuple[int, tuple[int, str, str] | None]]:
     """Each event line's (seq, hash, body), or None for a line that is not an event; headers and
-    checkpoints are skipped."""
+    checkpoints are skipped. A line as ``event_line`` writes it is taken apart without parsing its
+    JSON (the body is then checked by its hash); any other is parsed (``_row_of_record``)."""
+    opening, hash_key, tail_of = len(_BODY_OPEN), _HASH_KEY, _TAIL.fullmatch
     for number, line in enumerate(lines, 1):
-        row = _stored_row(line)
-        if row is not None:
-            yield number, row
-            continue
+        if line.startswith(_BODY_OPEN):
+            at = line.rfind(hash_key)
+            tail = tail_of(line, at) if at > 0 else None
+            if tail is not None:
+                yield number, (int(tail[2]), tail[1], line[opening:at])
+                continue
         if not line.strip():
             continue
         try:

@@ -228,10 +228,9 @@ class ChainVerifier:
             return 0
         first = expected = self._expected
         stop = min((seq for seq in self.checkpoints if seq >= first), default=-1)
-        link, sha256, low, high = self._hashes[-1] + '"', hashlib.sha256, len(_PREV_KEY), len(_PREV_KEY) + 65
+        link, sha256, key, after = self._hashes[-1] + '"', hashlib.sha256, _PREV_KEY, len(_PREV_KEY)
         for seq, digest, body in itertools.islice(rows, start, None):
-            at = body.rfind(_PREV_KEY)
-            if seq != expected or seq == stop or body[at + low : at + high] != link:
+            if seq != expected or seq == stop or not body.startswith(link, body.rfind(key) + after):
                 break
             if sha256(body.encode()).hexdigest() != digest:
                 break
