@@ -128,8 +128,9 @@ _old_events = sa.Table(
 )
 
 
-def _old_rows(bind: sa.Connection) -> Iterator[list[Any]]:
-    table, last = _old_events, ("", 0)
+def _batches(bind: sa.Connection, table: Any) -> Iterator[list[Any]]:
+    """Every row of ``table`` by chain and sequence number, ``_COPY_BATCH`` at a time."""
+    last = ("", 0)
     while True:
         after = sa.tuple_(table.c.chain, table.c.seq) > sa.tuple_(sa.literal(last[0]), sa.literal(last[1]))
         query = sa.select(table).where(after).order_by(table.c.chain, table.c.seq).limit(_COPY_BATCH)
@@ -161,7 +162,7 @@ def upgrade() -> None:
     if dialect == "postgresql":
         op.execute(_FIELDS_TRIGGER)
     insert = sa.text("INSERT INTO audit_events (chain, seq, hash, body) VALUES (:chain, :seq, :hash, :body)")
-    for rows in _old_rows(bind):
+    for rows in _batches(bind, _old_events):
         bind.execute(insert, [{"chain": r.chain, "seq": r.seq, "hash": r.hash, "body": _body(r)} for r in rows])
     op.drop_table("audit_events_old")
     op.create_index("ix_audit_events_id", "audit_events", ["id"], unique=True)
@@ -210,20 +211,13 @@ def downgrade() -> None:
     )
     assert old is not None
     new = sa.table("audit_events_new", sa.column("chain"), sa.column("seq"), sa.column("hash"), sa.column("body"))
-    last = ("", 0)
-    while True:
-        after = sa.tuple_(new.c.chain, new.c.seq) > sa.tuple_(sa.literal(last[0]), sa.literal(last[1]))
-        query = sa.select(new).where(after).order_by(new.c.chain, new.c.seq).limit(_COPY_BATCH)
-        rows = list(bind.execute(query))
-        if not rows:
-            break
+    for rows in _batches(bind, new):
         values = []
         for row in rows:
             fields = json.loads(row.body)
             fields["at"] = datetime.fromisoformat(fields["at"])
             values.append({**fields, "chain": row.chain, "hash": row.hash})
         bind.execute(old.insert(), values)
-        last = (rows[-1].chain, rows[-1].seq)
     op.drop_table("audit_events_new")
     if dialect == "postgresql":
         op.execute("DROP FUNCTION scalemule_audit_fields()")
