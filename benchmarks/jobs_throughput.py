@@ -36,6 +36,7 @@ from scalemule.core.ids import new_id, utcnow
 from scalemule.db import migrate
 from scalemule.db.engine import create_engine
 from scalemule.db.tables import jobs
+from scalemule.db.tables.jobs import CLAIMABLE_ROWS
 from scalemule.dispatch import Dispatcher, Exposure, Invocation
 from scalemule.runtime import Runtime
 from scalemule.settings import Settings
@@ -104,8 +105,9 @@ async def scalemule_run(runtime: Runtime, agent_key: str, worker_key: str, count
 
 
 def _raw_statements(postgresql: bool) -> tuple[Any, Any]:
-    pick = sa.select(jobs.c.id).where(jobs.c.tenant_id == sa.bindparam("t"), jobs.c.state == "queued")
-    pick = pick.order_by(jobs.c.priority.desc(), jobs.c.run_at).limit(1)
+    # The same order and index (ix_jobs_claim) as a claim: the floor reads the queue as cheaply.
+    pick = sa.select(jobs.c.id).where(jobs.c.tenant_id == sa.bindparam("t"), CLAIMABLE_ROWS)
+    pick = pick.order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id).limit(1)
     if postgresql:
         pick = pick.with_for_update(skip_locked=True)
     claim = (

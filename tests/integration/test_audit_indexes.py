@@ -13,36 +13,19 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.base import Executable
-from sqlalchemy.sql.elements import ClauseElement
 
 from scalemule.core import audit_filters
 from scalemule.core.audit import AuditEvent
 from scalemule.core.audit_filters import EventFilter, Statement
 from scalemule.core.ids import utcnow
 from scalemule.db.tables import audit_events
+from tests import plans
 from tests.conftest import World
 
 pytestmark = pytest.mark.anyio
 
 EVENTS = 5000
 NOW = utcnow()
-
-
-class _Explain(Executable, ClauseElement):
-    """``EXPLAIN`` (or ``EXPLAIN QUERY PLAN``) of a statement, executed with the statement's parameters."""
-
-    inherit_cache = False
-
-    def __init__(self, statement: sa.Select[Any], prefix: str) -> None:
-        self.statement = statement
-        self.prefix = prefix
-
-
-@compiles(_Explain)
-def _compile_explain(element: _Explain, compiler: Any, **kw: Any) -> str:
-    return f"{element.prefix} {compiler.process(element.statement, **kw)}"
 
 
 def _index(column: str) -> str:
@@ -100,14 +83,8 @@ def _busy_events(chain: str) -> list[dict[str, Any]]:
 
 
 async def _plan(world: World, statement: Statement) -> list[str]:
-    db = world.dispatcher.runtime.db
     query, params = statement
-    async with db.transaction() as conn:
-        if db.dialect == "postgresql":
-            rows = await conn.execute(_Explain(query, "EXPLAIN (COSTS OFF)"), params)
-            return [str(row[0]) for row in rows]
-        rows = await conn.execute(_Explain(query, "EXPLAIN QUERY PLAN"), params)
-        return [str(row[-1]) for row in rows]
+    return await plans.plan(world.dispatcher.runtime.db, query, params)
 
 
 def _stored(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -141,15 +118,6 @@ async def busy_log(world: World) -> World:
     return world
 
 
-def _scans_the_log(plan: list[str]) -> bool:
-    # PostgreSQL: a sequential scan; SQLite: SCAN (the table or a whole index), where SEARCH seeks a range.
-    return any("Seq Scan on audit_events" in line or line.strip().startswith("SCAN audit_events") for line in plan)
-
-
-def _sorts(plan: list[str]) -> bool:
-    return any("Sort" in line or "TEMP B-TREE" in line for line in plan)
-
-
 @pytest.mark.parametrize("name", list(FILTERS))
 @pytest.mark.parametrize("before_seq", [None, 1_000_000 + EVENTS // 2], ids=["first page", "next page"])
 async def test_each_audit_query_filter_is_served_by_its_index(
@@ -159,10 +127,10 @@ async def test_each_audit_query_filter_is_served_by_its_index(
     plan = await _plans(busy_log, where, before_seq)
     text = "\n".join(plan)
     assert all(index in text for index in indexes), text
-    assert not _scans_the_log(plan), text
+    assert not plans.scans(plan, "audit_events"), text
     if not may_sort:
         # The index holds the matches in sequence order: the page is read from its end, unsorted.
-        assert not _sorts(plan), text
+        assert not plans.sorts(plan), text
 
 
 async def test_a_busy_actor_pages_newest_first_by_id_or_by_name_through_every_event_once(world: World) -> None:

@@ -3,10 +3,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy.dialects import sqlite
 
 from scalemule.core.errors import InvalidArgument
 from scalemule.core.job_states import (
     BACKOFF_CAP,
+    CLAIMABLE,
     MAX_JSON_BYTES,
     TRANSITIONS,
     after_failure,
@@ -14,6 +16,7 @@ from scalemule.core.job_states import (
     check_json_size,
     transition,
 )
+from scalemule.db.tables.jobs import CLAIMABLE_ROWS
 
 
 def test_backoff_doubles_per_attempt_at_its_upper_jitter_bound() -> None:
@@ -49,3 +52,10 @@ def test_a_value_whose_json_is_exactly_the_limit_is_accepted_and_one_byte_more_i
     assert check_json_size(exactly, "payload") == exactly
     with pytest.raises(InvalidArgument):
         check_json_size(exactly + "x", "payload")
+
+
+def test_the_claim_index_and_claims_name_exactly_the_claimable_states() -> None:
+    # Written out in SQL (tables.jobs.CLAIMABLE_ROWS) so the partial index ix_jobs_claim serves claims.
+    listed = ", ".join(f"'{state}'" for state in CLAIMABLE)
+    assert str(CLAIMABLE_ROWS.compile(dialect=sqlite.dialect())) == f"jobs.state IN ({listed})"
+    assert {transition(state, "claim") for state in CLAIMABLE} == {"running"}

@@ -42,6 +42,7 @@ from scalemule.core.job_states import (
 )
 from scalemule.db.engine import Connection
 from scalemule.db.tables import jobs
+from scalemule.db.tables.jobs import CLAIMABLE_ROWS
 
 MAX_ERROR_CHARS = 2000
 DEFAULT_LEASE = timedelta(seconds=60)
@@ -394,10 +395,11 @@ _CLAIMS: dict[tuple[bool, bool], Any] = {}
 
 
 def _due_now(by_queue: bool, by_kind: bool) -> Any:
-    """The tenant's (``t``) claimable jobs due at ``now``, of ``queues`` and ``kinds`` when filtered."""
+    """The tenant's (``t``) claimable jobs due at ``now``, of ``queues`` and ``kinds`` when filtered; its
+    states written out so that a planner sees these are rows of the partial index ``ix_jobs_claim``."""
     condition = sa.and_(
         jobs.c.tenant_id == sa.bindparam("t"),
-        jobs.c.state.in_(CLAIMABLE),
+        CLAIMABLE_ROWS,
         jobs.c.run_at <= sa.bindparam("now"),
         jobs.c.queue != SERVER_QUEUE,
     )
@@ -410,22 +412,26 @@ def _due_now(by_queue: bool, by_kind: bool) -> Any:
 
 
 def _claim_next(by_queue: bool, by_kind: bool) -> Any:
-    """Lease the tenant's best due job, if any, and return it: ``UPDATE jobs ... WHERE id = (SELECT the
-    best due job FOR UPDATE SKIP LOCKED) RETURNING *``, built once per filter shape."""
+    """Lease the tenant's best due job, if any, and return it: ``UPDATE jobs ... WHERE id = (the pick)
+    RETURNING *``, built once per filter shape."""
     found = _CLAIMS.get((by_queue, by_kind))
     if found is None:
-        best = sa.select(jobs.c.id).where(_due_now(by_queue, by_kind))
-        best = best.order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
-        # Workers claiming at once never wait on each other's rows. SQLite renders no FOR UPDATE: there
-        # the unit of work already holds the database's only write lock.
-        best = best.limit(1).with_for_update(skip_locked=True)
         # The pick and the write are one statement, so the job is still claimable when it is leased: on
         # SQLite the statement holds the database's only write lock; on PostgreSQL the pick locks the row
         # (re-checking its conditions on the newest version) until the transaction ends.
-        found = _CLAIMS[(by_queue, by_kind)] = (
-            jobs.update().where(jobs.c.id == best.scalar_subquery()).values(_LEASE).returning(*jobs.c)
-        )
+        best = _pick(by_queue, by_kind).scalar_subquery()
+        found = _CLAIMS[(by_queue, by_kind)] = jobs.update().where(jobs.c.id == best).values(_LEASE).returning(*jobs.c)
     return found
+
+
+def _pick(by_queue: bool, by_kind: bool) -> Any:
+    """The tenant's best due job: highest priority, then earliest due, then smallest id, read in that
+    order from ``ix_jobs_claim``; locked with ``FOR UPDATE SKIP LOCKED``, so workers claiming at once
+    never wait on each other's rows (SQLite renders no FOR UPDATE: there the unit of work already holds
+    the database's only write lock)."""
+    best = sa.select(jobs.c.id).where(_due_now(by_queue, by_kind))
+    best = best.order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
+    return best.limit(1).with_for_update(skip_locked=True)
 
 
 # The queue is written into the statement, not bound: it matches the partial index ix_jobs_server_due

@@ -48,8 +48,6 @@ jobs = sa.Table(
     sa.CheckConstraint(
         "(state = 'running') = (lease_token IS NOT NULL AND lease_expires_at IS NOT NULL)", name="lease"
     ),
-    # Claims: the due jobs of a tenant's queues, by priority then age.
-    sa.Index("ix_jobs_due", "tenant_id", "state", "queue", "run_at"),
     # Rescue: running jobs by lease expiry, across tenants.
     sa.Index("ix_jobs_leases", "state", "lease_expires_at"),
     # Lists: a tenant's jobs, newest first.
@@ -63,4 +61,20 @@ jobs = sa.Table(
         sqlite_where=sa.text("queue = '_server'"),
         postgresql_where=sa.text("queue = '_server'"),
     ),
+)
+
+# The jobs a claim may take (core.job_states.CLAIMABLE), with the states written into the SQL rather
+# than bound: a planner uses a partial index only when it sees that the query's rows are the index's.
+CLAIMABLE_ROWS = jobs.c.state.in_([sa.literal_column("'queued'"), sa.literal_column("'failed'")])
+
+# Claims (and workers' probes): a tenant's claimable jobs in the order they are claimed, so a claim
+# reads the first due entry instead of sorting every waiting job; it holds no finished job.
+sa.Index(
+    "ix_jobs_claim",
+    jobs.c.tenant_id,
+    jobs.c.priority.desc(),
+    jobs.c.run_at,
+    jobs.c.id,
+    sqlite_where=CLAIMABLE_ROWS,
+    postgresql_where=CLAIMABLE_ROWS,
 )
