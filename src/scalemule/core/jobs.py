@@ -236,6 +236,19 @@ async def list_jobs(
     Raises:
         InvalidArgument: ``after`` is not a position this module made.
     """
+    query = listing(tenant_id, state=state, kind=kind, queue=queue, after=after, limit=limit)
+    return [Job.of(row) for row in await conn.execute(query)]
+
+
+def listing(
+    tenant_id: str, *, state: str | None, kind: str | None, queue: str | None, after: str | None, limit: int
+) -> sa.Select[Any]:
+    """The statement of ``list_jobs``: read newest first from ``ix_jobs_listing``, or with a filter from
+    that filter's own index (``ix_jobs_listing_state`` ...), which holds each value's jobs in that order.
+
+    Raises:
+        InvalidArgument: ``after`` is not a position this module made.
+    """
     query = sa.select(jobs).where(jobs.c.tenant_id == tenant_id)
     for column, value in ((jobs.c.state, state), (jobs.c.kind, kind), (jobs.c.queue, queue)):
         if value is not None:
@@ -251,8 +264,7 @@ async def list_jobs(
         query = query.where(
             sa.or_(jobs.c.created_at < created, sa.and_(jobs.c.created_at == created, jobs.c.id < last_id))
         )
-    query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
-    return [Job.of(row) for row in await conn.execute(query)]
+    return query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
 
 
 _UPDATES: dict[tuple[tuple[str, ...], bool], Any] = {}

@@ -50,8 +50,12 @@ jobs = sa.Table(
     ),
     # Rescue: running jobs by lease expiry, across tenants.
     sa.Index("ix_jobs_leases", "state", "lease_expires_at"),
-    # Lists: a tenant's jobs, newest first.
+    # Lists: a tenant's jobs newest first, and for each filter its matches newest first, so a rare
+    # state, kind or queue among many finished jobs is found without reading the others.
     sa.Index("ix_jobs_listing", "tenant_id", "created_at", "id"),
+    sa.Index("ix_jobs_listing_state", "tenant_id", "state", "created_at", "id"),
+    sa.Index("ix_jobs_listing_kind", "tenant_id", "kind", "created_at", "id"),
+    sa.Index("ix_jobs_listing_queue", "tenant_id", "queue", "created_at", "id"),
     # Server tasks (core.jobs.SERVER_QUEUE) due across tenants: a few rows among all jobs, polled by
     # every server process, so the index holds only them.
     sa.Index(

@@ -1,9 +1,11 @@
-"""claims read the waiting jobs in claim order instead of sorting them
+"""jobs: claims read the waiting jobs in claim order; listings filtered by state, kind or queue use an index
 
 ``ix_jobs_due`` (tenant, state, queue, run_at) found a tenant's waiting jobs, but a claim then sorted
 all of them by priority and age to take the first: a cost that grew with the queue's depth. The partial
 index ``ix_jobs_claim`` holds only claimable jobs (queued or failed), in the order claims take them,
-so a claim reads its first due entry (docs/jobs.md, How a claim finds its job).
+so a claim reads its first due entry. ``jobs_list`` filtered by a state, kind or queue walked all of
+the tenant's jobs newest first to find its matches; one ``(tenant, column, created_at, id)`` index per
+filter holds each value's jobs newest first (docs/jobs.md, Limits and costs).
 
 Revision ID: 0014
 Revises: 0013
@@ -22,6 +24,9 @@ depends_on = None
 
 # Written out rather than imported from the tables: a migration stays what it was when released.
 _CLAIMABLE = sa.text("state IN ('queued', 'failed')")
+_LISTINGS = {
+    f"ix_jobs_listing_{column}": ["tenant_id", column, "created_at", "id"] for column in ("state", "kind", "queue")
+}
 
 
 def upgrade() -> None:
@@ -33,8 +38,12 @@ def upgrade() -> None:
         postgresql_where=_CLAIMABLE,
     )
     op.drop_index("ix_jobs_due", table_name="jobs")
+    for name, columns in _LISTINGS.items():
+        op.create_index(name, "jobs", columns)
 
 
 def downgrade() -> None:
+    for name in reversed(list(_LISTINGS)):
+        op.drop_index(name, table_name="jobs")
     op.create_index("ix_jobs_due", "jobs", ["tenant_id", "state", "queue", "run_at"])
     op.drop_index("ix_jobs_claim", table_name="jobs")

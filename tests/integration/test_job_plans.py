@@ -1,6 +1,9 @@
-"""A claim reads the tenant's waiting jobs in the order it takes them: the plan of its pick, for every
-filter shape, walks the partial index ``ix_jobs_claim`` and never sorts the queue or scans the table, so
-a claim costs about the same whether a hundred jobs wait or a million.
+"""Claims and listings stay cheap however many jobs a tenant has.
+
+A claim reads the tenant's waiting jobs in the order it takes them: the plan of its pick, for every
+filter shape, walks the partial index ``ix_jobs_claim`` and never sorts the queue or scans the table.
+``jobs_list`` filtered by a state, kind or queue that few jobs have reads that filter's index, newest
+first, without sorting or reading the rest.
 
 The tenant holds thousands of waiting jobs of several queues, kinds and priorities beside thousands of
 finished ones (analysed on PostgreSQL, so its planner weighs a real table).
@@ -78,6 +81,22 @@ async def test_a_claim_reads_the_claim_index_in_order_without_sorting_the_queue(
     plan = await plans.plan(deep_queue.dispatcher.runtime.db, core_jobs._pick(*shape), _params(deep_queue))
     text = "\n".join(plan)
     assert "ix_jobs_claim" in text, text
+    assert not plans.scans(plan, "jobs"), text
+    assert not plans.sorts(plan), text
+
+
+@pytest.mark.parametrize("column", ["state", "kind", "queue"])
+@pytest.mark.parametrize("page", ["first", "next"])
+async def test_a_listing_filtered_by_a_rare_value_reads_that_filters_index_newest_first(
+    deep_queue: World, column: str, page: str
+) -> None:
+    rare = {"state": "dead", "kind": "rare-kind", "queue": "rare-queue"}
+    filters: dict[str, str | None] = {"state": None, "kind": None, "queue": None} | {column: rare[column]}
+    after = f"{NOW.isoformat()}|job_zzz" if page == "next" else None
+    query = core_jobs.listing(deep_queue.made.tenant.id, **filters, after=after, limit=50)
+    plan = await plans.plan(deep_queue.dispatcher.runtime.db, query, {})
+    text = "\n".join(plan)
+    assert f"ix_jobs_listing_{column}" in text, text
     assert not plans.scans(plan, "jobs"), text
     assert not plans.sorts(plan), text
 
