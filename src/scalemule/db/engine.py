@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
 from scalemule.db import wal
+from scalemule.db.direct import Plans
 
 if TYPE_CHECKING:
     # Imported where an async engine is made: on SQLite, serving never needs one, and the asyncio
@@ -146,8 +147,9 @@ class InlineConnection:
     SQLite are serialised by ``Database.transaction``, so running them inline cannot interleave.
     """
 
-    def __init__(self, connection: sa.Connection) -> None:
+    def __init__(self, connection: sa.Connection, plans: Plans) -> None:
         self.sync_connection = connection
+        self.plans = plans
 
     @property
     def dialect(self) -> sa.Dialect:
@@ -155,8 +157,10 @@ class InlineConnection:
         return self.sync_connection.dialect
 
     async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]:
-        """Execute ``statement`` now; the result is fully usable after the call."""
-        return self.sync_connection.execute(statement, parameters)
+        """Execute ``statement`` now (a reused one straight on the driver: ``db.direct``); the result is
+        fully usable after the call."""
+        result: sa.CursorResult[Any] = self.plans.execute(self.sync_connection, statement, parameters)
+        return result
 
 
 class PooledConnection:
@@ -306,9 +310,11 @@ class Database:
         self._sqlite: sa.Engine | None = None
         self._writer: anyio.Lock | None = None
         self._checkpointer: wal.Checkpointer | None = None
+        self._plans: Plans | None = None
         if parsed.get_backend_name() == "sqlite":
             self._checkpointer = wal.Checkpointer(_sqlite_file(parsed), SQLITE_BUSY_TIMEOUT_MS)
             self._sqlite = _sqlite_sync_engine(parsed)
+            self._plans = Plans(self._sqlite.dialect)
             # SQLite has one writer at a time and every unit of work writes (its audit event at least):
             # queueing writers here keeps waiting on the event loop instead of inside the driver.
             self._writer = anyio.Lock()
@@ -353,14 +359,14 @@ class Database:
                 async with _pooled(self.engine, commit=True) as conn:
                     yield conn
             else:
-                assert self._sqlite is not None
+                assert self._sqlite is not None and self._plans is not None
                 async with self._writer:
                     # SQLite: the writer lock admits one unit of work at a time, so one connection,
                     # kept open, serves them all (no checkout, no reconnect per call).
                     if self._sqlite_conn is None or self._sqlite_conn.closed:
                         self._sqlite_conn = self._sqlite.connect()
                     with self._sqlite_conn.begin():
-                        yield InlineConnection(self._sqlite_conn)
+                        yield InlineConnection(self._sqlite_conn, self._plans)
                 assert self._checkpointer is not None
                 self._checkpointer.wrote()
         finally:
@@ -395,8 +401,9 @@ class Database:
             async with _pooled(self._autocommit(), commit=False) as conn:
                 yield conn
             return
+        assert self._plans is not None
         with self._readers().connect() as sync_conn:
-            yield InlineConnection(sync_conn)
+            yield InlineConnection(sync_conn, self._plans)
 
     def _autocommit(self) -> AsyncEngine:
         if self._autocommit_engine is None:
