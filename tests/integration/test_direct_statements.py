@@ -91,7 +91,7 @@ async def test_a_statement_run_again_goes_to_the_driver_and_reads_the_same_value
             "n": 0,
             "count": 0,
         }
-    assert rows[0] == rows[0] and tuple(rows[2])[0] == "t2"
+    assert rows[2][0] == "t2" and rows[2][-1] == 0  # by position too
 
 
 async def test_results_answer_the_methods_callers_use_and_updates_count_their_rows(db: Database) -> None:
