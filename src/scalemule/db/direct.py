@@ -49,7 +49,8 @@ class _Plan:
         self.binds: Mapping[str, Any] = compiled._bind_processors  # callables: no expanding parameters here
         columns = compiled._result_columns
         processors = [column.type._cached_result_processor(dialect, None) for column in columns]
-        self.processors = processors if any(processors) else None
+        # Only the columns whose type converts what the driver returns (dates, JSON, booleans ...).
+        self.processors = [(i, process) for i, process in enumerate(processors) if process is not None]
         self.metadata = SimpleResultMetaData([column.keyname for column in columns])
 
     def run(self, connection: sa.Connection, parameters: Mapping[str, Any] | None) -> DirectResult:
@@ -62,10 +63,15 @@ class _Plan:
             rows = cursor.fetchall() if cursor.description else []
         except dbapi.Error as exc:
             raise sa.exc.DBAPIError.instance(self.sql, args, exc, dbapi.Error, dialect=connection.dialect) from exc
-        processors = self.processors
-        if processors is not None and rows:
-            rows = [tuple(p(v) if p else v for p, v in zip(processors, row, strict=True)) for row in rows]
+        if self.processors and rows:
+            rows = [self._convert(row) for row in rows]
         return DirectResult(self.metadata, rows, cursor.rowcount)
+
+    def _convert(self, row: Sequence[Any]) -> list[Any]:
+        values = list(row)
+        for i, process in self.processors:
+            values[i] = process(values[i])
+        return values
 
 
 _DIRECT = (sa.Select, sa.Insert, sa.Update, sa.Delete)
