@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Read-only SQLite connections kept open between reads (more are opened while more reads overlap).
+SQLITE_IDLE_READERS = 8
 T = TypeVar("T")
 
 log = logging.getLogger("scalemule")
@@ -217,7 +219,7 @@ def _sqlite_reader_engine(url: sa.URL) -> sa.Engine:
     engine = sa.create_engine(
         url.set(drivername="sqlite+pysqlite"),
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-        pool_size=8,
+        pool_size=SQLITE_IDLE_READERS,
         max_overflow=56,
     )
 
@@ -320,6 +322,7 @@ class Database:
             self._writer = anyio.Lock()
         self._sqlite_conn: sa.Connection | None = None
         self._sqlite_reader: sa.Engine | None = None
+        self._idle_readers: list[sa.Connection] = []
         self._autocommit_engine: AsyncEngine | None = None
 
     @property
@@ -402,8 +405,20 @@ class Database:
                 yield conn
             return
         assert self._plans is not None
-        with self._readers().connect() as sync_conn:
+        # Read-only connections in autocommit hold nothing between statements, so one that served a
+        # read serves the next as it is, without a round through the pool (up to the pool's size kept
+        # idle); one a read failed on goes back through the pool instead.
+        idle = self._idle_readers
+        sync_conn = idle.pop() if idle else self._readers().connect()
+        try:
             yield InlineConnection(sync_conn, self._plans)
+        except BaseException:
+            sync_conn.close()
+            raise
+        if len(idle) < SQLITE_IDLE_READERS:
+            idle.append(sync_conn)
+        else:
+            sync_conn.close()
 
     def _autocommit(self) -> AsyncEngine:
         if self._autocommit_engine is None:
@@ -420,6 +435,8 @@ class Database:
         """Close the kept connection and pooled ones."""
         if self._checkpointer is not None:
             self._checkpointer.close()
+        while self._idle_readers:
+            self._idle_readers.pop().close()
         if self._sqlite_reader is not None:
             self._sqlite_reader.dispose()
         if self._sqlite_conn is not None:
