@@ -24,6 +24,7 @@ from scalemule.blobs.base import (
     BlobNotFound,
     Digests,
     check_ref,
+    pieces,
     write_while_hashing,
 )
 
@@ -50,6 +51,13 @@ def _ensure_dir(path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+async def _chain(first: tuple[bytes, ...], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for piece in first:
+        yield piece
+    async for piece in rest:
+        yield piece
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -70,16 +78,37 @@ class LocalBlobStore:
     async def put(self, ref: str, data: AsyncIterable[bytes]) -> BlobInfo:
         """Write ``data`` to a temporary file, fsync it and link it into place under ``ref``.
 
+        A blob that arrives within one piece (``PIECE_SIZE``, as inline objects do) is hashed and
+        written in one trip to a worker thread; a larger one streams, hashing beside the writes.
+
         Raises:
             BlobExists: ``ref`` is taken.
         """
-        final = self._path(ref)
-        temporary_dir = self.root / TEMPORARY
-        await anyio.to_thread.run_sync(_ensure_dir, temporary_dir)
-        temporary = temporary_dir / f"{secrets.token_hex(16)}.part"
-        fd = await anyio.to_thread.run_sync(
-            lambda: os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
-        )
+        source = aiter(pieces(data))
+        first = await anext(source, b"")
+        second = await anext(source, None)
+        if second is None:
+            return await anyio.to_thread.run_sync(self._put_whole, ref, first)
+        return await self._put_streamed(ref, _chain((first, second), source))
+
+    def _put_whole(self, ref: str, content: bytes) -> BlobInfo:
+        digests = Digests()
+        digests.update_whole(content)
+        digests.update_chunks(content)
+        fd, temporary = self._open_temporary()
+        try:
+            try:
+                _write_all(fd, content)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._publish(ref, fd, temporary)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return digests.info(ref)
+
+    async def _put_streamed(self, ref: str, data: AsyncIterable[bytes]) -> BlobInfo:
+        fd, temporary = await anyio.to_thread.run_sync(self._open_temporary)
         digests = Digests()
         closed = False
 
@@ -89,16 +118,7 @@ class LocalBlobStore:
         def publish() -> None:
             nonlocal closed
             closed = True
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            _ensure_dir(final.parent)
-            try:
-                os.link(temporary, final)
-            except FileExistsError:
-                raise BlobExists(ref) from None
-            _fsync_dir(final.parent)
+            self._publish(ref, fd, temporary)
 
         try:
             await write_while_hashing(data, digests, write, partial(anyio.to_thread.run_sync, publish))
@@ -106,6 +126,27 @@ class LocalBlobStore:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._discard, fd, temporary, closed)
         return digests.info(ref)
+
+    def _open_temporary(self) -> tuple[int, Path]:
+        temporary_dir = self.root / TEMPORARY
+        _ensure_dir(temporary_dir)
+        temporary = temporary_dir / f"{secrets.token_hex(16)}.part"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        return os.open(temporary, flags, 0o600), temporary
+
+    def _publish(self, ref: str, fd: int, temporary: Path) -> None:
+        """Make the written file durable, close it and link it into place under ``ref``."""
+        final = self._path(ref)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _ensure_dir(final.parent)
+        try:
+            os.link(temporary, final)
+        except FileExistsError:
+            raise BlobExists(ref) from None
+        _fsync_dir(final.parent)
 
     @staticmethod
     def _discard(fd: int, temporary: Path, closed: bool) -> None:
