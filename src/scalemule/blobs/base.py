@@ -25,6 +25,9 @@ CHUNK_SIZE = 4 << 20
 # Incoming data is regrouped into pieces this large before a thread hop, so small network reads do
 # not each cost one.
 PIECE_SIZE = 1 << 20
+# Up to this many bytes, reading a local blob or hashing it takes less than a trip to a worker thread,
+# so it is done on the event loop.
+INLINE_BYTES = 64 << 10
 DIGEST_SIZE = 32
 
 _REF = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*$")

@@ -18,6 +18,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from scalemule.blobs.base import (
+    INLINE_BYTES,
     BlobEntry,
     BlobExists,
     BlobInfo,
@@ -172,6 +173,8 @@ class LocalBlobStore:
             except FileNotFoundError:
                 raise BlobNotFound(ref) from None
 
+        if length is not None and length <= INLINE_BYTES:
+            return read()
         return await anyio.to_thread.run_sync(read)
 
     async def delete(self, ref: str) -> None:

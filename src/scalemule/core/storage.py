@@ -23,7 +23,7 @@ import anyio.to_thread
 import sqlalchemy as sa
 
 from scalemule.blobs import BlobInfo, BlobNotFound, BlobStore
-from scalemule.blobs.base import CHUNK_SIZE, DIGEST_SIZE, cpu_parallelism
+from scalemule.blobs.base import CHUNK_SIZE, DIGEST_SIZE, INLINE_BYTES, cpu_parallelism
 from scalemule.core.errors import (
     AlreadyExists,
     Conflict,
@@ -437,18 +437,22 @@ async def _verified(blobs: BlobStore, obj: StoredObject, first: int, last: int) 
     if len(raw) != end - start:
         raise corrupt(obj, f"{len(raw):,} bytes stored where {end - start:,} were written")
     bad: list[int] = []
-    limiter = anyio.CapacityLimiter(cpu_parallelism())
-
     view = memoryview(raw)
+    if len(raw) <= INLINE_BYTES:
+        # A few microseconds of hashing: less than a trip to a worker thread.
+        if _sha256(view) != obj.digest_of_chunk(first):
+            bad.append(first)
+    else:
+        limiter = anyio.CapacityLimiter(cpu_parallelism())
 
-    async def check(index: int) -> None:
-        piece = view[(index - first) * CHUNK_SIZE : (index - first + 1) * CHUNK_SIZE]
-        if await anyio.to_thread.run_sync(_sha256, piece, limiter=limiter) != obj.digest_of_chunk(index):
-            bad.append(index)
+        async def check(index: int) -> None:
+            piece = view[(index - first) * CHUNK_SIZE : (index - first + 1) * CHUNK_SIZE]
+            if await anyio.to_thread.run_sync(_sha256, piece, limiter=limiter) != obj.digest_of_chunk(index):
+                bad.append(index)
 
-    async with anyio.create_task_group() as tg:
-        for index in range(first, last + 1):
-            tg.start_soon(check, index)
+        async with anyio.create_task_group() as tg:
+            for index in range(first, last + 1):
+                tg.start_soon(check, index)
     if bad:
         raise corrupt(obj, f"chunk {min(bad)} of {obj.size // CHUNK_SIZE + 1} does not match")
     return raw
