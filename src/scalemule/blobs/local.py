@@ -19,6 +19,7 @@ import anyio.to_thread
 
 from scalemule.blobs.base import (
     INLINE_BYTES,
+    PIECE_SIZE,
     BlobEntry,
     BlobExists,
     BlobInfo,
@@ -91,8 +92,8 @@ class LocalBlobStore:
     async def put(self, ref: str, data: AsyncIterable[bytes]) -> BlobInfo:
         """Write ``data`` to a temporary file, fsync it and link it into place under ``ref``.
 
-        A blob that arrives within one piece (``PIECE_SIZE``, as inline objects do) is hashed and
-        written in one trip to a worker thread; a larger one streams, hashing beside the writes.
+        A blob of at most one piece (``PIECE_SIZE``) is hashed and written in one trip to a worker
+        thread; a larger one streams, hashing beside the writes.
 
         Raises:
             BlobExists: ``ref`` is taken.
@@ -100,9 +101,10 @@ class LocalBlobStore:
         source = aiter(pieces(data))
         first = await anext(source, b"")
         second = await anext(source, None)
-        if second is None:
+        if second is None and len(first) <= PIECE_SIZE:
             return await anyio.to_thread.run_sync(self._put_whole, ref, first)
-        return await self._put_streamed(ref, _chain((first, second), source))
+        ahead = (first,) if second is None else (first, second)
+        return await self._put_streamed(ref, _chain(ahead, source))
 
     def _put_whole(self, ref: str, content: bytes) -> BlobInfo:
         digests = Digests()
