@@ -439,7 +439,7 @@ async def _verified(blobs: BlobStore, obj: StoredObject, first: int, last: int) 
     bad: list[int] = []
     view = memoryview(raw)
     if len(raw) <= INLINE_BYTES:
-        # A few microseconds of hashing: less than a trip to a worker thread.
+        # At most 64 KiB: hashing it here costs less than a trip to a worker thread.
         if _sha256(view) != obj.digest_of_chunk(first):
             bad.append(first)
     else:
