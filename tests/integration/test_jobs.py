@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
+from scalemule import dispatch
 from scalemule.core import identity, jobs, tenants
 from scalemule.core.audit_rollups import flush
+from scalemule.core.ids import utcnow
 from tests.conftest import StoreProbe, World
 
 pytestmark = pytest.mark.anyio
@@ -253,12 +255,17 @@ async def test_a_worker_key_may_claim_but_not_enqueue(world: World) -> None:
 
 
 async def test_empty_claims_are_recorded_in_aggregate_and_claims_that_got_jobs_name_them(
-    world: World, probe: StoreProbe
+    world: World, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = await probe.audit_count()
+    # The calls are recorded at one instant: a bucket is folded once its minute has closed, so a loop
+    # straddling a minute on the wall clock would fold the first minute's claims into an event.
+    called_at = utcnow()
+    monkeypatch.setattr(dispatch, "utcnow", lambda: called_at)
     for _ in range(200):
         assert await _claim(world) == []
     assert await probe.audit_count() == before
+    monkeypatch.undo()
     async with world.dispatcher.runtime.db.transaction() as conn:
         assert await flush(conn) == 1
     events = await probe.audit_events()

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from scalemule import dispatch
 from scalemule.core import tokens
 from scalemule.core.errors import InvalidArgument, PermissionDenied, ScaleMuleError
+from scalemule.core.ids import utcnow
 from scalemule.db.tables import api_keys
 from scalemule.dispatch import ErrorBody, Invocation
 from tests.conftest import StoreProbe, World
@@ -48,7 +50,7 @@ async def test_a_live_key_is_let_on_and_nothing_is_recorded_or_touched(world: Wo
 
 
 async def test_a_refused_credential_is_unauthenticated_and_tallied_under_the_request_s_source(
-    world: World, probe: StoreProbe
+    world: World, probe: StoreProbe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     revoked = (await world.ok("keys_create", world.owner, name="gone"))["token"]
     key_id = (await world.ok("whoami", revoked))["key"]["id"]
@@ -56,6 +58,9 @@ async def test_a_refused_credential_is_unauthenticated_and_tallied_under_the_req
     mistyped = world.agent[:-1] + ("x" if world.agent[-1] != "x" else "y")
     refused = [None, "", "smk_not-a-key", mistyped, tokens.generate(), revoked]
     count = await probe.audit_count()
+    # Refusals recorded at one instant: a loop straddling a minute would fold the first minute's.
+    refused_at = utcnow()
+    monkeypatch.setattr(dispatch, "utcnow", lambda: refused_at)
     for credential in refused:
         # What the surface would refuse (the body) is never told to a caller it does not know.
         for refusal in (None, OVERSIZED):
