@@ -15,7 +15,7 @@ import anyio.to_thread
 import pytest
 
 from scalemule.blobs import BlobExists, BlobNotFound, BlobStore
-from scalemule.blobs.base import CHUNK_SIZE
+from scalemule.blobs.base import CHUNK_SIZE, PIECE_SIZE
 from scalemule.blobs.local import LocalBlobStore
 from scalemule.blobs.s3 import PART_SIZE, S3BlobStore
 from tests.blobs.conftest import S3Endpoint
@@ -58,6 +58,21 @@ async def test_chunk_digests_do_not_depend_on_how_the_stream_is_cut(blob_store: 
     assert info.sha256 == hashlib.sha256(data).hexdigest()
     assert info.chunk_digests == chunk_digests(data)
     assert await blob_store.read("ten_a/00/big") == data
+
+
+@pytest.mark.parametrize("size", [PIECE_SIZE - 1, PIECE_SIZE, PIECE_SIZE + 1])
+async def test_blobs_either_side_of_one_piece_read_back_with_their_digests(blob_store: BlobStore, size: int) -> None:
+    # The local store writes a blob of at most one piece in one go and streams a larger one.
+    data = os.urandom(size)
+    for cut, ref in ((None, "ten_a/00/whole"), (65_536, "ten_a/00/parts")):
+        info = await blob_store.put(ref, chunks(data, cut) if cut else chunks(data))
+        assert (info.size, info.sha256, info.chunk_digests) == (
+            size,
+            hashlib.sha256(data).hexdigest(),
+            chunk_digests(data),
+        )
+        assert await blob_store.read(ref) == data
+        assert await blob_store.read(ref, size - 10, 10) == data[-10:]
 
 
 async def test_ranges_read_exactly_the_bytes_asked_for_and_stop_short_at_the_end(blob_store: BlobStore) -> None:

@@ -98,6 +98,7 @@ class LocalBlobStore:
         Raises:
             BlobExists: ``ref`` is taken.
         """
+        check_ref(ref)  # before anything touches the disk
         source = aiter(pieces(data))
         first = await anext(source, b"")
         second = await anext(source, None)
