@@ -49,6 +49,8 @@ SIGNING_KEY_FILE = "audit-signing.key"
 PUBLIC_KEYS_FILE = "audit-public-keys"
 DIGEST_PREFIX = "_audit"
 EVERY_EVENTS = 1000
+# A digest object is a few hundred bytes: read this much, in one go (a longer one is not a checkpoint).
+DIGEST_BYTES = 4096
 EVERY = timedelta(minutes=1)
 # Prefixed to the canonical JSON before signing, so a checkpoint signature means nothing elsewhere.
 _CONTEXT = b"scalemule-audit-checkpoint-v1\n"
@@ -398,7 +400,7 @@ async def read_digest(blobs: BlobStore, chain: str, seq: int) -> Checkpoint | No
         InvalidArgument: the object is there but is not a checkpoint.
     """
     try:
-        body = await blobs.read(digest_ref(chain, seq))
+        body = await blobs.read(digest_ref(chain, seq), 0, DIGEST_BYTES)
     except BlobNotFound:
         return None
     try:

@@ -20,35 +20,46 @@ problem and names its sequence number and kind:
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import hashlib
-import itertools
+import json
+import logging
+import os
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import anyio
 import sqlalchemy as sa
 from anyio import lowlevel
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from scalemule.blobs import BlobStore
-from scalemule.core import audit_checkpoints
+from scalemule.core import audit_checkpoints, audit_segments
 from scalemule.core.audit import GENESIS_HASH, AuditEvent
 from scalemule.core.audit_checkpoints import Checkpoint, Notary
+from scalemule.core.audit_segments import plain_run
 from scalemule.core.errors import InvalidArgument
-from scalemule.db.engine import Database, plain_rows
+from scalemule.db.engine import Database, driver_target, plain_rows
 from scalemule.db.tables import audit_events, audit_heads
 
 BATCH = 5000
+# A range this long or longer is split across processes, one per CPU up to MAX_PROCESSES (Segments).
+SEGMENT_EVENTS = 25_000
+MAX_PROCESSES = 8
+# The longest line a segment process writes: its result, with a hash per checkpoint in its segment.
+_LINE_BYTES = 1 << 28
 # How far past a gap the verifier looks for the absent sequence number before calling it missing
 # rather than reordered (bounded: memory stays constant).
 REORDER_WINDOW = 100
 # Renumbering shifts tried on an event whose hash does not match: finds deletions and insertions.
 _SHIFTS = (1, -1, 2, -2, 3, -3)
 _EVENT_FIELDS = frozenset(AuditEvent.__dataclass_fields__)
-# An event's link to the one before it, as its canonical body spells it: the last occurrence is the
-# top-level key (it sorts after every key that can hold an object, and a string escapes its quotes).
-_PREV_KEY = '"prev_hash":"'
 
 Progress = Callable[[int, int], None]
+log = logging.getLogger("scalemule")
 # Runs a query and returns its rows. The event batches are read by position only: a reader may return
 # the rows of a query carrying the execution option ``plain_rows`` as the driver gives them (``reader``).
 Reader = Callable[[sa.Select[Any]], Awaitable[Sequence[Any]]]
@@ -142,8 +153,10 @@ class ChainVerifier:
     _expected: int = field(init=False)
     _hashes: list[str] = field(init=False)
     _suspect: _Suspect | None = field(default=None, init=False)
+    _checkpoint_seqs: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
+        self._checkpoint_seqs = sorted(self.checkpoints)
         self.report = Report(self.chain, self.from_seq, self.from_seq - 1)
         self._expected = self.from_seq
         # The last two verified hashes (None: unknown, the range starts after genesis).
@@ -180,32 +193,29 @@ class ChainVerifier:
                 return self._fail(expected - 1, "inserted", f"seq {expected} links past seq {expected - 1}")
             return self._fail(expected, "edited", f"prev_hash of seq {expected} is not the hash of seq {expected - 1}")
         self._hashes = [*self._hashes[-1:], event.hash]
-        self._expected += 1
-        self.report.events += 1
-        self.report.to_seq = event.seq
+        self._reach(event.seq)
         evidence = self.checkpoints.get(event.seq)
-        return True if evidence is None else self._checkpoint(event, evidence)
+        return True if evidence is None else self._checkpoint(event.seq, event.hash, evidence)
 
     def feed_stored(self, rows: Sequence[Any]) -> bool:
         """Check the next stored events, given as ``(seq, hash, body)`` rows in stored order; False once
         the chain is known bad.
 
-        The common case, an event right after the last one whose body is the bytes its hash covers and
-        names that event's hash as its ``prev_hash``, is checked on the stored text without building
-        the event. Anything else (a gap, a mismatch, a checkpoint) goes through ``feed`` as an event,
-        which finds out what is wrong exactly as it would for an event read any other way.
+        The common case, a run of events each right after the last, whose body is the bytes its hash
+        covers and names the last event's hash as its ``prev_hash`` (``plain_run``), is checked on the
+        stored text without building the events. Anything else (a gap, a mismatch) goes through ``feed``
+        as an event, which finds out what is wrong exactly as it would for an event read any other way.
         """
         count, done = len(rows), 0
         while done < count:
             if self.failed:
                 return False
-            run = self._plain_run(rows, done)
+            known = self._suspect is None and self._hashes
+            run = plain_run(rows, done, self._expected, self._hashes[-1]) if known else 0
             if run:
-                last = done + run
-                self._hashes = [*self._hashes, *(row[1] for row in rows[max(done, last - 2) : last])][-2:]
-                self._expected += run
-                self.report.events += run
-                self.report.to_seq = rows[last - 1][0]
+                first, last = self._expected, done + run
+                hashes = {seq: rows[done + seq - first][1] for seq in self._signed(first, first + run - 1)}
+                self.accept(first + run - 1, hashes, [row[1] for row in rows[max(done, last - 2) : last]])
                 done = last
                 continue
             seq, digest, body = rows[done]
@@ -221,22 +231,33 @@ class ChainVerifier:
                 return False
         return not self.failed
 
-    def _plain_run(self, rows: Sequence[Any], start: int) -> int:
-        """How many of ``rows`` from ``start`` on are plain events: each at the next sequence number,
-        not a checkpoint's, naming the last hash as its ``prev_hash``, and hashing to its hash."""
-        if self._suspect is not None or not self._hashes:
-            return 0
-        first = expected = self._expected
-        stop = min((seq for seq in self.checkpoints if seq >= first), default=-1)
-        link, sha256, key, after = self._hashes[-1] + '"', hashlib.sha256, _PREV_KEY, len(_PREV_KEY)
-        for seq, digest, body in itertools.islice(rows, start, None):
-            if seq != expected or seq == stop or not body.startswith(link, body.rfind(key) + after):
-                break
-            if sha256(body.encode()).hexdigest() != digest:
-                break
-            link = digest + '"'
-            expected += 1
-        return expected - first
+    def accept(self, through: int, hashes: Mapping[int, str], tail: Sequence[str]) -> bool:
+        """Take the events from the next expected sequence number through ``through`` as a plain run
+        (``plain_run`` passed them, here or in a process of its own), checking every checkpoint among
+        them; False once the chain is known bad.
+
+        Args:
+            hashes: the hash of each event among them that a checkpoint signs.
+            tail: the hashes of the last one or two.
+        """
+        for seq in self._signed(self._expected, through):
+            self._reach(seq)
+            if not self._checkpoint(seq, hashes[seq], self.checkpoints[seq]):
+                return False
+        self._reach(through)
+        self._hashes = [*self._hashes, *tail][-2:]
+        return True
+
+    def _reach(self, seq: int) -> None:
+        self.report.events += seq - self._expected + 1
+        self.report.to_seq = seq
+        self._expected = seq + 1
+
+    def _signed(self, low: int, high: int) -> list[int]:
+        """The signed sequence numbers from ``low`` through ``high``, in order."""
+        return self._checkpoint_seqs[
+            bisect.bisect_left(self._checkpoint_seqs, low) : bisect.bisect_right(self._checkpoint_seqs, high)
+        ]
 
     def _look_for(self, event: AuditEvent) -> bool:
         suspect = self._suspect
@@ -268,12 +289,12 @@ class ChainVerifier:
         self._suspect = _Suspect(seq, "edited", by_content=True, detail=detail)
         return True
 
-    def _checkpoint(self, event: AuditEvent, evidence: Evidence) -> bool:
-        seq = event.seq
+    def _checkpoint(self, seq: int, event_hash: str, evidence: Evidence) -> bool:
         row, digest = evidence.row, evidence.digest
         signed = row or digest
         assert signed is not None
-        for checkpoint in (c for c in (row, digest) if c is not None):
+        # The same checkpoint twice (the usual case) is one signature to check.
+        for checkpoint in (c for c in (row, digest if digest != row else None) if c is not None):
             why = checkpoint.problem(self.keys)
             if why is not None:
                 source = "checkpoint" if checkpoint is row else "digest object of the checkpoint"  # pragma: no mutate
@@ -284,7 +305,7 @@ class ChainVerifier:
             return self._fail(seq, "checkpoint_missing", f"a digest object at seq {seq} has no checkpoint row")
         if row is not None and digest is not None and row != digest:
             return self._fail(seq, "digest_mismatch", f"the digest object at seq {seq} differs from the checkpoint")
-        if signed.hash != event.hash or signed.chain != self.chain or signed.seq != seq:
+        if signed.hash != event_hash or signed.chain != self.chain or signed.seq != seq:
             after = self.report.last_checkpoint or 0
             return self._fail(seq, "rewritten", f"the chain between seq {after} and {seq} was recomputed")
         self.report.checkpoints += 1
@@ -358,9 +379,126 @@ async def _load_digests(
     blobs: BlobStore, chain: str, evidence: dict[int, Evidence], digests: set[int], low: int, high: int
 ) -> None:
     # Read only as the pass reaches them: a pass that stops early never fetches the rest.
-    for seq in sorted(s for s in evidence if low <= s <= high):
+    for seq in sorted(s for s in evidence if low <= s <= high and not evidence[s].digest_checked):
         found = await audit_checkpoints.read_digest(blobs, chain, seq) if seq in digests else None
         evidence[seq] = Evidence(evidence[seq].row, found, digest_checked=True)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A plain run checked by segment processes: the hash of each signed event in it, and of its last
+    two events."""
+
+    hashes: dict[int, str]
+    tail: list[str]
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Splits a long pass into segments checked at once, each in a process of its own
+    (``audit_segments``), so a verification uses every CPU and leaves the event loop free.
+
+    Attributes:
+        store: where the processes read (``driver_target``).
+        processes: how many run at once at most.
+        least: the fewest events worth a process: a shorter range is checked in process.
+    """
+
+    store: dict[str, Any]
+    processes: int
+    least: int = SEGMENT_EVENTS
+
+    @classmethod
+    def of(cls, db: Database) -> Segments | None:
+        """One segment per CPU this process may run on (at most ``MAX_PROCESSES``); None on one CPU."""
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return cls(driver_target(db.url), min(cpus, MAX_PROCESSES)) if cpus > 1 else None
+
+    def bounds(self, low: int, high: int) -> list[tuple[int, int]]:
+        """Each segment's first and last sequence number; none when the range is too short to split."""
+        count = min(self.processes, (high - low + 1) // self.least)
+        if count < 2:
+            return []
+        cuts = [low + (high - low + 1) * i // count for i in range(count + 1)]
+        return [(cuts[i], cuts[i + 1] - 1) for i in range(count)]
+
+    async def check(
+        self, chain: str, low: int, high: int, signed: Sequence[int], progress: Callable[[int], None] | None
+    ) -> Run | None:
+        """Check events ``low`` through ``high`` in segments; their run when every event is plain, None
+        when something is not (or the range is short, or a process failed): the caller then reads the
+        range itself."""
+        bounds = self.bounds(low, high)
+        if not bounds:
+            return None
+        done = [0] * len(bounds)
+
+        def advanced(index: int, count: int) -> None:
+            done[index] = count
+            if progress is not None:
+                progress(sum(done))
+
+        results: list[dict[str, Any] | None] = [None] * len(bounds)
+
+        async def one(index: int, first: int, last: int) -> None:
+            # Every segment after the first starts at the last event of the one before, so the link
+            # between them is checked too.
+            start = first if index == 0 else first - 1
+            job = {
+                "store": self.store,
+                "chain": chain,
+                "from_seq": start,
+                "to_seq": last,
+                "link": GENESIS_HASH if start == 1 else None,
+                "batch": BATCH,
+                "want": [seq for seq in signed if start <= seq <= last],
+            }
+            results[index] = await _segment(job, lambda count: advanced(index, count))
+
+        async with anyio.create_task_group() as group:
+            for index, (first, last) in enumerate(bounds):
+                group.start_soon(one, index, first, last)
+        if any(result is None or result["through"] != last for result, (_, last) in zip(results, bounds, strict=True)):
+            return None
+        hashes = {int(seq): value for result in results if result for seq, value in result["hashes"].items()}
+        tail = [value for result in results if result for value in result["tail"]][-2:]
+        return Run(hashes, tail)
+
+
+async def _segment(job: dict[str, Any], progress: Callable[[int], None]) -> dict[str, Any] | None:
+    """Run one segment's process; its result, or None when it failed (logged)."""
+    command = [sys.executable, "-m", audit_segments.__name__]
+    errors = bytearray()
+    result: dict[str, Any] | None = None
+    async with await anyio.open_process(command) as process:
+        assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+        stdout, stderr = process.stdout, process.stderr
+
+        async def collect_errors() -> None:
+            async for chunk in stderr:
+                errors.extend(chunk)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(collect_errors)
+            await process.stdin.send(json.dumps(job).encode())
+            await process.stdin.aclose()
+            lines = BufferedByteReceiveStream(stdout)
+            with contextlib.suppress(anyio.EndOfStream, anyio.IncompleteRead):
+                while True:
+                    line = json.loads(await lines.receive_until(b"\n", _LINE_BYTES))
+                    if "done" in line:
+                        progress(line["done"])
+                    else:
+                        result = line
+        code = await process.wait()
+    if code != 0 or result is None:
+        log.warning(
+            "an audit segment process failed (exit %s), verifying in process: %s",
+            code,
+            errors[-2000:].decode(errors="replace"),
+        )
+        return None
+    return result
 
 
 async def verify_chain(
@@ -373,6 +511,7 @@ async def verify_chain(
     to_seq: int | None = None,
     progress: Progress | None = None,
     batch: int = BATCH,
+    segments: Segments | None = None,
 ) -> Report:
     """Verify chain ``chain`` as stored: events by sequence number in batches of ``batch``, every
     checkpoint's signature and, with ``blobs``, its digest object.
@@ -387,6 +526,8 @@ async def verify_chain(
         chain: a tenant id, or ``-`` for the global chain.
         progress: called with (events done, events to check) after each batch. A cancellation stops
             the pass between batches.
+        segments: checks long ranges in processes of their own first (``Segments``); the pass reads
+            the store itself only when they find something that is not a plain run, to name it.
 
     Raises:
         InvalidArgument: ``from_seq`` lies past the chain's end, or after ``to_seq``.
@@ -406,7 +547,22 @@ async def verify_chain(
     evidence = {int(row.seq): Evidence(audit_checkpoints.of_row(row)) for row in rows}
     evidence |= {s: Evidence(None) for s in digests if from_seq <= s <= top and s not in evidence}
     verifier = ChainVerifier(chain, evidence, keys, from_seq)
-    table, last, total = audit_events, from_seq - 1, max(0, end - from_seq + 1)
+    total = max(0, end - from_seq + 1)
+    tracker = None if progress is None else lambda done: progress(min(done, total), total)
+    run = None
+    if segments is not None:
+        async with anyio.create_task_group() as group:
+            if blobs is not None and segments.bounds(from_seq, top):
+                # Read while the segments are checked: the digest objects are needed unless one fails.
+                group.start_soon(_load_digests, blobs, chain, evidence, digests, from_seq, top)
+            run = await segments.check(chain, from_seq, top, sorted(evidence), tracker)
+    if run is not None:
+        # Every event through top is plain: what is left are the checkpoints among them, and the head.
+        verifier.accept(top, run.hashes, run.tail)
+        if progress is not None:
+            progress(total, total)
+        return verifier.finish(head if to_seq is None else None)
+    table, last = audit_events, from_seq - 1
     events = sa.select(table.c.seq, table.c.hash, table.c.body).execution_options(plain_rows=True)
     while not verifier.failed:
         where = (table.c.chain == chain, table.c.seq > last, table.c.seq <= top)
@@ -469,11 +625,14 @@ async def verify_stored(
     holds and every event up to it verified. The pass then goes on from there.
     """
     read, blobs, keys = reader(db), notary.blobs, notary.keys.public_keys()
+    segments = Segments.of(db)
     start, repaired = from_seq, 0
     while True:
         # A repaired checkpoint can be the one past to_seq that covers the range: go on from it.
         end = None if to_seq is None else max(to_seq, start)
-        report = await verify_chain(read, blobs, keys, chain, from_seq=start, to_seq=end, progress=progress)
+        report = await verify_chain(
+            read, blobs, keys, chain, from_seq=start, to_seq=end, progress=progress, segments=segments
+        )
         problem = report.problem
         if not repair_digests or problem is None or problem.kind != "digest_missing":
             break
@@ -481,5 +640,5 @@ async def verify_stored(
         repaired += await notary.store_digests([audit_checkpoints.of_row(row) for row in rows])
         start = problem.seq
     if start != from_seq:
-        report = await verify_chain(read, blobs, keys, chain, from_seq=from_seq, to_seq=to_seq)
+        report = await verify_chain(read, blobs, keys, chain, from_seq=from_seq, to_seq=to_seq, segments=segments)
     return report, repaired

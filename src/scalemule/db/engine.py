@@ -77,6 +77,17 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(parsed, connect_args=connect_args, pool_size=10, max_overflow=20)
 
 
+def driver_target(url: str) -> dict[str, Any]:
+    """What a process of its own needs to reach the store through the driver alone, without SQLAlchemy:
+    ``{"sqlite": PATH}`` or ``{"postgresql": DSN, "server_settings": {...}}``. The DSN holds the
+    password: pass it on a pipe, never on a command line."""
+    parsed, connect_args = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return {"sqlite": str(Path(parsed.database or ""))}
+    dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    return {"postgresql": dsn, "server_settings": connect_args.get("server_settings", {})}
+
+
 def _sqlite_file(url: sa.URL) -> Path:
     if not url.database or url.database == ":memory:":
         raise ValueError("ScaleMule's SQLite store needs a file path, e.g. sqlite:////var/lib/scalemule/db")

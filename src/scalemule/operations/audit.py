@@ -253,8 +253,16 @@ async def audit_verify_chain(call: Call, args: AuditVerifyArgs) -> VerifyView:
         call.report(done / total if total else 1.0, f"{done:,} of {total:,} events checked")
 
     keys = call.runtime.notary.keys.public_keys()
+    segments = audit_verify.Segments.of(call.runtime.db)
     report = await audit_verify.verify_chain(
-        read, call.runtime.blobs, keys, call.tenant_id, from_seq=args.from_seq, to_seq=args.to_seq, progress=progress
+        read,
+        call.runtime.blobs,
+        keys,
+        call.tenant_id,
+        from_seq=args.from_seq,
+        to_seq=args.to_seq,
+        progress=progress,
+        segments=segments,
     )
     body = report.to_dict()
     body.pop("chain")

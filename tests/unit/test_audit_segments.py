@@ -1,0 +1,85 @@
+"""A segment's pass (core.audit_segments): how far a run of plain events goes, what it reports, and
+that the module a segment process runs stays light."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+from scalemule.core.audit import GENESIS_HASH
+from scalemule.core.audit_segments import Segment, plain_run
+
+
+def _chain(count: int, first: int = 1, link: str = GENESIS_HASH) -> list[tuple[int, str, str]]:
+    """``count`` linked rows ``(seq, hash, body)``; each body names its link the way an event's does,
+    after an ``args`` object that spells the same key."""
+    rows = []
+    for seq in range(first, first + count):
+        body = json.dumps(
+            {"args": {"prev_hash": "f" * 64}, "prev_hash": link, "seq": seq}, sort_keys=True, separators=(",", ":")
+        )
+        link = hashlib.sha256(body.encode()).hexdigest()
+        rows.append((seq, link, body))
+    return rows
+
+
+def test_a_linked_run_is_plain_throughout() -> None:
+    rows = _chain(5)
+    assert plain_run(rows, 0, 1, GENESIS_HASH) == 5
+    assert plain_run(rows, 2, 3, rows[1][1]) == 3
+
+
+def test_a_run_stops_at_a_gap_a_wrong_link_or_a_wrong_hash() -> None:
+    rows = _chain(6)
+    assert plain_run([*rows[:3], *rows[4:]], 0, 1, GENESIS_HASH) == 3
+    assert plain_run(rows, 0, 1, "e" * 64) == 0
+    tampered = [*rows[:2], (3, rows[2][1], rows[2][2].replace('"seq":3', '"seq":30')), *rows[3:]]
+    assert plain_run(tampered, 0, 1, GENESIS_HASH) == 2
+    rehashed = [*rows[:2], (3, hashlib.sha256(tampered[2][2].encode()).hexdigest(), tampered[2][2]), *rows[3:]]
+    assert plain_run(rehashed, 0, 1, GENESIS_HASH) == 3  # the next event still names the old hash
+
+
+def test_the_link_is_read_from_the_top_level_key_not_from_inside_args() -> None:
+    rows = _chain(2)
+    assert plain_run(rows, 0, 1, "f" * 64) == 0
+
+
+def test_an_unknown_link_is_not_checked_for_the_first_event_only() -> None:
+    rows = _chain(4, first=10, link="a" * 64)
+    assert plain_run(rows, 0, 10, None) == 4
+    broken = [*rows[:2], _chain(1, first=12, link="b" * 64)[0], *rows[3:]]
+    assert plain_run(broken, 0, 10, None) == 2
+
+
+def test_a_segment_reports_how_far_it_got_the_wanted_hashes_and_its_tail() -> None:
+    rows = _chain(12)
+    segment = Segment(1, GENESIS_HASH, want=[3, 7, 12])
+    assert segment.feed(rows[:5]) and segment.feed(rows[5:10])
+    assert not segment.feed([*rows[10:11], _chain(1, first=12, link="c" * 64)[0]])
+    assert segment.result() == {
+        "through": 11,
+        "hashes": {"3": rows[2][1], "7": rows[6][1]},
+        "tail": [rows[9][1], rows[10][1]],
+    }
+
+
+def test_a_segment_that_finds_nothing_plain_reports_the_seq_before_it() -> None:
+    segment = Segment(5, GENESIS_HASH, want=[])
+    assert not segment.feed(_chain(2, first=6))
+    assert segment.result() == {"through": 4, "hashes": {}, "tail": []}
+
+
+HEAVY = ("sqlalchemy", "anyio", "mcp", "pydantic", "cryptography")
+PROBE = f"""
+import json, sys
+import scalemule.core.audit_segments
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r} or m.startswith("scalemule."))))
+"""
+
+
+def test_the_segment_module_starts_without_sqlalchemy_or_the_server() -> None:
+    # A segment process starts per verification: it must load in tens of milliseconds.
+    loaded = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout
+    assert json.loads(loaded) == ["scalemule.core", "scalemule.core.audit_segments"]
