@@ -9,12 +9,14 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import sqlalchemy as sa
 
-from scalemule.core import audit, audit_checkpoints, audit_verify
+from scalemule.core import audit, audit_checkpoints, audit_export, audit_verify
 from scalemule.core.audit import AuditEvent
 from scalemule.core.ids import new_id, utcnow
 from scalemule.db.engine import driver_target
@@ -226,3 +228,71 @@ async def test_a_short_range_or_a_single_process_is_not_split(runtime: Runtime) 
     assert replace(segments, processes=1).bounds(1, EVENTS) == []
     assert segments.bounds(1, 1000) == [(1, 500), (501, 1000)]
     assert audit_verify.Segments.of(runtime.db) is None or audit_verify.Segments.of(runtime.db).processes >= 2  # type: ignore[union-attr]
+
+
+async def _export(chain: Chain, path: Path) -> list[str]:
+    window = audit_export.Window(chain.chain, "acme")
+    lines = [line async for line in audit_export.export(chain.runtime.db, chain.runtime.notary, window)]
+    await anyio.Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return lines
+
+
+def _in_process(path: Path, keys: Any) -> audit_verify.Report:
+    with path.open(encoding="utf-8") as first, path.open(encoding="utf-8") as second:
+        return audit_export.verify_lines(first, second, keys)
+
+
+def _events_from(lines: list[str]) -> int:
+    return next(i for i, line in enumerate(lines) if line.startswith('{"body":'))
+
+
+def _edit_an_event_line(lines: list[str]) -> list[str]:
+    at = _events_from(lines) + 1200
+    return [*lines[:at], lines[at].replace('"outcome":"ok"', '"outcome":"denied"'), *lines[at + 1 :]]
+
+
+def _swap_event_lines(lines: list[str]) -> list[str]:
+    at = _events_from(lines) + 1599
+    return [*lines[:at], lines[at + 1], lines[at], *lines[at + 2 :]]
+
+
+def _move_a_checkpoint_line_to_the_end(lines: list[str]) -> list[str]:
+    return [lines[0], *lines[2:], lines[1]]
+
+
+def _cut_the_last_events(lines: list[str]) -> list[str]:
+    return lines[:-100]
+
+
+def _drop_a_line(lines: list[str]) -> list[str]:
+    at = _events_from(lines) + 800
+    return [*lines[:at], *lines[at + 1 :]]
+
+
+FILE_TAMPERINGS = [
+    (_edit_an_event_line, "edited"),
+    (_swap_event_lines, "reordered"),
+    (_move_a_checkpoint_line_to_the_end, None),
+    (_cut_the_last_events, "truncated"),
+    (_drop_a_line, "missing"),
+]
+
+
+async def test_an_export_file_is_checked_in_segments_with_the_in_process_report(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    chain, path = await _chain(runtime), tmp_path / "export.jsonl"
+    lines = await _export(chain, path)
+    keys = runtime.notary.keys.public_keys()
+    segments = audit_verify.Segments({"file": str(path)}, processes=3, least=1)
+    start = sum(len(line.encode()) + 1 for line in lines[: _events_from(lines)])
+    signed = [c.seq for c in chain.signed]
+    run = await segments.check_lines(start, (await anyio.Path(path).stat()).st_size, signed)
+    assert run is not None and (run.first, run.through) == (1, EVENTS) and set(run.hashes) == set(signed)
+    report = await audit_export.verify_file(str(path), keys, segments)
+    assert report.ok and report == _in_process(path, keys) and report.events == EVENTS
+    for tamper, kind in FILE_TAMPERINGS:
+        await anyio.Path(path).write_text("\n".join(tamper(lines)) + "\n", encoding="utf-8")
+        alone = _in_process(path, keys)
+        assert (alone.problem and alone.problem.kind) == kind, (tamper.__name__, alone.problem)
+        assert await audit_export.verify_file(str(path), keys, segments) == alone, tamper.__name__

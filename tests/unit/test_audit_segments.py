@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from scalemule.core.audit import GENESIS_HASH
-from scalemule.core.audit_segments import Segment, plain_run
+from scalemule.core.audit_segments import Segment, named_link, plain_run
 
 
 def _chain(count: int, first: int = 1, link: str = GENESIS_HASH) -> list[tuple[int, str, str]]:
@@ -53,22 +53,43 @@ def test_an_unknown_link_is_not_checked_for_the_first_event_only() -> None:
     assert plain_run(broken, 0, 10, None) == 2
 
 
+def _result(
+    first: int | None, link: str | None, through: int, complete: bool, hashes: dict[str, str], tail: list[str]
+) -> dict[str, object]:
+    return {"first": first, "link": link, "through": through, "complete": complete, "hashes": hashes, "tail": tail}
+
+
 def test_a_segment_reports_how_far_it_got_the_wanted_hashes_and_its_tail() -> None:
     rows = _chain(12)
-    segment = Segment(1, GENESIS_HASH, want=[3, 7, 12])
+    segment = Segment(1, want=[3, 7, 12])
     assert segment.feed(rows[:5]) and segment.feed(rows[5:10])
     assert not segment.feed([*rows[10:11], _chain(1, first=12, link="c" * 64)[0]])
-    assert segment.result() == {
-        "through": 11,
-        "hashes": {"3": rows[2][1], "7": rows[6][1]},
-        "tail": [rows[9][1], rows[10][1]],
-    }
+    hashes = {"3": rows[2][1], "7": rows[6][1]}
+    assert segment.result() == _result(1, GENESIS_HASH, 11, False, hashes, [rows[9][1], rows[10][1]])
 
 
-def test_a_segment_that_finds_nothing_plain_reports_the_seq_before_it() -> None:
-    segment = Segment(5, GENESIS_HASH, want=[])
-    assert not segment.feed(_chain(2, first=6))
-    assert segment.result() == {"through": 4, "hashes": {}, "tail": []}
+def test_a_segment_starts_where_it_was_told_or_at_its_first_event() -> None:
+    rows = _chain(4, first=20, link="a" * 64)
+    told = Segment(20, want=[])
+    assert told.feed(rows) and told.result() == _result(20, "a" * 64, 23, True, {}, [rows[2][1], rows[3][1]])
+    anywhere = Segment(None, want=[21])
+    assert (
+        anywhere.feed(rows) and anywhere.result()["through"] == 23 and anywhere.result()["hashes"] == {"21": rows[1][1]}
+    )
+    late = Segment(19, want=[])
+    assert not late.feed(rows) and late.result() == _result(20, "a" * 64, 19, False, {}, [])
+
+
+def test_a_segment_without_events_is_complete_and_names_nothing() -> None:
+    segment = Segment(None, want=[])
+    assert segment.feed([]) and segment.result() == _result(None, None, -1, True, {}, [])
+
+
+def test_the_link_named_is_the_top_level_one_and_must_be_a_whole_hash() -> None:
+    rows = _chain(1, link="d" * 64)
+    assert named_link(rows[0][2]) == "d" * 64
+    assert named_link('{"prev_hash":"abc"}') is None
+    assert named_link('{"n":1}') is None
 
 
 HEAVY = ("sqlalchemy", "anyio", "mcp", "pydantic", "cryptography")
@@ -82,4 +103,4 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r} o
 def test_the_segment_module_starts_without_sqlalchemy_or_the_server() -> None:
     # A segment process starts per verification: it must load in tens of milliseconds.
     loaded = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout
-    assert json.loads(loaded) == ["scalemule.core", "scalemule.core.audit_segments"]
+    assert json.loads(loaded) == ["scalemule.core", "scalemule.core.audit_lines", "scalemule.core.audit_segments"]

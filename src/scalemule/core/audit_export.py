@@ -23,19 +23,21 @@ from __future__ import annotations
 
 import base64
 import json
-import re
+import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import anyio
 import sqlalchemy as sa
 
 from scalemule import __version__
 from scalemule.core import audit, audit_checkpoints
 from scalemule.core.audit import AuditEvent
 from scalemule.core.audit_checkpoints import Notary
-from scalemule.core.audit_verify import BATCH, ChainVerifier, Evidence, Problem, Report, event_of
+from scalemule.core.audit_lines import EVENT_OPEN, event_line, parse_event_line
+from scalemule.core.audit_verify import BATCH, ChainVerifier, Evidence, Problem, Report, Segments, event_of
 from scalemule.core.errors import InvalidArgument
 from scalemule.core.ids import utcnow
 from scalemule.db.engine import Database, plain_rows
@@ -69,18 +71,6 @@ class Window:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def event_line(seq: int, digest: str, body: str) -> str:
-    """A ``jsonl`` event line: the stored body as it was hashed, with its hash and sequence number. It is
-    the JSON ``_dumps`` makes of the same record (keys sorted), written so a verifier can take the body
-    out without parsing the line (``_stored_rows``)."""
-    return f'{_BODY_OPEN}{body}{_HASH_KEY}{digest}","seq":{seq},"type":"event"}}'
-
-
-_BODY_OPEN = '{"body":'
-_HASH_KEY = ',"hash":"'
-_TAIL = re.compile(r',"hash":"([0-9a-f]{64})","seq":([0-9]{1,19}),"type":"event"}\s*')
 
 
 def _activity(operation: str) -> int:
@@ -243,14 +233,11 @@ def _stored_rows(lines: Iterable[str]) -> Iterator[tuple[int, tuple[int, str, st
     """Each event line's (seq, hash, body), or None for a line that is not an event; headers and
     checkpoints are skipped. A line as ``event_line`` writes it is taken apart without parsing its
     JSON (the body is then checked by its hash); any other is parsed (``_row_of_record``)."""
-    opening, hash_key, tail_of = len(_BODY_OPEN), _HASH_KEY, _TAIL.fullmatch
     for number, line in enumerate(lines, 1):
-        if line.startswith(_BODY_OPEN):
-            at = line.rfind(hash_key)
-            tail = tail_of(line, at) if at > 0 else None
-            if tail is not None:
-                yield number, (int(tail[2]), tail[1], line[opening:at])
-                continue
+        row = parse_event_line(line)
+        if row is not None:
+            yield number, row
+            continue
         if not line.strip():
             continue
         try:
@@ -265,26 +252,58 @@ def _stored_rows(lines: Iterable[str]) -> Iterator[tuple[int, tuple[int, str, st
             yield number, None
 
 
+async def verify_file(path: str, keys: Mapping[str, bytes], segments: Segments | None = None) -> Report:
+    """Verify the export file at ``path`` offline (``verify_lines``). A long file's event lines are
+    checked at once by segment processes (``segments``, by default one per CPU); when they find
+    anything but plain events after the header and checkpoints, the file is verified in process,
+    which names what is wrong."""
+    segments = segments or Segments.of_file(path)
+    if segments is not None:
+        report = await _verify_in_segments(path, keys, segments)
+        if report is not None:
+            return report
+    return await anyio.to_thread.run_sync(_verify_in_process, path, keys)
+
+
+def _verify_in_process(path: str, keys: Mapping[str, bytes]) -> Report:
+    with open(path, encoding="utf-8") as first, open(path, encoding="utf-8") as second:
+        return verify_lines(first, second, keys)
+
+
+async def _verify_in_segments(path: str, keys: Mapping[str, bytes], segments: Segments) -> Report | None:
+    leading, start, end = await anyio.to_thread.run_sync(_leading_lines, path)
+    started = _started(leading, keys)
+    if isinstance(started, Report):
+        return None  # the in-process pass says what is wrong with the header
+    verifier, high = started
+    run = await segments.check_lines(start, end, sorted(verifier.checkpoints))
+    if run is None or not verifier.follows(run):
+        return None
+    verifier.accept(run.through, run.hashes, run.tail)
+    return _finished(verifier, high)
+
+
+def _leading_lines(path: str) -> tuple[list[str], int, int]:
+    """The lines before the first event line (the header and checkpoints), where the event lines
+    start, and the file's size."""
+    leading: list[str] = []
+    with open(path, "rb") as lines:
+        while (line := lines.readline()) and not line.startswith(EVENT_OPEN.encode()):
+            leading.append(line.decode("utf-8", "replace"))
+        start = lines.tell() - len(line)
+        return leading, start, lines.seek(0, os.SEEK_END)
+
+
 def verify_lines(lines: Iterable[str], reread: Iterable[str], keys: Mapping[str, bytes]) -> Report:
     """Verify an export offline: its signed header, every checkpoint and every event.
 
     Two passes over the same file (``lines`` for the header and checkpoints, ``reread`` for the
     events, fed to the verifier in batches), so memory stays bounded whatever the export's size.
     """
-    header: dict[str, Any] = {}
-    evidence: dict[int, Evidence] = {}
-    for _, record in _records(line for line in lines if not line.startswith(_BODY_OPEN)):
-        if record.get("type") == "header" and not header:
-            header = record
-        elif record.get("type") == "checkpoint":
-            checkpoint = audit_checkpoints.Checkpoint.from_dict(record)
-            evidence[checkpoint.seq] = Evidence(checkpoint)
-    chain, low, high = str(header.get("chain", "")), _int(header.get("from_seq")), _int(header.get("to_seq"))
-    verifier = ChainVerifier(chain, evidence, keys, max(low, 1))
-    why = _header_problem(header, keys)
-    if why is not None:
-        verifier.report.problem = Problem(max(low, 1), why, "the export header is missing or does not verify")
-        return verifier.report
+    started = _started((line for line in lines if not line.startswith(EVENT_OPEN)), keys)
+    if isinstance(started, Report):
+        return started
+    verifier, high = started
     batch: list[tuple[int, str, str]] = []
     for number, row in _stored_rows(reread):
         if row is None:
@@ -299,6 +318,30 @@ def verify_lines(lines: Iterable[str], reread: Iterable[str], keys: Mapping[str,
             batch = []
     else:
         verifier.feed_stored(batch)
+    return _finished(verifier, high)
+
+
+def _started(lines: Iterable[str], keys: Mapping[str, bytes]) -> tuple[ChainVerifier, int] | Report:
+    """A verifier of the export whose header and checkpoint lines are ``lines``, and the last sequence
+    number its header promises; or the report of a header that is missing or does not verify."""
+    header: dict[str, Any] = {}
+    evidence: dict[int, Evidence] = {}
+    for _, record in _records(lines):
+        if record.get("type") == "header" and not header:
+            header = record
+        elif record.get("type") == "checkpoint":
+            checkpoint = audit_checkpoints.Checkpoint.from_dict(record)
+            evidence[checkpoint.seq] = Evidence(checkpoint)
+    chain, low, high = str(header.get("chain", "")), _int(header.get("from_seq")), _int(header.get("to_seq"))
+    verifier = ChainVerifier(chain, evidence, keys, max(low, 1))
+    why = _header_problem(header, keys)
+    if why is not None:
+        verifier.report.problem = Problem(max(low, 1), why, "the export header is missing or does not verify")
+        return verifier.report
+    return verifier, high
+
+
+def _finished(verifier: ChainVerifier, high: int) -> Report:
     report = verifier.finish(require_signed=True)
     if report.ok and report.to_seq < high:
         # Events and their checkpoints cut together: only the signed header still says how far it went.

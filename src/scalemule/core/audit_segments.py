@@ -1,24 +1,29 @@
-"""One segment of a stored audit chain, checked in a process of its own.
+"""One segment of an audit chain, checked in a process of its own.
 
-``audit_verify`` splits a long pass into segments and runs this module once per segment
-(``python -m scalemule.core.audit_segments``), so a verification uses every CPU and leaves the
-server's event loop free. A segment is checked exactly as the in-process pass checks a run of plain
-events (``plain_run``): consecutive sequence numbers, each event naming the hash of the one before it
-and hashing to its own. Anything else ends the segment early; the caller then verifies in process,
-which names what is wrong.
+``audit_verify.Segments`` splits a long verification into segments and runs this module once per
+segment (``python -m scalemule.core.audit_segments``), so a verification uses every CPU and leaves
+the server's event loop free. A segment is checked exactly as the in-process pass checks a run of
+plain events (``plain_run``): consecutive sequence numbers, each event naming the hash of the one
+before it and hashing to its own. Anything else ends the segment's run early; the caller then
+verifies in process, which names what is wrong.
 
 The module imports only the standard library (and asyncpg for PostgreSQL), so a process starts in
 tens of milliseconds. The job comes as one JSON object on standard input, so no credential shows in
-the process list::
+the process list. It reads a stored chain's events ``from_seq`` through ``to_seq``::
 
-    {"store": {"sqlite": PATH} | {"postgresql": DSN, "server_settings": {...}},
-     "chain": C, "from_seq": A, "to_seq": B, "link": HASH | null, "batch": N, "want": [SEQ, ...]}
+    {"source": {"sqlite": PATH} | {"postgresql": DSN, "server_settings": {...}},
+     "chain": C, "from_seq": A, "to_seq": B, "batch": N, "want": [SEQ, ...]}
 
-``link`` is the hash the first event must name (null: not checked, the segment starts mid-chain).
+or the event lines of an export file (``audit_lines``) that start in bytes ``[start, end)``::
+
+    {"source": {"file": PATH}, "start": X, "end": Y, "batch": N, "want": [SEQ, ...]}
+
 Standard output carries one JSON object per line: ``{"done": N}`` after each batch, then the result
-``{"through": S, "hashes": {SEQ: HASH}, "tail": [HASH, ...]}``: the last sequence number of the plain
-run from ``from_seq`` (``from_seq - 1`` when none), the hash of each wanted sequence number within
-it, and the hashes of its last two events.
+``{"first": S, "link": H, "through": T, "complete": BOOL, "hashes": {SEQ: HASH}, "tail": [HASH, ...]}``:
+the first event's sequence number and the hash it names as its ``prev_hash`` (null: no event), the
+last sequence number of the plain run from it, whether every event read was in that run (and, for a
+stored chain, it reached ``to_seq``), the hash of each wanted sequence number within the run, and the
+hashes of its last two events. The caller checks that consecutive segments join up.
 """
 
 from __future__ import annotations
@@ -31,14 +36,18 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from scalemule.core.audit_lines import parse_event_line
+
 # An event's link to the one before it, as its canonical body spells it: the last occurrence is the
 # top-level key (it sorts after every key that can hold an object, and a string escapes its quotes).
 PREV_KEY = '"prev_hash":"'
 
 _SELECT = "SELECT seq, hash, body FROM audit_events WHERE chain = {} AND seq > {} AND seq <= {} ORDER BY seq LIMIT {}"
 
+Rows = Sequence[Sequence[Any]]
 
-def plain_run(rows: Sequence[Sequence[Any]], start: int, expected: int, link: str | None) -> int:
+
+def plain_run(rows: Rows, start: int, expected: int, link: str | None) -> int:
     """How many of ``rows`` (``(seq, hash, body)``) from ``start`` on are plain events: each at the next
     sequence number from ``expected``, naming the previous event's hash as its ``prev_hash`` (the
     first names ``link``; None: not checked), and hashing to its own hash."""
@@ -54,66 +63,129 @@ def plain_run(rows: Sequence[Sequence[Any]], start: int, expected: int, link: st
     return expected - first
 
 
-class Segment:
-    """The state of one segment's pass: fed batches in order, it keeps the plain run going."""
+def named_link(body: str) -> str | None:
+    """The hash ``body`` names as its ``prev_hash``, or None when it names none."""
+    at = body.rfind(PREV_KEY) + len(PREV_KEY)
+    link = body[at : at + 64]
+    return link if at >= len(PREV_KEY) and body.startswith('"', at + 64) and len(link) == 64 else None
 
-    def __init__(self, from_seq: int, link: str | None, want: Sequence[int]) -> None:
-        self.through = from_seq - 1
-        self.link = link
+
+class Segment:
+    """The state of one segment's pass: fed batches in order, it keeps the plain run going.
+
+    Args:
+        expected: the first event's sequence number (None: whatever the first event says).
+        want: the sequence numbers whose hashes to report.
+    """
+
+    def __init__(self, expected: int | None, want: Sequence[int]) -> None:
+        self.expected = expected
         self.want = sorted(want)
+        self.first: int | None = None
+        self.link: str | None = None
+        self.through = -1 if expected is None else expected - 1
         self.hashes: dict[int, str] = {}
         self.tail: list[str] = []
+        self.complete = True
 
-    def feed(self, rows: Sequence[Sequence[Any]]) -> bool:
+    def feed(self, rows: Rows) -> bool:
         """Check the next batch; False once the run has ended."""
-        run = plain_run(rows, 0, self.through + 1, self.link)
-        if run:
-            first = self.through + 1
-            wanted = self.want[bisect.bisect_left(self.want, first) : bisect.bisect_left(self.want, first + run)]
-            self.hashes |= {seq: rows[seq - first][1] for seq in wanted}
-            self.tail = [*self.tail, *(row[1] for row in rows[max(0, run - 2) : run])][-2:]
-            self.through += run
-            self.link = self.tail[-1]
-        return run == len(rows)
+        if not rows:
+            return True
+        if self.first is None:
+            self.first, self.link = rows[0][0], named_link(rows[0][2])
+            self.through = self.first - 1
+            if self.link is None or (self.expected is not None and self.first != self.expected):
+                self.complete = False
+                return False
+        first = self.through + 1
+        run = plain_run(rows, 0, first, self.tail[-1] if self.tail else self.link)
+        wanted = self.want[bisect.bisect_left(self.want, first) : bisect.bisect_left(self.want, first + run)]
+        self.hashes |= {seq: rows[seq - first][1] for seq in wanted}
+        self.tail = [*self.tail, *(row[1] for row in rows[max(0, run - 2) : run])][-2:]
+        self.through += run
+        self.complete = run == len(rows)
+        return self.complete
 
     def result(self) -> dict[str, Any]:
         """The result line's fields."""
-        return {"through": self.through, "hashes": {str(k): v for k, v in self.hashes.items()}, "tail": self.tail}
+        return {
+            "first": self.first,
+            "link": self.link,
+            "through": self.through,
+            "complete": self.complete,
+            "hashes": {str(seq): digest for seq, digest in self.hashes.items()},
+            "tail": self.tail,
+        }
 
 
-def _sqlite_batches(store: dict[str, Any], query: str, args: tuple[str, int, int, int]) -> Iterator[list[Any]]:
+def _sqlite_batches(job: dict[str, Any]) -> Iterator[list[Any]]:
     import sqlite3
 
-    conn = sqlite3.connect(f"file:{store['sqlite']}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{job['source']['sqlite']}?mode=ro", uri=True)
     try:
-        yield from _batches(lambda *a: conn.execute(query.format("?", "?", "?", "?"), a).fetchall(), args)
+        query = _SELECT.format("?", "?", "?", "?")
+        yield from _stored_batches(lambda *args: conn.execute(query, args).fetchall(), job)
     finally:
         conn.close()
 
 
-def _postgresql_batches(store: dict[str, Any], query: str, args: tuple[str, int, int, int]) -> Iterator[list[Any]]:
+def _postgresql_batches(job: dict[str, Any]) -> Iterator[list[Any]]:
     import asyncio
 
     import asyncpg  # type: ignore[import-untyped]
 
-    loop = asyncio.new_event_loop()
-    conn = loop.run_until_complete(asyncpg.connect(store["postgresql"], server_settings=store.get("server_settings")))
+    source, loop = job["source"], asyncio.new_event_loop()
+    conn = loop.run_until_complete(asyncpg.connect(source["postgresql"], server_settings=source["server_settings"]))
     try:
-        prepared = loop.run_until_complete(conn.prepare(query.format("$1", "$2", "$3", "$4")))
-        yield from _batches(lambda *a: [tuple(r) for r in loop.run_until_complete(prepared.fetch(*a))], args)
+        query = loop.run_until_complete(conn.prepare(_SELECT.format("$1", "$2", "$3", "$4")))
+        yield from _stored_batches(lambda *args: [tuple(r) for r in loop.run_until_complete(query.fetch(*args))], job)
     finally:
         loop.run_until_complete(conn.close())
         loop.close()
 
 
-def _batches(fetch: Any, args: tuple[str, int, int, int]) -> Iterator[list[Any]]:
-    chain, low, high, batch = args
+def _stored_batches(fetch: Any, job: dict[str, Any]) -> Iterator[list[Any]]:
+    chain, low, high, batch = job["chain"], job["from_seq"] - 1, job["to_seq"], job["batch"]
     while low < high:
         rows = fetch(chain, low, high, batch)
         yield rows
         if len(rows) < batch:
             return
         low = rows[-1][0]
+
+
+class NotPlain(Exception):
+    """A line of an export file that is not an event line: the segment's run ends there."""
+
+
+def _file_batches(job: dict[str, Any]) -> Iterator[list[Any]]:
+    """The export file's event lines that start in ``[start, end)``, as rows, blank lines skipped.
+
+    Raises:
+        NotPlain: a line is neither (after the rows before it).
+    """
+    with open(job["source"]["file"], "rb") as lines:
+        start, end, batch = job["start"], job["end"], job["batch"]
+        if start > 0:
+            lines.seek(start - 1)
+            start += len(lines.readline()) - 1  # to the first line that starts at or after start
+        rows: list[Any] = []
+        while start < end:
+            line = lines.readline()
+            if not line:
+                break
+            start += len(line)
+            row = parse_event_line(line.decode("utf-8", "replace"))
+            if row is None and line.strip():
+                yield rows
+                raise NotPlain
+            if row is not None:
+                rows.append(row)
+            if len(rows) == batch:
+                yield rows
+                rows = []
+        yield rows
 
 
 def _say(line: dict[str, Any]) -> None:
@@ -124,15 +196,21 @@ def _say(line: dict[str, Any]) -> None:
 def run(job: dict[str, Any]) -> dict[str, Any]:
     """Check the segment ``job`` describes, saying how far it got after each batch; returns the result
     line's fields."""
-    segment = Segment(job["from_seq"], job["link"], job["want"])
-    store = job["store"]
-    batches = _sqlite_batches if "sqlite" in store else _postgresql_batches
+    source = job["source"]
+    stored = "file" not in source
+    segment = Segment(job["from_seq"] if stored else None, job["want"])
+    batches = _sqlite_batches if "sqlite" in source else _postgresql_batches if stored else _file_batches
     done = 0
-    for rows in batches(store, _SELECT, (job["chain"], job["from_seq"] - 1, job["to_seq"], job["batch"])):
-        done += len(rows)
-        if not segment.feed(rows):
-            break
-        _say({"done": done})
+    try:
+        for rows in batches(job):
+            done += len(rows)
+            if not segment.feed(rows):
+                break
+            _say({"done": done})
+    except NotPlain:
+        segment.complete = False
+    if stored and segment.through != job["to_seq"]:
+        segment.complete = False
     return segment.result()
 
 

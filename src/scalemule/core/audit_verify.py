@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -49,6 +50,8 @@ BATCH = 5000
 # A range this long or longer is split across processes, one per CPU up to MAX_PROCESSES (Segments).
 SEGMENT_EVENTS = 25_000
 MAX_PROCESSES = 8
+# The least an export file's event line takes, in bytes: splits a file by size into segments.
+LINE_BYTES = 512
 # The longest line a segment process writes: its result, with a hash per checkpoint in its segment.
 _LINE_BYTES = 1 << 28
 # How far past a gap the verifier looks for the absent sequence number before calling it missing
@@ -231,6 +234,11 @@ class ChainVerifier:
                 return False
         return not self.failed
 
+    def follows(self, run: Run) -> bool:
+        """True when ``run`` starts at the next expected sequence number, naming the last hash (when
+        it is known): it can be taken as it is (``accept``)."""
+        return run.first == self._expected and (not self._hashes or run.link == self._hashes[-1])
+
     def accept(self, through: int, hashes: Mapping[int, str], tail: Sequence[str]) -> bool:
         """Take the events from the next expected sequence number through ``through`` as a plain run
         (``plain_run`` passed them, here or in a process of its own), checking every checkpoint among
@@ -386,11 +394,47 @@ async def _load_digests(
 
 @dataclass(frozen=True)
 class Run:
-    """A plain run checked by segment processes: the hash of each signed event in it, and of its last
-    two events."""
+    """Events that segment processes found to be one plain run (``audit_segments.plain_run``).
 
+    Attributes:
+        first: its first sequence number.
+        link: the hash its first event names as its ``prev_hash``.
+        through: its last sequence number.
+        hashes: the hash of each signed event in it.
+        tail: the hashes of its last two events.
+    """
+
+    first: int
+    link: str
+    through: int
     hashes: dict[int, str]
     tail: list[str]
+
+
+def _joined(results: Sequence[dict[str, Any] | None]) -> Run | None:
+    """The segments' results as one run; None when one failed or is not plain throughout, or when one
+    does not start right after the one before, naming its last event's hash."""
+    run: Run | None = None
+    for result in results:
+        if result is None or not result["complete"]:
+            return None
+        if result["first"] is None:
+            continue  # a stretch of an export file without events
+        hashes = {int(seq): digest for seq, digest in result["hashes"].items()}
+        part = Run(result["first"], result["link"], result["through"], hashes, result["tail"])
+        if run is None:
+            run = part
+        elif part.first == run.through + 1 and part.link == run.tail[-1]:
+            run = Run(run.first, run.link, part.through, run.hashes | part.hashes, [*run.tail, *part.tail][-2:])
+        else:
+            return None
+    return run
+
+
+def _split(low: int, high: int, count: int) -> list[tuple[int, int]]:
+    """``[low, high)`` in ``count`` consecutive stretches of (nearly) equal length."""
+    cuts = [low + (high - low) * i // count for i in range(count + 1)]
+    return list(itertools.pairwise(cuts))
 
 
 @dataclass(frozen=True)
@@ -399,70 +443,74 @@ class Segments:
     (``audit_segments``), so a verification uses every CPU and leaves the event loop free.
 
     Attributes:
-        store: where the processes read (``driver_target``).
+        source: what the processes read: a store (``driver_target``) or ``{"file": PATH}``.
         processes: how many run at once at most.
         least: the fewest events worth a process: a shorter range is checked in process.
     """
 
-    store: dict[str, Any]
+    source: dict[str, Any]
     processes: int
     least: int = SEGMENT_EVENTS
 
     @classmethod
     def of(cls, db: Database) -> Segments | None:
-        """One segment per CPU this process may run on (at most ``MAX_PROCESSES``); None on one CPU."""
+        """Segments reading ``db``, one per CPU this process may run on; None on one CPU."""
+        return cls._made(driver_target(db.url))
+
+    @classmethod
+    def of_file(cls, path: str) -> Segments | None:
+        """Segments reading the export file at ``path``, one per CPU; None on one CPU."""
+        return cls._made({"file": path})
+
+    @classmethod
+    def _made(cls, source: dict[str, Any]) -> Segments | None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return cls(driver_target(db.url), min(cpus, MAX_PROCESSES)) if cpus > 1 else None
+        return cls(source, min(cpus, MAX_PROCESSES)) if cpus > 1 else None
 
     def bounds(self, low: int, high: int) -> list[tuple[int, int]]:
         """Each segment's first and last sequence number; none when the range is too short to split."""
         count = min(self.processes, (high - low + 1) // self.least)
-        if count < 2:
-            return []
-        cuts = [low + (high - low + 1) * i // count for i in range(count + 1)]
-        return [(cuts[i], cuts[i + 1] - 1) for i in range(count)]
+        return [(first, after - 1) for first, after in _split(low, high + 1, count)] if count > 1 else []
 
     async def check(
         self, chain: str, low: int, high: int, signed: Sequence[int], progress: Callable[[int], None] | None
     ) -> Run | None:
-        """Check events ``low`` through ``high`` in segments; their run when every event is plain, None
-        when something is not (or the range is short, or a process failed): the caller then reads the
-        range itself."""
-        bounds = self.bounds(low, high)
-        if not bounds:
+        """Check stored events ``low`` through ``high`` in segments; their run when every event is plain,
+        None when something is not (or the range is short, or a process failed): the caller then reads
+        the range itself."""
+        jobs = [
+            {"chain": chain, "from_seq": first, "to_seq": last, "want": [s for s in signed if first <= s <= last]}
+            for first, last in self.bounds(low, high)
+        ]
+        run = await self._run(jobs, progress)
+        return run if run is not None and (run.first, run.through) == (low, high) else None
+
+    async def check_lines(self, start: int, end: int, signed: Sequence[int]) -> Run | None:
+        """Check the event lines of an export file that start in bytes ``[start, end)``; their run when
+        every line is a plain event, else None (as ``check``)."""
+        count = min(self.processes, (end - start) // (self.least * LINE_BYTES))
+        stretches = _split(start, end, count) if count > 1 else []
+        return await self._run([{"start": low, "end": high, "want": list(signed)} for low, high in stretches], None)
+
+    async def _run(self, jobs: list[dict[str, Any]], progress: Callable[[int], None] | None) -> Run | None:
+        if not jobs:
             return None
-        done = [0] * len(bounds)
+        done = [0] * len(jobs)
+        results: list[dict[str, Any] | None] = [None] * len(jobs)
 
         def advanced(index: int, count: int) -> None:
             done[index] = count
             if progress is not None:
                 progress(sum(done))
 
-        results: list[dict[str, Any] | None] = [None] * len(bounds)
-
-        async def one(index: int, first: int, last: int) -> None:
-            # Every segment after the first starts at the last event of the one before, so the link
-            # between them is checked too.
-            start = first if index == 0 else first - 1
-            job = {
-                "store": self.store,
-                "chain": chain,
-                "from_seq": start,
-                "to_seq": last,
-                "link": GENESIS_HASH if start == 1 else None,
-                "batch": BATCH,
-                "want": [seq for seq in signed if start <= seq <= last],
-            }
+        async def one(index: int) -> None:
+            job = {"source": self.source, "batch": BATCH, **jobs[index]}
             results[index] = await _segment(job, lambda count: advanced(index, count))
 
         async with anyio.create_task_group() as group:
-            for index, (first, last) in enumerate(bounds):
-                group.start_soon(one, index, first, last)
-        if any(result is None or result["through"] != last for result, (_, last) in zip(results, bounds, strict=True)):
-            return None
-        hashes = {int(seq): value for result in results if result for seq, value in result["hashes"].items()}
-        tail = [value for result in results if result for value in result["tail"]][-2:]
-        return Run(hashes, tail)
+            for index in range(len(jobs)):
+                group.start_soon(one, index)
+        return _joined(results)
 
 
 async def _segment(job: dict[str, Any], progress: Callable[[int], None]) -> dict[str, Any] | None:
@@ -492,11 +540,8 @@ async def _segment(job: dict[str, Any], progress: Callable[[int], None]) -> dict
                         result = line
         code = await process.wait()
     if code != 0 or result is None:
-        log.warning(
-            "an audit segment process failed (exit %s), verifying in process: %s",
-            code,
-            errors[-2000:].decode(errors="replace"),
-        )
+        why = errors[-2000:].decode(errors="replace")
+        log.warning("an audit segment process failed (exit %s), verifying in process: %s", code, why)
         return None
     return result
 
@@ -556,9 +601,9 @@ async def verify_chain(
                 # Read while the segments are checked: the digest objects are needed unless one fails.
                 group.start_soon(_load_digests, blobs, chain, evidence, digests, from_seq, top)
             run = await segments.check(chain, from_seq, top, sorted(evidence), tracker)
-    if run is not None:
+    if run is not None and verifier.follows(run):
         # Every event through top is plain: what is left are the checkpoints among them, and the head.
-        verifier.accept(top, run.hashes, run.tail)
+        verifier.accept(run.through, run.hashes, run.tail)
         if progress is not None:
             progress(total, total)
         return verifier.finish(head if to_seq is None else None)

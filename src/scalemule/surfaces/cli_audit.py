@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import click
 
 from scalemule.core import unit_of_work
@@ -94,8 +95,7 @@ def build(run: Any, require_schema: Any, settings_of: Any) -> click.Group:
                     "--file needs --public-key", hint="Pass the keys 'scalemule audit public-key' prints."
                 )
             keys = _public_keys(public_key)
-            with open(path, encoding="utf-8") as first, open(path, encoding="utf-8") as second:
-                report = audit_export.verify_lines(first, second, keys)
+            report = anyio.run(audit_export.verify_file, path, keys)
             emit({"ok": report.ok, "chains": [report.to_dict()]}, "json")
             return 0 if report.ok else EXIT_TAMPERED
         if (tenant is None) == (not every):
