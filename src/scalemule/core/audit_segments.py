@@ -18,7 +18,8 @@ or the event lines of an export file (``audit_lines``) that start in bytes ``[st
 
     {"source": {"file": PATH}, "start": X, "end": Y, "batch": N, "want": [SEQ, ...]}
 
-Standard output carries one JSON object per line: ``{"done": N}`` after each batch, then the result
+``batch`` is how many events a PostgreSQL query reads and how often progress is said. Standard output
+carries one JSON object per line: ``{"done": N}`` every ``batch`` events, then the result
 ``{"first": S, "link": H, "through": T, "complete": BOOL, "hashes": {SEQ: HASH}, "tail": [HASH, ...]}``:
 the first event's sequence number and the hash it names as its ``prev_hash`` (null: no event), the
 last sequence number of the plain run from it, whether every event read was in that run (and, for a
@@ -43,6 +44,10 @@ from scalemule.core.audit_lines import parse_event_line
 PREV_KEY = '"prev_hash":"'
 
 _SELECT = "SELECT seq, hash, body FROM audit_events WHERE chain = {} AND seq > {} AND seq <= {} ORDER BY seq LIMIT {}"
+
+# Rows checked at a time: few enough to stay in the CPU's caches from the read to the hash (larger
+# batches read measurably slower).
+CHUNK = 200
 
 Rows = Sequence[Sequence[Any]]
 
@@ -71,7 +76,7 @@ def named_link(body: str) -> str | None:
 
 
 class Segment:
-    """The state of one segment's pass: fed batches in order, it keeps the plain run going.
+    """The state of one segment's pass: fed chunks of rows in order, it keeps the plain run going.
 
     Args:
         expected: the first event's sequence number (None: whatever the first event says).
@@ -89,7 +94,7 @@ class Segment:
         self.complete = True
 
     def feed(self, rows: Rows) -> bool:
-        """Check the next batch; False once the run has ended."""
+        """Check the next chunk; False once the run has ended."""
         if not rows:
             return True
         if self.first is None:
@@ -119,18 +124,20 @@ class Segment:
         }
 
 
-def _sqlite_batches(job: dict[str, Any]) -> Iterator[list[Any]]:
+def _sqlite_chunks(job: dict[str, Any]) -> Iterator[list[Any]]:
     import sqlite3
 
     conn = sqlite3.connect(f"file:{job['source']['sqlite']}?mode=ro", uri=True)
     try:
-        query = _SELECT.format("?", "?", "?", "?")
-        yield from _stored_batches(lambda *args: conn.execute(query, args).fetchall(), job)
+        # One query for the whole segment (no limit: -1), read a chunk at a time.
+        rows = conn.execute(_SELECT.format("?", "?", "?", "?"), (job["chain"], job["from_seq"] - 1, job["to_seq"], -1))
+        while chunk := rows.fetchmany(CHUNK):
+            yield chunk
     finally:
         conn.close()
 
 
-def _postgresql_batches(job: dict[str, Any]) -> Iterator[list[Any]]:
+def _postgresql_chunks(job: dict[str, Any]) -> Iterator[list[Any]]:
     import asyncio
 
     import asyncpg  # type: ignore[import-untyped]
@@ -139,34 +146,30 @@ def _postgresql_batches(job: dict[str, Any]) -> Iterator[list[Any]]:
     conn = loop.run_until_complete(asyncpg.connect(source["postgresql"], server_settings=source["server_settings"]))
     try:
         query = loop.run_until_complete(conn.prepare(_SELECT.format("$1", "$2", "$3", "$4")))
-        yield from _stored_batches(lambda *args: [tuple(r) for r in loop.run_until_complete(query.fetch(*args))], job)
+        chain, low, high, batch = job["chain"], job["from_seq"] - 1, job["to_seq"], job["batch"]
+        while low < high:
+            rows = [tuple(row) for row in loop.run_until_complete(query.fetch(chain, low, high, batch))]
+            yield from (rows[at : at + CHUNK] for at in range(0, len(rows), CHUNK))
+            if len(rows) < batch:
+                return
+            low = rows[-1][0]
     finally:
         loop.run_until_complete(conn.close())
         loop.close()
-
-
-def _stored_batches(fetch: Any, job: dict[str, Any]) -> Iterator[list[Any]]:
-    chain, low, high, batch = job["chain"], job["from_seq"] - 1, job["to_seq"], job["batch"]
-    while low < high:
-        rows = fetch(chain, low, high, batch)
-        yield rows
-        if len(rows) < batch:
-            return
-        low = rows[-1][0]
 
 
 class NotPlain(Exception):
     """A line of an export file that is not an event line: the segment's run ends there."""
 
 
-def _file_batches(job: dict[str, Any]) -> Iterator[list[Any]]:
+def _file_chunks(job: dict[str, Any]) -> Iterator[list[Any]]:
     """The export file's event lines that start in ``[start, end)``, as rows, blank lines skipped.
 
     Raises:
         NotPlain: a line is neither (after the rows before it).
     """
     with open(job["source"]["file"], "rb") as lines:
-        start, end, batch = job["start"], job["end"], job["batch"]
+        start, end = job["start"], job["end"]
         if start > 0:
             lines.seek(start - 1)
             start += len(lines.readline()) - 1  # to the first line that starts at or after start
@@ -182,7 +185,7 @@ def _file_batches(job: dict[str, Any]) -> Iterator[list[Any]]:
                 raise NotPlain
             if row is not None:
                 rows.append(row)
-            if len(rows) == batch:
+            if len(rows) == CHUNK:
                 yield rows
                 rows = []
         yield rows
@@ -194,19 +197,21 @@ def _say(line: dict[str, Any]) -> None:
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
-    """Check the segment ``job`` describes, saying how far it got after each batch; returns the result
-    line's fields."""
+    """Check the segment ``job`` describes, saying how far it got every ``batch`` events; returns the
+    result line's fields."""
     source = job["source"]
     stored = "file" not in source
     segment = Segment(job["from_seq"] if stored else None, job["want"])
-    batches = _sqlite_batches if "sqlite" in source else _postgresql_batches if stored else _file_batches
-    done = 0
+    chunks = _sqlite_chunks if "sqlite" in source else _postgresql_chunks if stored else _file_chunks
+    done = said = 0
     try:
-        for rows in batches(job):
+        for rows in chunks(job):
             done += len(rows)
             if not segment.feed(rows):
                 break
-            _say({"done": done})
+            if done - said >= job["batch"]:
+                _say({"done": done})
+                said = done
     except NotPlain:
         segment.complete = False
     if stored and segment.through != job["to_seq"]:

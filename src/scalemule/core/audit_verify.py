@@ -157,6 +157,8 @@ class ChainVerifier:
     _hashes: list[str] = field(init=False)
     _suspect: _Suspect | None = field(default=None, init=False)
     _checkpoint_seqs: list[int] = field(init=False)
+    # What is wrong with each checkpoint's signature (None: nothing), once checked.
+    _signatures: dict[Checkpoint, str | None] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self._checkpoint_seqs = sorted(self.checkpoints)
@@ -297,13 +299,26 @@ class ChainVerifier:
         self._suspect = _Suspect(seq, "edited", by_content=True, detail=detail)
         return True
 
+    def check_signatures(self) -> None:
+        """Check every checkpoint's signature now (its row's and its digest object's), so that the
+        pass later only looks the outcome up: a caller waiting on segment processes does it meanwhile."""
+        for evidence in self.checkpoints.values():
+            for checkpoint in (evidence.row, evidence.digest):
+                if checkpoint is not None:
+                    self._signature_problem(checkpoint)
+
+    def _signature_problem(self, checkpoint: Checkpoint) -> str | None:
+        if checkpoint not in self._signatures:
+            self._signatures[checkpoint] = checkpoint.problem(self.keys)
+        return self._signatures[checkpoint]
+
     def _checkpoint(self, seq: int, event_hash: str, evidence: Evidence) -> bool:
         row, digest = evidence.row, evidence.digest
         signed = row or digest
         assert signed is not None
         # The same checkpoint twice (the usual case) is one signature to check.
         for checkpoint in (c for c in (row, digest if digest != row else None) if c is not None):
-            why = checkpoint.problem(self.keys)
+            why = self._signature_problem(checkpoint)
             if why is not None:
                 source = "checkpoint" if checkpoint is row else "digest object of the checkpoint"  # pragma: no mutate
                 return self._fail(seq, why, f"the {source} at seq {seq} (key {checkpoint.key_id}) does not verify")
@@ -381,6 +396,22 @@ async def _bounds(
     covering = [s for s in digests if s >= end] + [int(r.seq) for r in rows]
     end = min(covering) if covering else end
     return end, end
+
+
+async def _prepare_checkpoints(
+    verifier: ChainVerifier,
+    blobs: BlobStore | None,
+    evidence: dict[int, Evidence],
+    digests: set[int],
+    low: int,
+    high: int,
+) -> None:
+    """Read the digest objects of the checkpoints from ``low`` to ``high`` into ``evidence`` (the
+    verifier's), then check every signature."""
+    await lowlevel.checkpoint()  # the segment processes start first: this work is for meanwhile
+    if blobs is not None:
+        await _load_digests(blobs, verifier.chain, evidence, digests, low, high)
+    verifier.check_signatures()
 
 
 async def _load_digests(
@@ -473,13 +504,20 @@ class Segments:
         return [(first, after - 1) for first, after in _split(low, high + 1, count)] if count > 1 else []
 
     async def check(
-        self, chain: str, low: int, high: int, signed: Sequence[int], progress: Callable[[int], None] | None
+        self,
+        chain: str,
+        low: int,
+        high: int,
+        signed: Sequence[int],
+        progress: Callable[[int], None] | None,
+        batch: int = BATCH,
     ) -> Run | None:
         """Check stored events ``low`` through ``high`` in segments; their run when every event is plain,
         None when something is not (or the range is short, or a process failed): the caller then reads
-        the range itself."""
+        the range itself. ``progress`` hears of the events done every ``batch`` in a segment."""
         jobs = [
             {"chain": chain, "from_seq": first, "to_seq": last, "want": [s for s in signed if first <= s <= last]}
+            | {"batch": batch}
             for first, last in self.bounds(low, high)
         ]
         run = await self._run(jobs, progress)
@@ -490,7 +528,8 @@ class Segments:
         every line is a plain event, else None (as ``check``)."""
         count = min(self.processes, (end - start) // (self.least * LINE_BYTES))
         stretches = _split(start, end, count) if count > 1 else []
-        return await self._run([{"start": low, "end": high, "want": list(signed)} for low, high in stretches], None)
+        jobs = [{"start": low, "end": high, "want": list(signed), "batch": BATCH} for low, high in stretches]
+        return await self._run(jobs, None)
 
     async def _run(self, jobs: list[dict[str, Any]], progress: Callable[[int], None] | None) -> Run | None:
         if not jobs:
@@ -504,7 +543,7 @@ class Segments:
                 progress(sum(done))
 
         async def one(index: int) -> None:
-            job = {"source": self.source, "batch": BATCH, **jobs[index]}
+            job = {"source": self.source, **jobs[index]}
             results[index] = await _segment(job, lambda count: advanced(index, count))
 
         async with anyio.create_task_group() as group:
@@ -597,10 +636,10 @@ async def verify_chain(
     run = None
     if segments is not None:
         async with anyio.create_task_group() as group:
-            if blobs is not None and segments.bounds(from_seq, top):
-                # Read while the segments are checked: the digest objects are needed unless one fails.
-                group.start_soon(_load_digests, blobs, chain, evidence, digests, from_seq, top)
-            run = await segments.check(chain, from_seq, top, sorted(evidence), tracker)
+            if segments.bounds(from_seq, top):
+                # While the segments are checked: what the checkpoints among their events need.
+                group.start_soon(_prepare_checkpoints, verifier, blobs, evidence, digests, from_seq, top)
+            run = await segments.check(chain, from_seq, top, sorted(evidence), tracker, batch)
     if run is not None and verifier.follows(run):
         # Every event through top is plain: what is left are the checkpoints among them, and the head.
         verifier.accept(run.through, run.hashes, run.tail)
