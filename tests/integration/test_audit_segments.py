@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,18 @@ async def test_a_segment_process_that_fails_leaves_the_pass_to_the_process_itsel
         report = await chain.verify(broken)
     assert report.ok and report == await chain.verify(None)
     assert "audit segment process failed" in caplog.text and "unable to open database file" in caplog.text
+
+
+async def test_a_segment_process_that_cannot_start_leaves_the_pass_to_the_process_itself(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    chain = await _chain(runtime)
+    monkeypatch.setattr(sys, "executable", str(runtime.settings.data_dir / "no-python-here"))
+    with caplog.at_level(logging.WARNING, logger="scalemule"):
+        report = await chain.verify(_segments(runtime))
+    monkeypatch.undo()
+    assert report.ok and report == await chain.verify(None)
+    assert "FileNotFoundError" in caplog.text
 
 
 async def test_a_short_range_or_a_single_process_is_not_split(runtime: Runtime) -> None:

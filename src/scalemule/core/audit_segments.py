@@ -37,7 +37,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from scalemule.core.audit_lines import parse_event_line
+from scalemule.core.audit_lines import exact_event
 
 # An event's link to the one before it, as its canonical body spells it: the last occurrence is the
 # top-level key (it sorts after every key that can hold an object, and a string escapes its quotes).
@@ -179,7 +179,9 @@ def _file_chunks(job: dict[str, Any]) -> Iterator[list[Any]]:
             if not line:
                 break
             start += len(line)
-            row = parse_event_line(line.decode("utf-8", "replace"))
+            # An event line written otherwise than by event_line ends the run: the in-process pass
+            # reads it (with parse_event_line) and says whether it is right.
+            row = exact_event(line.decode("utf-8", "replace"))
             if row is None and line.strip():
                 yield rows
                 raise NotPlain

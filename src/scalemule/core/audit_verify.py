@@ -549,15 +549,33 @@ class Segments:
         async with anyio.create_task_group() as group:
             for index in range(len(jobs)):
                 group.start_soon(one, index)
-        return _joined(results)
+        try:
+            return _joined(results)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:  # a result of another shape
+            log.warning("an audit segment process answered %r, verifying in process", exc)
+            return None
 
 
 async def _segment(job: dict[str, Any], progress: Callable[[int], None]) -> dict[str, Any] | None:
-    """Run one segment's process; its result, or None when it failed (logged)."""
-    command = [sys.executable, "-m", audit_segments.__name__]
+    """Run one segment's process; its result, or None when it could not run or failed (logged)."""
     errors = bytearray()
-    result: dict[str, Any] | None = None
-    async with await anyio.open_process(command) as process:
+    try:
+        result, code = await _segment_process(job, progress, errors)
+        outcome = f"exit {code}"
+    except (OSError, anyio.BrokenResourceError, anyio.DelimiterNotFound, ValueError) as exc:
+        result, outcome = None, repr(exc)
+    if outcome != "exit 0" or not isinstance(result, dict):
+        why = errors[-2000:].decode(errors="replace")
+        log.warning("an audit segment process failed (%s), verifying in process: %s", outcome, why)
+        return None
+    return result
+
+
+async def _segment_process(job: dict[str, Any], progress: Callable[[int], None], errors: bytearray) -> tuple[Any, int]:
+    """The result line of a segment process running ``job`` and its exit code; its standard error
+    goes to ``errors``."""
+    result: Any = None
+    async with await anyio.open_process([sys.executable, "-m", audit_segments.__name__]) as process:
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
         stdout, stderr = process.stdout, process.stderr
 
@@ -573,16 +591,11 @@ async def _segment(job: dict[str, Any], progress: Callable[[int], None]) -> dict
             with contextlib.suppress(anyio.EndOfStream, anyio.IncompleteRead):
                 while True:
                     line = json.loads(await lines.receive_until(b"\n", _LINE_BYTES))
-                    if "done" in line:
+                    if isinstance(line, dict) and "done" in line:
                         progress(line["done"])
                     else:
                         result = line
-        code = await process.wait()
-    if code != 0 or result is None:
-        why = errors[-2000:].decode(errors="replace")
-        log.warning("an audit segment process failed (exit %s), verifying in process: %s", code, why)
-        return None
-    return result
+        return result, await process.wait()
 
 
 async def verify_chain(
