@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -309,3 +310,28 @@ async def test_an_export_file_is_checked_in_segments_with_the_in_process_report(
         alone = _in_process(path, keys)
         assert (alone.problem and alone.problem.kind) == kind, (tamper.__name__, alone.problem)
         assert await audit_export.verify_file(str(path), keys, segments) == alone, tamper.__name__
+
+
+def _segment_children() -> list[int]:
+    """Our child processes running a segment (read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent == os.getpid() and b"audit_segments" in command:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads child processes from /proc")
+async def test_a_cancelled_verification_leaves_no_segment_process_behind(runtime: Runtime) -> None:
+    chain = await _chain(runtime)
+    with anyio.CancelScope() as scope:
+        await chain.verify(_segments(runtime), batch=100, progress=lambda done, total: scope.cancel())
+    assert scope.cancelled_caught
+    assert _segment_children() == []
