@@ -35,9 +35,10 @@ import itertools
 import json
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
-from scalemule.core.audit_lines import exact_event
+from scalemule.core.audit_lines import parse_event_line
 
 # An event's link to the one before it, as its canonical body spells it: the last occurrence is the
 # top-level key (it sorts after every key that can hold an object, and a string escapes its quotes).
@@ -52,14 +53,14 @@ CHUNK = 200
 Rows = Sequence[Sequence[Any]]
 
 
-def plain_run(rows: Rows, start: int, expected: int, link: str | None) -> int:
+def plain_run(rows: Rows, start: int, expected: int, link: str) -> int:
     """How many of ``rows`` (``(seq, hash, body)``) from ``start`` on are plain events: each at the next
     sequence number from ``expected``, naming the previous event's hash as its ``prev_hash`` (the
-    first names ``link``; None: not checked), and hashing to its own hash."""
+    first names ``link``), and hashing to its own hash."""
     sha256, key, after = hashlib.sha256, PREV_KEY, len(PREV_KEY)
-    first, named = expected, None if link is None else link + '"'
+    first, named = expected, link + '"'
     for seq, digest, body in itertools.islice(rows, start, None):
-        if seq != expected or (named is not None and not body.startswith(named, body.rfind(key) + after)):
+        if seq != expected or not body.startswith(named, body.rfind(key) + after):
             break
         if sha256(body.encode()).hexdigest() != digest:
             break
@@ -103,8 +104,9 @@ class Segment:
             if self.link is None or (self.expected is not None and self.first != self.expected):
                 self.complete = False
                 return False
-        first = self.through + 1
-        run = plain_run(rows, 0, first, self.tail[-1] if self.tail else self.link)
+        first, link = self.through + 1, self.tail[-1] if self.tail else self.link
+        assert link is not None
+        run = plain_run(rows, 0, first, link)
         wanted = self.want[bisect.bisect_left(self.want, first) : bisect.bisect_left(self.want, first + run)]
         self.hashes |= {seq: rows[seq - first][1] for seq in wanted}
         self.tail = [*self.tail, *(row[1] for row in rows[max(0, run - 2) : run])][-2:]
@@ -127,7 +129,7 @@ class Segment:
 def _sqlite_chunks(job: dict[str, Any]) -> Iterator[list[Any]]:
     import sqlite3
 
-    conn = sqlite3.connect(f"file:{job['source']['sqlite']}?mode=ro", uri=True)
+    conn = sqlite3.connect(Path(job["source"]["sqlite"]).resolve().as_uri() + "?mode=ro", uri=True)
     try:
         # One query for the whole segment (no limit: -1), read a chunk at a time.
         rows = conn.execute(_SELECT.format("?", "?", "?", "?"), (job["chain"], job["from_seq"] - 1, job["to_seq"], -1))
@@ -179,9 +181,7 @@ def _file_chunks(job: dict[str, Any]) -> Iterator[list[Any]]:
             if not line:
                 break
             start += len(line)
-            # An event line written otherwise than by event_line ends the run: the in-process pass
-            # reads it (with parse_event_line) and says whether it is right.
-            row = exact_event(line.decode("utf-8", "replace"))
+            row = parse_event_line(line.decode("utf-8", "replace"))
             if row is None and line.strip():
                 yield rows
                 raise NotPlain

@@ -16,6 +16,10 @@ problem and names its sequence number and kind:
 - ``bad_signature`` / ``unknown_key``: a checkpoint does not verify under the trusted public keys;
 - ``digest_missing`` / ``digest_mismatch``: a checkpoint's digest object is absent or different;
 - ``checkpoint_missing``: a digest object exists for a checkpoint the database no longer holds.
+
+A long range is first checked by ``Segments``, processes of their own that can only confirm that
+its events form one plain run (``audit_segments``); the checkpoints and the head are then checked
+here. Whenever they cannot confirm it, the pass reads the range itself, so the report is the same.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ MAX_PROCESSES = 8
 # The least an export file's event line takes, in bytes: splits a file by size into segments.
 LINE_BYTES = 512
 # The longest line a segment process writes: its result, with a hash per checkpoint in its segment.
-_LINE_BYTES = 1 << 28
+_RESULT_BYTES = 1 << 28
 # How far past a gap the verifier looks for the absent sequence number before calling it missing
 # rather than reordered (bounded: memory stays constant).
 REORDER_WINDOW = 100
@@ -462,6 +466,10 @@ def _joined(results: Sequence[dict[str, Any] | None]) -> Run | None:
     return run
 
 
+def _within(seqs: Sequence[int], low: int, high: int) -> list[int]:
+    return [seq for seq in seqs if low <= seq <= high]
+
+
 def _split(low: int, high: int, count: int) -> list[tuple[int, int]]:
     """``[low, high)`` in ``count`` consecutive stretches of (nearly) equal length."""
     cuts = [low + (high - low) * i // count for i in range(count + 1)]
@@ -516,8 +524,7 @@ class Segments:
         None when something is not (or the range is short, or a process failed): the caller then reads
         the range itself. ``progress`` hears of the events done every ``batch`` in a segment."""
         jobs = [
-            {"chain": chain, "from_seq": first, "to_seq": last, "want": [s for s in signed if first <= s <= last]}
-            | {"batch": batch}
+            {"chain": chain, "from_seq": first, "to_seq": last, "batch": batch, "want": _within(signed, first, last)}
             for first, last in self.bounds(low, high)
         ]
         run = await self._run(jobs, progress)
@@ -561,14 +568,14 @@ async def _segment(job: dict[str, Any], progress: Callable[[int], None]) -> dict
     errors = bytearray()
     try:
         result, code = await _segment_process(job, progress, errors)
-        outcome = f"exit {code}"
+        failure = None if code == 0 and isinstance(result, dict) else f"exit {code}"
     except (OSError, anyio.BrokenResourceError, anyio.DelimiterNotFound, ValueError) as exc:
-        result, outcome = None, repr(exc)
-    if outcome != "exit 0" or not isinstance(result, dict):
-        why = errors[-2000:].decode(errors="replace")
-        log.warning("an audit segment process failed (%s), verifying in process: %s", outcome, why)
-        return None
-    return result
+        result, failure = None, repr(exc)
+    if failure is None and isinstance(result, dict):
+        return result
+    why = errors[-2000:].decode(errors="replace")
+    log.warning("an audit segment process failed (%s), verifying in process: %s", failure, why)
+    return None
 
 
 async def _segment_process(job: dict[str, Any], progress: Callable[[int], None], errors: bytearray) -> tuple[Any, int]:
@@ -590,7 +597,7 @@ async def _segment_process(job: dict[str, Any], progress: Callable[[int], None],
             lines = BufferedByteReceiveStream(stdout)
             with contextlib.suppress(anyio.EndOfStream, anyio.IncompleteRead):
                 while True:
-                    line = json.loads(await lines.receive_until(b"\n", _LINE_BYTES))
+                    line = json.loads(await lines.receive_until(b"\n", _RESULT_BYTES))
                     if isinstance(line, dict) and "done" in line:
                         progress(line["done"])
                     else:
