@@ -335,3 +335,13 @@ async def test_a_cancelled_verification_leaves_no_segment_process_behind(runtime
         await chain.verify(_segments(runtime), batch=100, progress=lambda done, total: scope.cancel())
     assert scope.cancelled_caught
     assert _segment_children() == []
+
+
+async def test_a_scalemule_folder_in_the_working_directory_does_not_stand_in_for_the_package(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    chain, impostor = await _chain(runtime), tmp_path / "cwd" / "scalemule"
+    impostor.mkdir(parents=True)
+    (impostor / "__init__.py").write_text("raise SystemExit('not the package')\n")
+    monkeypatch.chdir(impostor.parent)
+    assert await _segments(runtime).check(chain.chain, 1, EVENTS, [c.seq for c in chain.signed], None) is not None

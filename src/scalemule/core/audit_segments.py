@@ -1,7 +1,7 @@
 """One segment of an audit chain, checked in a process of its own.
 
 ``audit_verify.Segments`` splits a long verification into segments and runs this module once per
-segment (``python -m scalemule.core.audit_segments``), so a verification uses every CPU and leaves
+segment (``python -P -m scalemule.core.audit_segments``), so a verification uses every CPU and leaves
 the server's event loop free. A segment is checked exactly as the in-process pass checks a run of
 plain events (``plain_run``): consecutive sequence numbers, each event naming the hash of the one
 before it and hashing to its own. Anything else ends the segment's run early; the caller then

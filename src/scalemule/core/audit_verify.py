@@ -582,7 +582,8 @@ async def _segment_process(job: dict[str, Any], progress: Callable[[int], None],
     """The result line of a segment process running ``job`` and its exit code; its standard error
     goes to ``errors``."""
     result: Any = None
-    async with await anyio.open_process([sys.executable, "-m", audit_segments.__name__]) as process:
+    # -P: the working directory is not searched first, so nothing there can stand in for the module.
+    async with await anyio.open_process([sys.executable, "-P", "-m", audit_segments.__name__]) as process:
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
         stdout, stderr = process.stdout, process.stderr
 
