@@ -150,7 +150,7 @@ def _postgresql_chunks(job: dict[str, Any]) -> Iterator[list[Any]]:
         query = loop.run_until_complete(conn.prepare(_SELECT.format("$1", "$2", "$3", "$4")))
         chain, low, high, batch = job["chain"], job["from_seq"] - 1, job["to_seq"], job["batch"]
         while low < high:
-            rows = [tuple(row) for row in loop.run_until_complete(query.fetch(chain, low, high, batch))]
+            rows = loop.run_until_complete(query.fetch(chain, low, high, batch))
             yield from (rows[at : at + CHUNK] for at in range(0, len(rows), CHUNK))
             if len(rows) < batch:
                 return
