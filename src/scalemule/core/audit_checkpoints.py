@@ -96,8 +96,8 @@ class Checkpoint:
         """
         try:
             at = body["at"] if isinstance(body["at"], datetime) else datetime.fromisoformat(body["at"])
-            made = cls(str(body["chain"]), int(body["seq"]), str(body["hash"]), at, str(body["key_id"]))
-            return cls(**{**asdict(made), "signature": str(body["signature"])})
+            fields = str(body["chain"]), int(body["seq"]), str(body["hash"]), at, str(body["key_id"])
+            return cls(*fields, str(body["signature"]))
         except (KeyError, TypeError, ValueError):
             raise InvalidArgument(
                 "a checkpoint record is malformed", hint="It needs chain, seq, hash, at, key_id and signature."

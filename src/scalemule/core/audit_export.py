@@ -31,6 +31,7 @@ from typing import Any
 
 import anyio
 import sqlalchemy as sa
+from anyio import lowlevel
 
 from scalemule import __version__
 from scalemule.core import audit, audit_checkpoints
@@ -276,11 +277,18 @@ async def _verify_in_segments(path: str, keys: Mapping[str, bytes], segments: Se
     if isinstance(started, Report):
         return None  # the in-process pass says what is wrong with the header
     verifier, high = started
-    run = await segments.check_lines(start, end, sorted(verifier.checkpoints))
+    async with anyio.create_task_group() as group:
+        group.start_soon(_check_signatures, verifier)
+        run = await segments.check_lines(start, end, sorted(verifier.checkpoints))
     if run is None or not verifier.follows(run):
         return None
     verifier.accept(run.through, run.hashes, run.tail)
     return _finished(verifier, high)
+
+
+async def _check_signatures(verifier: ChainVerifier) -> None:
+    await lowlevel.checkpoint()  # the segment processes start first: this is for meanwhile
+    verifier.check_signatures()
 
 
 def _leading_lines(path: str) -> tuple[list[str], int, int]:
