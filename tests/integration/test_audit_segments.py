@@ -139,7 +139,7 @@ async def _edit_first_of_a_segment(chain: Chain) -> None:
     await chain.run(audit_events.update().where(chain.where(audit_events.c.seq == 801)).values(body=body))
 
 
-async def _delete_the_row_segments_share(chain: Chain) -> None:
+async def _delete_the_last_of_a_segment(chain: Chain) -> None:
     await chain.run(audit_events.delete().where(chain.where(audit_events.c.seq == 800)))
 
 
@@ -186,7 +186,7 @@ async def _lose_a_digest_object(chain: Chain) -> None:
 # Each: the tampering, the problem kind, and whether the segments still find every event plain.
 TAMPERINGS = [
     (_edit_first_of_a_segment, "edited", False),
-    (_delete_the_row_segments_share, "missing", False),
+    (_delete_the_last_of_a_segment, "missing", False),
     (_swap_across_a_boundary, "reordered", False),
     (_rehash_the_tail, "rewritten", True),  # linked throughout: the signed hash tells
     (_truncate, "truncated", False),
