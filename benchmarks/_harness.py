@@ -186,6 +186,19 @@ async def _postgres(sql: str) -> None:
         await engine.dispose()
 
 
+@asynccontextmanager
+async def postgres_schema() -> AsyncIterator[str]:
+    """A fresh PostgreSQL schema at ``SCALEMULE_BENCH_POSTGRES`` for one run, dropped afterwards;
+    yields the database URL that selects it."""
+    schema = f"sm_bench_{os.getpid()}_{secrets.token_hex(4)}"
+    await _postgres(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{POSTGRES_ADMIN_URL}?search_path={schema}"
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _postgres(f'DROP SCHEMA "{schema}" CASCADE')
+
+
 async def open_store(kind: StoreKind, workdir: Path) -> Store:
     """Initialise a fresh store: SQLite in ``workdir``, or a new PostgreSQL schema.
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import secrets
 import sys
 import tempfile
 import time
@@ -35,12 +33,12 @@ from pathlib import Path
 
 import anyio
 import sqlalchemy as sa
+from _harness import POSTGRES_ADMIN_URL, postgres_schema
 
 from scalemule.core import audit, audit_export, audit_verify
 from scalemule.core.audit import AuditEvent
 from scalemule.core.ids import new_id, utcnow
 from scalemule.db import migrate
-from scalemule.db.engine import create_engine
 from scalemule.db.tables import audit_events
 from scalemule.runtime import Runtime
 from scalemule.settings import Settings
@@ -49,7 +47,6 @@ TARGET_RATIO = 0.5
 # Long enough that what a verification pays once (a process per CPU started, about 30 ms, and the
 # checkpoints' signatures) does not stand for its throughput.
 EVENTS = 300_000
-POSTGRES = os.environ.get("SCALEMULE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 BATCH = 1000
 
 
@@ -174,26 +171,13 @@ async def measure(events: int, rounds: int, workdir: Path, database_url: str | N
         await runtime.close()
 
 
-async def _schema(action: str, name: str) -> None:
-    engine = create_engine(POSTGRES)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(sa.text(f'{action} SCHEMA "{name}"' + (" CASCADE" if action == "DROP" else "")))
-    finally:
-        await engine.dispose()
-
-
 async def run(events: int, rounds: int, postgres: bool) -> dict[str, float]:
     """Measure on a fresh SQLite file, or in a fresh PostgreSQL schema dropped afterwards."""
     with tempfile.TemporaryDirectory(prefix="scalemule-bench-") as workdir:
         if not postgres:
             return await measure(events, rounds, Path(workdir), None)
-        schema = f"sm_bench_{secrets.token_hex(4)}"
-        await _schema("CREATE", schema)
-        try:
-            return await measure(events, rounds, Path(workdir), f"{POSTGRES}?search_path={schema}")
-        finally:
-            await _schema("DROP", schema)
+        async with postgres_schema() as url:
+            return await measure(events, rounds, Path(workdir), url)
 
 
 def report(results: dict[str, float], events: int, store: str) -> None:
@@ -218,7 +202,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=EVENTS, help=f"events in the chain (default {EVENTS})")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each timed pass, the best kept (default 3)")
     parser.add_argument(
-        "--postgres", action="store_true", help=f"measure on PostgreSQL ({POSTGRES}, in a schema of its own)"
+        "--postgres", action="store_true", help=f"measure on PostgreSQL ({POSTGRES_ADMIN_URL}, in a schema of its own)"
     )
     options = parser.parse_args()
     if options.events < BATCH or options.events % BATCH:

@@ -19,7 +19,6 @@ Usage: ``make bench`` or ``.venv/bin/python benchmarks/jobs_throughput.py [--job
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import statistics
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 
 import anyio
 import sqlalchemy as sa
+from _harness import postgres_schema
 
 from scalemule.core import bootstrap, identity, tenants
 from scalemule.core.ids import new_id, utcnow
@@ -42,7 +42,6 @@ from scalemule.runtime import Runtime
 from scalemule.settings import Settings
 from scalemule.worker import Handlers, JobContext, Worker, WorkerOptions
 
-POSTGRES = os.environ.get("SCALEMULE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 TARGET_RATIO = 0.7
 TARGET_PG_P50_MS = 50.0
 
@@ -211,28 +210,14 @@ async def measure(label: str, settings: Settings, count: int, samples: int) -> N
         await runtime.close()
 
 
-async def _schema(action: str, name: str) -> None:
-    engine = create_engine(POSTGRES)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(sa.text(f'{action} SCHEMA "{name}"' + (" CASCADE" if action == "DROP" else "")))
-    finally:
-        await engine.dispose()
-
-
 async def main_async(count: int, samples: int, skip_postgres: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="scalemule-jobs-bench-") as tmp:
         await measure("SQLite", Settings(data_dir=Path(tmp)), count, samples)
     if skip_postgres:
         return
-    schema = f"sm_bench_{secrets.token_hex(4)}"
-    await _schema("CREATE", schema)
-    try:
+    async with postgres_schema() as url:
         with tempfile.TemporaryDirectory(prefix="scalemule-jobs-bench-") as tmp:
-            url = f"{POSTGRES}?search_path={schema}"
             await measure("PostgreSQL", Settings(data_dir=Path(tmp), database_url=url), count, samples)
-    finally:
-        await _schema("DROP", schema)
     print(f"\ntargets: throughput at least {TARGET_RATIO}x the raw loop; PostgreSQL pickup p50 < {TARGET_PG_P50_MS} ms")
 
 
