@@ -9,7 +9,10 @@ keep-alive connection, send ``tools/call`` requests framed as the SDK's client f
 database and the load share this machine.
 
 Then, on PostgreSQL, 16 clients send blind ``config_set`` calls (no ``expected_version``) to one key;
-every error is counted by its code (the target is none).
+every error is counted by its code (the target is none). Last, as the store's owner, 16 clients write
+their own keys in one tenant, alternated with the same 16 spread over 8 tenants: one tenant's writes
+take turns on its audit chain's head, different tenants' do not, so the ratio is what one tenant
+would gain from several chains (information, see docs/scaling.md).
 
 Usage: ``.venv/bin/python benchmarks/http_concurrency.py [--quick] [--stores sqlite,postgresql]``.
 """
@@ -17,15 +20,17 @@ Usage: ``.venv/bin/python benchmarks/http_concurrency.py [--quick] [--stores sql
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import Any
 
-from _harness import Bench, BenchError, Row, Target, run
+from _harness import Bench, BenchError, Row, Store, Target, run
 from _http import HttpServer, Load, Request, bare_http, http_call, http_clients, http_load, scalemule_http
 
 CLIENTS = 16
 WINDOW = {False: 1.5, True: 1.0}  # seconds per load window, full / quick run
 ROUNDS = {False: 3, True: 2}
 TARGETS: dict[str, dict[str, float]] = {"sqlite": {"get": 0.8, "set": 0.6}, "postgresql": {"get": 0.5, "set": 0.4}}
+SPREAD = 8  # tenants the spread writers share
 
 
 def _noop(w: int, i: int) -> tuple[str, dict[str, Any]]:
@@ -87,6 +92,36 @@ async def _blind_sets(bench: Bench, sm: HttpServer, baseline: float) -> None:
     bench.add(row)
 
 
+def _one_tenant(w: int, i: int) -> tuple[str, dict[str, Any]]:
+    return "config_set", {"tenant": "bench", "env": "dev", "key": f"bench.spread.{w}", "value": i}
+
+
+def _spread(w: int, i: int) -> tuple[str, dict[str, Any]]:
+    return "config_set", {"tenant": f"spread-{w % SPREAD}", "env": "dev", "key": f"bench.spread.{w}", "value": i}
+
+
+async def _tenant_spread(bench: Bench, store: Store, sm: HttpServer) -> None:
+    """16 writers in one tenant, alternated with the same writers over SPREAD tenants (one audit chain
+    each), all as the owner so both pay the same tenant lookup; adds the row."""
+    owner = replace(sm, token=str(store.made["owner_key"]))
+    window, rounds = WINDOW[bench.quick], ROUNDS[bench.quick]
+    totals = {"one": Load(), "spread": Load()}
+    async with http_clients(owner, CLIENTS) as clients:
+        for n in range(SPREAD):
+            await http_call(clients[0], owner, "tenants_create", {"slug": f"spread-{n}", "name": f"spread {n}"})
+        for label, request in (("one", _one_tenant), ("spread", _spread)):  # warm-up
+            _check(label, await http_load(owner, clients, request, seconds=window / 4))
+        for _ in range(rounds):
+            for label, request in (("one", _one_tenant), ("spread", _spread)):
+                load = await http_load(owner, clients, request, seconds=window)
+                _check(f"config_set {label}", load)
+                totals[label].add(load)
+    one, spread = totals["one"].rate, totals["spread"].rate
+    figures = f"{CLIENTS} clients in one tenant {one:.0f} calls/s; over {SPREAD} tenants {spread:.0f} calls/s"
+    path = f"HTTP config_set, {CLIENTS} clients over {SPREAD} tenants vs one"
+    bench.add(Row(path, "postgresql", figures, spread / one, None))
+
+
 async def throughput(bench: Bench) -> None:
     """Per store: interleaved load windows, then (PostgreSQL) blind sets on one key; adds the rows."""
     async with bare_http(bench.workdir) as bare:
@@ -116,6 +151,7 @@ async def throughput(bench: Bench) -> None:
                     )
                 if kind == "postgresql":
                     await _blind_sets(bench, sm, base.rate)
+                    await _tenant_spread(bench, store, sm)
 
 
 AREAS = [("http", throughput)]
