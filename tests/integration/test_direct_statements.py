@@ -1,5 +1,6 @@
-"""Reused statements on SQLite run straight on the driver (``db.direct``) and read exactly as through
-SQLAlchemy: the same values of every type, the same result methods, the same errors.
+"""Reused statements run straight on the driver (``db.direct``: sqlite3, or asyncpg through its
+SQLAlchemy adapter) and read exactly as through SQLAlchemy: the same values of every type, the same
+result methods, the same errors. On SQLite and PostgreSQL alike.
 
 Which path a run took is seen from SQLAlchemy's ``before_cursor_execute`` event, which only its own
 executions fire.
@@ -7,6 +8,8 @@ executions fire.
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +19,9 @@ import pytest
 import sqlalchemy as sa
 
 from scalemule.db import direct
-from scalemule.db.engine import Database
+from scalemule.db.engine import Database, create_engine
 from scalemule.db.types import UTCDateTime
+from tests.conftest import POSTGRES_ADMIN_URL
 
 pytestmark = pytest.mark.anyio
 
@@ -40,15 +44,38 @@ _bump = things.update().where(things.c.flag.is_(True)).values(n=things.c.n + sa.
 _bump_returning = _bump.returning(things.c.id, things.c.n)
 
 
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'direct.db'}")
-    with database._readers().connect() as conn:  # the schema, outside any unit of work
-        conn.connection.driver_connection.execute("PRAGMA query_only=OFF")  # type: ignore[union-attr]
-        metadata.create_all(conn)
-        conn.commit()
-    yield database
-    await database.dispose()
+async def _admin(sql: str) -> None:
+    engine = create_engine(POSTGRES_ADMIN_URL)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(sql))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None) -> AsyncIterator[Database]:
+    if request.param == "sqlite":
+        database = Database(f"sqlite:///{tmp_path / 'direct.db'}")
+        with database._readers().connect() as conn:  # the schema, outside any unit of work
+            conn.connection.driver_connection.execute("PRAGMA query_only=OFF")  # type: ignore[union-attr]
+            metadata.create_all(conn)
+            conn.commit()
+        yield database
+        await database.dispose()
+        return
+    if postgres_url is None:
+        pytest.skip(os.environ.get("SCALEMULE_TEST_POSTGRES_SKIP", "PostgreSQL is unreachable"))
+    schema = f"sm_direct_{os.getpid()}_{secrets.token_hex(4)}"
+    await _admin(f'CREATE SCHEMA "{schema}"')
+    database = Database(f"{POSTGRES_ADMIN_URL}?search_path={schema}")
+    try:
+        async with database.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        yield database
+    finally:
+        await database.dispose()
+        await _admin(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 class _Executions:
@@ -56,8 +83,8 @@ class _Executions:
 
     def __init__(self, db: Database) -> None:
         self.count = 0
-        assert db._sqlite is not None
-        for engine in (db._sqlite, db._readers()):
+        engines = [db.engine.sync_engine] if db._sqlite is None else [db._sqlite, db._readers()]
+        for engine in engines:
             sa.event.listen(engine, "before_cursor_execute", self._seen)
 
     def _seen(self, *_: Any) -> None:

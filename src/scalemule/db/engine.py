@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
 from scalemule.db import wal
-from scalemule.db.direct import Plans
+from scalemule.db.direct import Plan, Plans
 
 if TYPE_CHECKING:
     # Imported where an async engine is made: on SQLite, serving never needs one, and the asyncio
@@ -185,10 +185,14 @@ class PooledConnection:
     no cost on the common path. SQLAlchemy invalidates the rest of the pool on that error, so the
     other stale connections are replaced as they are checked out. A connection lost after its first
     statement fails the unit of work, which is rolled back.
+
+    Reused statements run on the driver (``db.direct``), inside the transaction SQLAlchemy began on
+    the connection (in autocommit on an autocommit engine), which ``commit`` ends.
     """
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, plans: Plans) -> None:
         self.async_connection = connection
+        self.plans = plans
         self._fresh = True
 
     @property
@@ -197,29 +201,38 @@ class PooledConnection:
         return self.async_connection.dialect
 
     async def execute(self, statement: Any, parameters: Any = None) -> sa.CursorResult[Any]:
-        """Execute ``statement``; the first one is retried once when the connection turns out dead."""
-        result: sa.CursorResult[Any]
+        """Execute ``statement`` (a reused one straight on the driver: ``db.direct``); the first one is
+        retried once when the connection turns out dead."""
+        plan = self.plans.plan(statement, parameters)
         if not self._fresh:
-            result = await self.async_connection.execute(statement, parameters)
-            return result
+            return await self._execute(plan, statement, parameters)
         self._fresh = False
         try:
-            result = await self.async_connection.execute(statement, parameters)
+            if plan is not None:
+                # SQLAlchemy's transaction, which commit() ends; the driver begins it with the statement.
+                await self.async_connection.begin()
+            return await self._execute(plan, statement, parameters)
         except sa.exc.DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
             log.warning("a pooled database connection was dead (%s); retrying on a fresh one", type(exc.orig).__name__)
             await self.async_connection.rollback()  # ends the invalidated transaction; the next one reconnects
-            result = await self.async_connection.execute(statement, parameters)
+            result: sa.CursorResult[Any] = await self.async_connection.execute(statement, parameters)
+            return result
+
+    async def _execute(self, plan: Plan | None, statement: Any, parameters: Any) -> sa.CursorResult[Any]:
+        if plan is not None:
+            return await plan.run_async(self.async_connection, parameters)  # type: ignore[return-value]
+        result: sa.CursorResult[Any] = await self.async_connection.execute(statement, parameters)
         return result
 
 
 @asynccontextmanager
-async def _pooled(engine: AsyncEngine, *, commit: bool) -> AsyncIterator[PooledConnection]:
+async def _pooled(engine: AsyncEngine, plans: Plans, *, commit: bool) -> AsyncIterator[PooledConnection]:
     # The transaction begins with the first statement; leaving without commit (an exception, a read)
     # rolls it back when the connection goes back to the pool.
     async with engine.connect() as connection:
-        yield PooledConnection(connection)
+        yield PooledConnection(connection, plans)
         if commit:
             await connection.commit()
 
@@ -370,7 +383,7 @@ class Database:
         token = _scope.set(scope)
         try:
             if self._writer is None:
-                async with _pooled(self.engine, commit=True) as conn:
+                async with _pooled(self.engine, self._pg_plans(), commit=True) as conn:
                     yield conn
             else:
                 assert self._sqlite is not None and self._plans is not None
@@ -412,7 +425,7 @@ class Database:
         statement that must commit on its own (``audit.append_one``).
         """
         if self._writer is None:
-            async with _pooled(self._autocommit(), commit=False) as conn:
+            async with _pooled(self._autocommit(), self._pg_plans(), commit=False) as conn:
                 yield conn
             return
         assert self._plans is not None
@@ -430,6 +443,11 @@ class Database:
             idle.append(sync_conn)
         else:
             sync_conn.close()
+
+    def _pg_plans(self) -> Plans:
+        if self._plans is None:
+            self._plans = Plans(self.engine.dialect)
+        return self._plans
 
     def _autocommit(self) -> AsyncEngine:
         if self._autocommit_engine is None:
