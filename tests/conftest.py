@@ -41,14 +41,19 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def _postgres_schema() -> str:
-    schema = f"sm_test_{os.getpid()}_{secrets.token_hex(4)}"
+async def postgres_admin(sql: str) -> None:
+    """Run ``sql`` at ``POSTGRES_ADMIN_URL`` on a short connection of its own (schemas made, dropped)."""
     engine = create_engine(POSTGRES_ADMIN_URL)
     try:
         async with engine.begin() as conn:
-            await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+            await conn.execute(sa.text(sql))
     finally:
         await engine.dispose()
+
+
+async def _postgres_schema() -> str:
+    schema = f"sm_test_{os.getpid()}_{secrets.token_hex(4)}"
+    await postgres_admin(f'CREATE SCHEMA "{schema}"')
     url = f"{POSTGRES_ADMIN_URL}?search_path={schema}"
     engine = create_engine(url)
     try:
@@ -59,12 +64,7 @@ async def _postgres_schema() -> str:
 
 
 async def _drop_schema(schema: str) -> None:
-    engine = create_engine(POSTGRES_ADMIN_URL)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    finally:
-        await engine.dispose()
+    await postgres_admin(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,9 @@ import pytest
 import sqlalchemy as sa
 
 from scalemule.db import direct
-from scalemule.db.engine import Database, create_engine
+from scalemule.db.engine import Database
 from scalemule.db.types import UTCDateTime
-from tests.conftest import POSTGRES_ADMIN_URL
+from tests.conftest import POSTGRES_ADMIN_URL, postgres_admin
 
 pytestmark = pytest.mark.anyio
 
@@ -44,15 +44,6 @@ _bump = things.update().where(things.c.flag.is_(True)).values(n=things.c.n + sa.
 _bump_returning = _bump.returning(things.c.id, things.c.n)
 
 
-async def _admin(sql: str) -> None:
-    engine = create_engine(POSTGRES_ADMIN_URL)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(sa.text(sql))
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def db(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None) -> AsyncIterator[Database]:
     if request.param == "sqlite":
@@ -67,7 +58,7 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str |
     if postgres_url is None:
         pytest.skip(os.environ.get("SCALEMULE_TEST_POSTGRES_SKIP", "PostgreSQL is unreachable"))
     schema = f"sm_direct_{os.getpid()}_{secrets.token_hex(4)}"
-    await _admin(f'CREATE SCHEMA "{schema}"')
+    await postgres_admin(f'CREATE SCHEMA "{schema}"')
     database = Database(f"{POSTGRES_ADMIN_URL}?search_path={schema}")
     try:
         async with database.engine.begin() as conn:
@@ -75,7 +66,7 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str |
         yield database
     finally:
         await database.dispose()
-        await _admin(f'DROP SCHEMA "{schema}" CASCADE')
+        await postgres_admin(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 class _Executions:
