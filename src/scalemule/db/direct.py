@@ -88,7 +88,7 @@ class Plan:
 
     async def run_async(self, connection: AsyncConnection, parameters: Mapping[str, Any] | None) -> sa.Result[Any]:
         """Run on the PostgreSQL connection's asyncpg adapter, inside the transaction (or autocommit)
-        that SQLAlchemy began on it with an earlier statement."""
+        that SQLAlchemy began on the connection (``engine.PooledConnection``)."""
         args = self._args(parameters)
         dialect = connection.dialect
         adapted: Any = connection.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]

@@ -209,7 +209,7 @@ class PooledConnection:
         self._fresh = False
         try:
             if plan is not None:
-                # SQLAlchemy's transaction, which commit() ends; the driver begins it with the statement.
+                # SQLAlchemy's transaction, which commit() ends; the adapter sends BEGIN before the statement.
                 await self.async_connection.begin()
             return await self._execute(plan, statement, parameters)
         except sa.exc.DBAPIError as exc:
