@@ -289,7 +289,11 @@ async def test_pooled_connections_the_database_dropped_are_replaced_without_fail
         await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", sorted(pids))
     finally:
         await admin.close()
+    reads = [await world.call("whoami", world.agent) for _ in range(4)]
     for _ in range(4):
-        await world.ok("whoami", world.agent)
         await world.ok("config_set", world.agent, env="dev", key="after-restart", value=1)
     assert not pids & await _backend_pids(runtime, 3)
+    # A read retried on a fresh connection is in autocommit there too: its event, appended on that
+    # connection to commit on its own, was committed before the read answered.
+    probe = StoreProbe(runtime)
+    assert [(await probe.event(read.event_id))["operation"] for read in reads] == ["whoami"] * 4

@@ -187,12 +187,14 @@ class PooledConnection:
     statement fails the unit of work, which is rolled back.
 
     Reused statements run on the driver (``db.direct``), inside the transaction SQLAlchemy began on
-    the connection (in autocommit on an autocommit engine), which ``commit`` ends.
+    the connection, which ``commit`` ends; on a connection in autocommit (``transactional=False``)
+    there is none to begin.
     """
 
-    def __init__(self, connection: AsyncConnection, plans: Plans) -> None:
+    def __init__(self, connection: AsyncConnection, plans: Plans, *, transactional: bool) -> None:
         self.async_connection = connection
         self.plans = plans
+        self._transactional = transactional
         self._fresh = True
 
     @property
@@ -208,7 +210,7 @@ class PooledConnection:
             return await self._execute(plan, statement, parameters)
         self._fresh = False
         try:
-            if plan is not None:
+            if plan is not None and self._transactional:
                 # SQLAlchemy's transaction, which commit() ends; the adapter sends BEGIN before the statement.
                 await self.async_connection.begin()
             return await self._execute(plan, statement, parameters)
@@ -217,6 +219,10 @@ class PooledConnection:
                 raise
             log.warning("a pooled database connection was dead (%s); retrying on a fresh one", type(exc.orig).__name__)
             await self.async_connection.rollback()  # ends the invalidated transaction; the next one reconnects
+            if not self._transactional:
+                # The new connection has none of the old one's settings: autocommit again, or a statement
+                # meant to commit on its own (an audit append) would run in a transaction never committed.
+                await self.async_connection.execution_options(isolation_level="AUTOCOMMIT")
             result: sa.CursorResult[Any] = await self.async_connection.execute(statement, parameters)
             return result
 
@@ -232,7 +238,7 @@ async def _pooled(engine: AsyncEngine, plans: Plans, *, commit: bool) -> AsyncIt
     # The transaction begins with the first statement; leaving without commit (an exception, a read)
     # rolls it back when the connection goes back to the pool.
     async with engine.connect() as connection:
-        yield PooledConnection(connection, plans)
+        yield PooledConnection(connection, plans, transactional=commit)
         if commit:
             await connection.commit()
 
