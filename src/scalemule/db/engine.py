@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-# Read-only SQLite connections kept open between reads (more are opened while more reads overlap).
-SQLITE_IDLE_READERS = 8
+# Reading connections kept open between reads (more are opened while more reads overlap): read-only
+# ones on SQLite, autocommit ones on PostgreSQL.
+IDLE_READERS = 8
 T = TypeVar("T")
 
 log = logging.getLogger("scalemule")
@@ -221,7 +222,7 @@ class PooledConnection:
             await self.async_connection.rollback()  # ends the invalidated transaction; the next one reconnects
             if not self._transactional:
                 # The new connection has none of the old one's settings: autocommit again, or a statement
-                # meant to commit on its own (an audit append) would run in a transaction never committed.
+                # meant to commit on its own (an audit append) would wait for a COMMIT that never comes.
                 await self.async_connection.execution_options(isolation_level="AUTOCOMMIT")
             result: sa.CursorResult[Any] = await self.async_connection.execute(statement, parameters)
             return result
@@ -234,13 +235,12 @@ class PooledConnection:
 
 
 @asynccontextmanager
-async def _pooled(engine: AsyncEngine, plans: Plans, *, commit: bool) -> AsyncIterator[PooledConnection]:
-    # The transaction begins with the first statement; leaving without commit (an exception, a read)
-    # rolls it back when the connection goes back to the pool.
+async def _pooled(engine: AsyncEngine, plans: Plans) -> AsyncIterator[PooledConnection]:
+    # The transaction begins with the first statement; leaving without commit (an exception) rolls it
+    # back when the connection goes back to the pool.
     async with engine.connect() as connection:
-        yield PooledConnection(connection, plans, transactional=commit)
-        if commit:
-            await connection.commit()
+        yield PooledConnection(connection, plans, transactional=True)
+        await connection.commit()
 
 
 def _sqlite_reader_engine(url: sa.URL) -> sa.Engine:
@@ -249,7 +249,7 @@ def _sqlite_reader_engine(url: sa.URL) -> sa.Engine:
     engine = sa.create_engine(
         url.set(drivername="sqlite+pysqlite"),
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-        pool_size=SQLITE_IDLE_READERS,
+        pool_size=IDLE_READERS,
         max_overflow=56,
     )
 
@@ -353,6 +353,7 @@ class Database:
         self._sqlite_conn: sa.Connection | None = None
         self._sqlite_reader: sa.Engine | None = None
         self._idle_readers: list[sa.Connection] = []
+        self._idle_pg_readers: list[AsyncConnection] = []
         self._autocommit_engine: AsyncEngine | None = None
 
     @property
@@ -389,7 +390,7 @@ class Database:
         token = _scope.set(scope)
         try:
             if self._writer is None:
-                async with _pooled(self.engine, self._pg_plans(), commit=True) as conn:
+                async with _pooled(self.engine, self._pg_plans()) as conn:
                     yield conn
             else:
                 assert self._sqlite is not None and self._plans is not None
@@ -431,12 +432,12 @@ class Database:
         statement that must commit on its own (``audit.append_one``).
         """
         if self._writer is None:
-            async with _pooled(self._autocommit(), self._pg_plans(), commit=False) as conn:
+            async with self._pg_reader() as conn:
                 yield conn
             return
         assert self._plans is not None
         # Read-only connections in autocommit hold nothing between statements, so one that served a
-        # read serves the next as it is, without a round through the pool (up to the pool's size kept
+        # read serves the next as it is, without a round through the pool (up to IDLE_READERS kept
         # idle); one a read failed on goes back through the pool instead.
         idle = self._idle_readers
         sync_conn = idle.pop() if idle else self._readers().connect()
@@ -445,10 +446,29 @@ class Database:
         except BaseException:
             sync_conn.close()
             raise
-        if len(idle) < SQLITE_IDLE_READERS:
+        if len(idle) < IDLE_READERS:
             idle.append(sync_conn)
         else:
             sync_conn.close()
+
+    @asynccontextmanager
+    async def _pg_reader(self) -> AsyncIterator[PooledConnection]:
+        # As SQLite's readers: a connection in autocommit holds no transaction between statements, so
+        # the one a read finished with serves the next as it is, without a checkout from the pool and
+        # a reset on its return (two trips through SQLAlchemy's greenlet bridge per read). Its first
+        # statement in each read is still the one retried should the server have dropped it meanwhile.
+        idle = self._idle_pg_readers
+        connection = idle.pop() if idle else await self._autocommit().connect()
+        try:
+            yield PooledConnection(connection, self._pg_plans(), transactional=False)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await connection.close()
+            raise
+        if len(idle) < IDLE_READERS:
+            idle.append(connection)
+        else:
+            await connection.close()
 
     def _pg_plans(self) -> Plans:
         if self._plans is None:
@@ -472,6 +492,8 @@ class Database:
             self._checkpointer.close()
         while self._idle_readers:
             self._idle_readers.pop().close()
+        while self._idle_pg_readers:
+            await self._idle_pg_readers.pop().close()
         if self._sqlite_reader is not None:
             self._sqlite_reader.dispose()
         if self._sqlite_conn is not None:
