@@ -427,9 +427,9 @@ class Database:
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[Connection]:
         """A connection for reads that must not queue behind writers (e.g. a worker's probe for due jobs),
-        each statement reading the last committed state: on SQLite a pooled read-only connection (WAL
-        readers), on PostgreSQL a pooled connection in autocommit. Never write through it, but for one
-        statement that must commit on its own (``audit.append_one``).
+        each statement reading the last committed state: on SQLite a read-only connection (WAL readers),
+        on PostgreSQL one in autocommit, either kept open between reads. Never write through it, but for
+        one statement that must commit on its own (``audit.append_one``).
         """
         if self._writer is None:
             async with self._pg_reader() as conn:
